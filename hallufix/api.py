@@ -1,0 +1,203 @@
+"""The Python API, mirroring the CLI: load a model, start a run with a stack of methods, generate.
+
+    >>> import hallufix
+    >>> session = hallufix.load_model("builtin")
+    >>> run = session.start(["clva"], overrides={"clva": ["alpha=10"]})
+    >>> out = run.generate(images, ["is there a star ?"], max_new_tokens=4)
+    >>> out[0].text, out[0].diagnostics["clva"]
+
+A :class:`MethodRun` is run-scoped: the methods are instantiated and configured once, and its hook table is
+installed around each ``generate`` call and removed afterwards (also on errors).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from transformers import LogitsProcessorList
+
+from hallufix import points as P
+from hallufix.capture import PrefillCapture, gather_visual
+from hallufix.events import BatchInfo, ImageEvent
+from hallufix.intercept import HookTable, Interceptor
+from hallufix.models.adapters import adapter_for
+from hallufix.plugins import ActiveMethods, activate, new_manager, split_plugins
+
+
+@dataclass
+class Generation:
+    """One batch row's result: generated ``text``, ``token_ids`` ``(T,)``, per-method ``diagnostics``, and, when
+    asked, per-step ``logits`` ``(T, V)``."""
+
+    text: str
+    token_ids: torch.Tensor
+    diagnostics: dict = field(default_factory=dict)
+    logits: torch.Tensor | None = None
+
+
+class Session:
+    """A loaded model with its processor and adapter."""
+
+    def __init__(self, model, processor, name: str = ""):
+        self.model, self.processor = model.eval(), processor
+        self.adapter = adapter_for(model)
+        self.info = self.adapter.model_info(model, name)
+
+    @classmethod
+    def load(cls, model: str | None = None, *, dtype: str = "auto", device: str = "cpu") -> "Session":
+        """Load an alias (``llava-1.5``, ``qwen-vl``, ``qwen2-vl``, ``instructblip``, ``builtin``), hub id or folder."""
+        from hallufix.models.loading import load_pretrained
+        from hallufix.models.registry import resolve
+
+        target = resolve(model)
+        m, proc = load_pretrained(target, dtype=dtype, device=device)
+        return cls(m, proc, name=model or "builtin")
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def start(self, plugins: str | list[str] | None = None, overrides: dict[str, list[str]] | None = None,
+              methods: ActiveMethods | None = None) -> "MethodRun":
+        """Activate ``plugins`` (typed order = call order) with per-method ``overrides`` for a run."""
+        if methods is None:
+            methods = activate(split_plugins(plugins), family=self.info.family, overrides=overrides)
+        return MethodRun(self, methods)
+
+    def generate(self, images: list, questions: list[str], plugins=None, overrides=None, **kw) -> list[Generation]:
+        """One-shot convenience: :meth:`start` then :meth:`MethodRun.generate`."""
+        return self.start(plugins, overrides).generate(images, questions, **kw)
+
+
+def load_model(model: str | None = None, **kw) -> Session:
+    """Shorthand for :meth:`Session.load`."""
+    return Session.load(model, **kw)
+
+
+def generate(model: Session, images: list, questions: list[str], plugins=None, overrides=None, **kw):
+    """Shorthand for :meth:`Session.generate`."""
+    return model.generate(images, questions, plugins, overrides, **kw)
+
+
+class MethodRun:
+    """The active methods of one run on one session: their declarations and the hook table built from them."""
+
+    def __init__(self, session: Session, methods: ActiveMethods):
+        self.session, self.methods = session, methods
+        self.stash: dict[str, Any] = {name: {} for name in methods.order}
+        self.declared: dict[object, list[P.HookPoint]] = {}
+        for inst, name in zip(methods.instances, methods.order):
+            caller = methods.pm.subset_hook_caller("hallufix_configure",
+                                                   remove_plugins=[x for x in methods.instances if x is not inst])
+            results = caller(model=session.info)
+            pts = [p for r in results for p in (r or [])]
+            for p in pts:
+                if p.layer is not None and not 0 <= p.layer < session.info.num_layers:
+                    raise ValueError(f"method '{name}' declared {p.name}, but the model has "
+                                     f"{session.info.num_layers} layers (0-based)")
+            if pts:
+                self.declared[inst] = pts
+        self.table = HookTable(methods.pm, self.declared)
+        self.hook_stats: dict = {"fired": {}, "paths": {}}
+
+    @property
+    def order(self) -> list[str]:
+        return self.methods.order
+
+    def declarations(self) -> dict[str, list[str]]:
+        """``{method: [canonical hook-point names]}``."""
+        names = dict(zip(map(id, self.methods.instances), self.methods.order))
+        return {names[id(inst)]: sorted({p.name for p in pts}) for inst, pts in self.declared.items()}
+
+    # ------------------------------------------------------------------ generation
+    def generate(self, images: list, questions: list[str], *, max_new_tokens: int = 16, min_new_tokens: int = 0,
+                 output_logits: bool = False, **generate_kw) -> list[Generation]:
+        """Greedy generation for a batch (one image per question), with the run's methods active.
+
+        :param images: RGB ``PIL.Image`` per row. :param questions: user texts (the adapter applies the chat
+        template). Returns one :class:`Generation` per row.
+        """
+        s = self.session
+        rows = [[im] for im in images]
+        image_caller = self.table.global_caller("image")
+        if image_caller is not None:
+            ev = ImageEvent(images, questions, s.info, self.capture, self.stash)
+            image_caller(event=ev)
+            rows = [[im] + extra for im, extra in zip(ev.images, ev.extra_images)]
+        inputs = s.adapter.inputs(s.processor, rows, questions, s.device)
+        layout = s.adapter.layout(s.model, inputs, rows)
+        batch = BatchInfo(s.info, layout, list(questions), [{} for _ in questions], self.stash)
+        self.methods.pm.hook.hallufix_batch_start(batch=batch)
+        kw = dict(max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens, do_sample=False, num_beams=1,
+                  return_dict_in_generate=True, output_logits=output_logits, **generate_kw)
+        with torch.inference_mode():
+            if not self.table.points:
+                out = s.model.generate(**inputs, **kw)
+            else:
+                with Interceptor(s.model, s.adapter, self.table, self.methods.pm, layout, s.info, self.stash) as ic:
+                    out = s.model.generate(**inputs, logits_processor=LogitsProcessorList(ic.logits_processors()),
+                                           **kw)
+                self._accumulate(ic)
+        self.methods.pm.hook.hallufix_batch_end(batch=batch)
+        new = s.adapter.new_tokens(out.sequences, inputs)
+        texts = s.processor.batch_decode(new, skip_special_tokens=True)
+        logits = torch.stack(out.logits, 1) if output_logits else None
+        return [Generation(t.strip(), new[i], batch.diagnostics[i], None if logits is None else logits[i])
+                for i, t in enumerate(texts)]
+
+    def _accumulate(self, ic: Interceptor) -> None:
+        for k, v in ic.counts.items():
+            self.hook_stats["fired"][k] = self.hook_stats["fired"].get(k, 0) + v
+        for (layer, path), v in ic.paths.items():
+            key = f"{layer}:{path}"
+            self.hook_stats["paths"][key] = self.hook_stats["paths"].get(key, 0) + v
+
+    # ------------------------------------------------------------------ analysis prefill (service for methods)
+    def capture(self, images: list | None = None, questions: list[str] | None = None, *, layers=(),
+                hidden_norms: bool = False, extra_images: list[list] | None = None) -> PrefillCapture:
+        """Run one prefill (fresh cache, no generation, no method active) and return, for ``layers``, the last
+        prompt row's attention over the visual tokens per head and, when asked, the visual tokens' input hidden
+        norms. Used by two-pass methods (ARA, the contrast crop) through :class:`~hallufix.events.ImageEvent`."""
+        s = self.session
+        rec = _Recorder(sorted(set(layers)), hidden_norms)
+        pm = new_manager()
+        pm.register(rec, name="hallufix-capture")
+        table = HookTable(pm, {rec: rec.points()})
+        rows = [[im] + (extra_images[i] if extra_images else []) for i, im in enumerate(images)]
+        inputs = s.adapter.inputs(s.processor, rows, questions, s.device)
+        layout = s.adapter.layout(s.model, inputs, rows)
+        with torch.inference_mode(), Interceptor(s.model, s.adapter, table, pm, layout, s.info, {}):
+            s.model(**inputs, use_cache=True)
+        rec.result.layout = layout
+        return rec.result
+
+
+class _Recorder:
+    """Internal probe plugin behind :meth:`MethodRun.capture` (uses the same hook points as any method)."""
+
+    name = "hallufix-capture"
+
+    def __init__(self, layers: list[int], hidden_norms: bool):
+        self.layers, self.hidden_norms = layers, hidden_norms
+        self.result = PrefillCapture()
+
+    def points(self) -> list[P.HookPoint]:
+        pts = P.attn_probs(self.layers, rows="last", phases={"prefill"})
+        if self.hidden_norms:
+            pts += P.layer_input(self.layers, phases={"prefill"})
+        return pts
+
+    from hallufix import hookimpl as _hookimpl
+
+    @_hookimpl
+    def hallufix_attn_probs(self, event):
+        last = event.last()  # (B, H, kv)
+        vis = event.visual_keys
+        self.result.last_visual[event.layer] = gather_visual(last, vis).float()
+        self.result.last_mass[event.layer] = (last * vis[:, None, :]).sum(-1).float()
+
+    @_hookimpl
+    def hallufix_layer_input(self, event):
+        norms = event.hidden.float().norm(dim=-1)  # (B, q)
+        self.result.hidden_norms[event.layer] = gather_visual(norms, event.visual_rows)

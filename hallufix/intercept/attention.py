@@ -1,0 +1,165 @@
+"""The hallufix attention function: registered once with transformers' ``AttentionInterface`` (and its mask
+function with ``AttentionMaskInterface``), set on the language model only while a run is active.
+
+Per layer and forward it does the least work the active methods declared:
+
+* no hook at this layer (or no active run): transformers' own SDPA function, unchanged;
+* ``kv``: methods edit the keys/values the kernel sees;
+* ``bias``: rows that receive a bias are recomputed with SDPA and a float mask (``causal + bias``); all other rows
+  keep the fused causal path. At prefill the biased rows are the instruction rows (tens of rows out of hundreds),
+  so the bias costs a few percent instead of losing the causal fast path for the whole matrix;
+* ``probs``: only the declared query rows are materialised: ``softmax(q_R K^T * scale + mask_R + bias_R)``,
+  ``O(R * kv * D * H)``; when a method edits them, those rows' outputs become ``P @ V`` exactly;
+* ``heads``: per-head outputs ``(B, q, H, D)`` scaled or replaced before ``o_proj``.
+
+The function never keeps references to modules or tensors after it returns; per-run state lives on the active
+:class:`~hallufix.intercept.install.Interceptor` found through a context variable.
+"""
+from __future__ import annotations
+
+import contextvars
+
+import torch
+import torch.nn.functional as F
+from transformers import AttentionInterface
+from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_forward
+from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+from hallufix.events import BiasEvent, HeadsEvent, KVEvent, ProbsEvent
+
+#: The name under which the function and its mask function are registered (process-wide, once).
+ATTN_NAME = "hallufix"
+
+#: The interceptor of the run in progress (``None`` outside runs).
+ACTIVE: contextvars.ContextVar = contextvars.ContextVar("hallufix_active_interceptor", default=None)
+
+
+def hallufix_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+    """``AttentionInterface`` signature: ``query (B, H, q, D)``, ``key/value (B, Hkv, kv, D)``, mask ``None``
+    (no padding), bool ``(B, 1, q, kv)`` or additive float. Returns ``(output (B, q, H, D), None)``."""
+    st = ACTIVE.get()
+    plan = st.plans.get(id(module)) if st is not None else None
+    if plan is None:
+        if st is not None:
+            st.count_path(getattr(module, "layer_idx", -1), "sdpa")
+        return sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout,
+                                      **kwargs)
+    return run_layer(st, plan, module, query, key, value, attention_mask, scaling, dropout, kwargs)
+
+
+def row_mask(attention_mask, rows: torch.Tensor, q_len: int, kv_len: int, dtype: torch.dtype) -> torch.Tensor:
+    """Additive float mask ``(B|1, 1, R, kv)`` for query ``rows`` (indices into ``q``), from whatever mask SDPA
+    received: ``None`` means causal with the queries at the end of the cache."""
+    neg = torch.finfo(dtype).min
+    if attention_mask is None:
+        qpos = kv_len - q_len + rows
+        allowed = torch.arange(kv_len, device=rows.device)[None, :] <= qpos[:, None]
+        return torch.where(allowed, 0.0, neg).to(dtype)[None, None]
+    sub = attention_mask[:, :, rows, :kv_len]
+    if sub.dtype == torch.bool:
+        return torch.where(sub, 0.0, neg).to(dtype)
+    return sub.to(dtype)
+
+
+def run_layer(st, plan, module, query, key, value, attention_mask, scaling, dropout, kwargs):
+    """One declared layer (see the module docstring for the paths)."""
+    fwd = st.forward
+    phase, layer = fwd.phase, plan.layer
+    q_len, kv_len = query.shape[2], key.shape[2]
+    ev_kw = dict(layer=layer, forward=fwd, layout=st.layout, model=st.info, stash=st.stash)
+    scaling = module.scaling if scaling is None else scaling
+
+    kv_caller = plan.callers.get(("kv", phase))
+    if kv_caller is not None:
+        ev = KVEvent(key, value, **ev_kw)
+        kv_caller(event=ev)
+        key, value = ev.key, ev.value
+        st.fired(plan.names["kv"])
+
+    terms = []
+    bias_caller = plan.callers.get(("bias", phase))
+    if bias_caller is not None:
+        ev = BiasEvent(**ev_kw)
+        bias_caller(event=ev)
+        terms = ev.terms
+        st.fired(plan.names["bias"])
+
+    n_rep = module.num_key_value_groups
+    biased = torch.zeros(q_len, dtype=torch.bool, device=query.device)
+    for _, rows in terms:
+        biased |= rows.any(0)
+
+    def bias_rows(rows_idx):
+        mask = row_mask(attention_mask, rows_idx, q_len, kv_len, query.dtype)
+        for col_bias, rows in terms:
+            sel = rows[:, rows_idx].to(query.dtype)[:, None, :, None]  # (B, 1, R, 1)
+            mask = mask + sel * col_bias[:, :, None, :].to(query.dtype)
+        return mask
+
+    probs_ev = None
+    kinds = plan.probe_rows.get(phase)
+    if kinds:
+        probe = torch.zeros(q_len, dtype=torch.bool, device=query.device)
+        if "all" in kinds:
+            probe[:] = True
+        if "last" in kinds:
+            probe[-1] = True
+        if "text" in kinds:
+            probe |= st.layout.text_rows(fwd.positions.to(query.device)).any(0)
+        rows_p = probe.nonzero().squeeze(1)
+        if rows_p.numel():
+            scores = torch.matmul(query[:, :, rows_p], repeat_kv(key, n_rep).transpose(-1, -2)) * scaling
+            probs = torch.softmax((scores + bias_rows(rows_p)).float(), dim=-1).to(query.dtype)
+            probs_ev = ProbsEvent(probs, rows_p, **ev_kw)
+            plan.callers[("probs", phase)](event=probs_ev)
+            st.fired(plan.names["probs"])
+            if probs_ev.edited and not st.table.editing_probes(layer):
+                raise RuntimeError(f"layer {layer}: a method edited attention probabilities without declaring "
+                                   f"attn_probs(..., edits=True)")
+
+    custom = biased.clone()
+    if probs_ev is not None and probs_ev.edited:
+        custom[probs_ev.rows] = True
+
+    out = None
+    if not bool(custom.all()):
+        out, _ = sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout,
+                                        **kwargs)
+        st.count_path(layer, "sdpa+rows" if bool(custom.any()) else "sdpa")
+    else:
+        st.count_path(layer, "rows")
+    if bool(custom.any()):
+        rows_c = custom.nonzero().squeeze(1)
+        v_rep = repeat_kv(value, n_rep)
+        out_c = F.scaled_dot_product_attention(query[:, :, rows_c], repeat_kv(key, n_rep), v_rep,
+                                               attn_mask=bias_rows(rows_c), scale=scaling)
+        if probs_ev is not None and probs_ev.edited:
+            # rows whose probabilities a method replaced: exactly P @ V
+            pos = torch.full((q_len,), -1, dtype=torch.long, device=query.device)
+            pos[rows_c] = torch.arange(rows_c.numel(), device=query.device)
+            out_c[:, :, pos[probs_ev.rows]] = torch.matmul(probs_ev.probs.to(v_rep.dtype), v_rep)
+        out_c = out_c.transpose(1, 2)  # (B, R, H, D)
+        if out is None:
+            out = out_c.contiguous()
+        else:
+            out = out.clone()
+            out[:, rows_c] = out_c
+
+    heads_caller = plan.callers.get(("heads", phase))
+    if heads_caller is not None:
+        ev = HeadsEvent(out, fold=lambda g: st.fold_head_gains(layer, g), **ev_kw)
+        heads_caller(event=ev)
+        out = ev.output
+        st.fired(plan.names["heads"])
+    return out, None
+
+
+def register() -> None:
+    """Register the function and its mask function under :data:`ATTN_NAME` (idempotent, process-wide).
+
+    The mask function matters: without it transformers passes ``attention_mask=None`` and padding is silently
+    ignored (transformers.md G3)."""
+    if ATTN_NAME not in AttentionInterface._global_mapping:
+        AttentionInterface.register(ATTN_NAME, hallufix_attention)
+    if ATTN_NAME not in AttentionMaskInterface._global_mapping:
+        AttentionMaskInterface.register(ATTN_NAME, sdpa_mask)

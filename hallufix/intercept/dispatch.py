@@ -1,0 +1,87 @@
+"""The typed facade over pluggy for per-layer hooks: one pre-resolved caller per (kind, layer, phase).
+
+Resolving once per run means a layer no method declared costs a dict miss, and a declared layer calls only the
+methods that declared it, in typed order (pluggy calls last-registered first; the plugin manager registers the
+active methods in reverse, see :mod:`hallufix.plugins`).
+"""
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+import pluggy
+
+from hallufix.points import PHASES, HookPoint
+
+HOOK_OF_KIND = {
+    "image": "hallufix_input_image",
+    "in": "hallufix_layer_input",
+    "kv": "hallufix_attn_kv",
+    "bias": "hallufix_attn_bias",
+    "probs": "hallufix_attn_probs",
+    "heads": "hallufix_attn_heads",
+    "logits": "hallufix_logits",
+}
+
+
+@dataclass
+class LayerPlan:
+    """What runs at one decoder layer, per phase: callers by kind and the probe row kinds."""
+
+    layer: int
+    callers: dict = field(default_factory=dict)  # (kind, phase) -> pluggy caller
+    probe_rows: dict = field(default_factory=lambda: defaultdict(set))  # phase -> {"last", "text", "all"}
+    names: dict = field(default_factory=dict)  # (kind) -> canonical name
+
+
+class HookTable:
+    """Pre-resolved callers for a run's declarations.
+
+    :param pm: the run-scoped plugin manager (active methods registered).
+    :param declared: ``{plugin_object: [HookPoint, ...]}`` for the active methods.
+    """
+
+    def __init__(self, pm: pluggy.PluginManager, declared: dict[object, list[HookPoint]]):
+        self.pm, self.declared = pm, declared
+        self.points: list[HookPoint] = [p for pts in declared.values() for p in pts]
+        self.layers: dict[int, LayerPlan] = {}
+        self.global_callers: dict[str, object] = {}
+        owners: dict[tuple, list[object]] = defaultdict(list)
+        for plugin, pts in declared.items():
+            for p in pts:
+                for phase in p.phases:
+                    key = (p.kind, p.layer, phase)
+                    if plugin not in owners[key]:
+                        owners[key].append(plugin)
+                    if p.kind == "probs":
+                        self._plan(p.layer).probe_rows[phase].add(p.rows)
+        everyone = list(declared)
+        for (kind, layer, phase), who in owners.items():
+            caller = pm.subset_hook_caller(HOOK_OF_KIND[kind], remove_plugins=[x for x in everyone if x not in who])
+            if layer is None:
+                self.global_callers[(kind, phase)] = caller
+            else:
+                plan = self._plan(layer)
+                plan.callers[(kind, phase)] = caller
+        for p in self.points:
+            if p.layer is not None:
+                self.layers[p.layer].names[p.kind] = p.name
+
+    def _plan(self, layer: int) -> LayerPlan:
+        if layer not in self.layers:
+            self.layers[layer] = LayerPlan(layer)
+        return self.layers[layer]
+
+    def kinds(self) -> set[str]:
+        return {p.kind for p in self.points}
+
+    def global_caller(self, kind: str, phase: str | None = None):
+        """Caller for ``image`` / ``logits`` points (any phase when ``phase`` is None)."""
+        for ph in ([phase] if phase else sorted(PHASES)):
+            c = self.global_callers.get((kind, ph))
+            if c is not None:
+                return c
+        return None
+
+    def editing_probes(self, layer: int) -> bool:
+        return any(p.kind == "probs" and p.layer == layer and p.edits for p in self.points)

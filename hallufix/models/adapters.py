@@ -1,0 +1,163 @@
+"""One small adapter per model family: where the decoder is, how prompts and images become inputs, and where the
+visual tokens sit on the image. Everything family-specific lives here, never in plugins or the core.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from hallufix.layout import ModelInfo, TokenLayout
+
+
+class Adapter:
+    """Family-independent behaviour; subclasses override what differs."""
+
+    family = "generic"
+    text_config_key = "text_config"
+    multi_image = True
+
+    # ---------------------------------------------------------------- structure
+    def text_model(self, model):
+        """The language model's decoder stack (``LlamaModel``, ``Qwen2VLTextModel``, ...)."""
+        return model.get_decoder()
+
+    def decoder_layers(self, model) -> list:
+        return list(self.text_model(model).layers)
+
+    def o_proj(self, layer):
+        return layer.self_attn.o_proj
+
+    def text_config(self, model):
+        return getattr(model.config, self.text_config_key)
+
+    def get_text_attn_implementation(self, model) -> str:
+        return self.text_config(model)._attn_implementation
+
+    def set_text_attn_implementation(self, model, name: str) -> None:
+        model.set_attn_implementation({self.text_config_key: name})
+
+    def image_token_id(self, model) -> int:
+        cfg = model.config
+        for attr in ("image_token_id", "image_token_index"):
+            value = getattr(cfg, attr, None)
+            if value is not None:
+                return int(value)
+        raise ValueError(f"{type(model).__name__}: config has no image token id")
+
+    def model_info(self, model, name: str = "") -> ModelInfo:
+        tc = self.text_config(model)
+        heads = tc.num_attention_heads
+        head_dim = getattr(tc, "head_dim", None) or tc.hidden_size // heads
+        return ModelInfo(family=self.family, num_layers=tc.num_hidden_layers, num_heads=heads,
+                         num_kv_heads=getattr(tc, "num_key_value_heads", None) or heads, head_dim=head_dim,
+                         hidden_size=tc.hidden_size, image_token_id=self.image_token_id(model),
+                         visual_tokens_per_image=self.visual_tokens_per_image(model), grid=self.fixed_grid(model),
+                         name=name)
+
+    def visual_tokens_per_image(self, model) -> int | None:
+        return None
+
+    def fixed_grid(self, model) -> tuple[int, int] | None:
+        return None
+
+    # ---------------------------------------------------------------- inputs
+    def prompt(self, processor, question: str, n_images: int = 1) -> str:
+        """The chat-formatted prompt for one question about ``n_images`` images."""
+        content = [{"type": "image"} for _ in range(n_images)] + [{"type": "text", "text": question}]
+        messages = [{"role": "user", "content": content}]
+        return processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+
+    def inputs(self, processor, images: list[list], questions: list[str], device) -> dict:
+        """Processor inputs for a left-padded batch: ``images[row]`` is that row's list of PIL images."""
+        n = {len(x) for x in images}
+        if max(n) > 1 and not self.multi_image:
+            raise ValueError(f"{self.family} takes one image per prompt; a method asked for {max(n)}")
+        prompts = [self.prompt(processor, q, len(imgs)) for q, imgs in zip(questions, images)]
+        processor.tokenizer.padding_side = "left"
+        flat = [im for row in images for im in row]
+        batch = processor(images=flat, text=prompts, padding=True, return_tensors="pt")
+        return {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in batch.items()}
+
+    def grids(self, model, inputs: dict, images: list[list]) -> list[list[tuple[int, int] | None]]:
+        """Per row, per image: the ``(rows, cols)`` grid of its visual tokens."""
+        grid = self.fixed_grid(model)
+        return [[grid for _ in row] for row in images]
+
+    def layout(self, model, inputs: dict, images: list[list]) -> TokenLayout:
+        return TokenLayout.from_inputs(inputs["input_ids"], inputs.get("attention_mask"), self.image_token_id(model),
+                                       self.grids(model, inputs, images))
+
+    def new_tokens(self, sequences: torch.Tensor, inputs: dict) -> torch.Tensor:
+        """The generated part of ``generate``'s output ``(B, P + T)`` -> ``(B, T)``."""
+        return sequences[:, inputs["input_ids"].shape[1]:]
+
+
+class LlavaAdapter(Adapter):
+    """LLaVA-1.5 (``LlavaForConditionalGeneration``): CLIP patches, ``(image_size/patch)^2`` tokens, raster grid."""
+
+    family = "llava"
+
+    def visual_tokens_per_image(self, model) -> int:
+        g = self.fixed_grid(model)
+        return g[0] * g[1]
+
+    def fixed_grid(self, model) -> tuple[int, int]:
+        vc = model.config.vision_config
+        n = vc.image_size // vc.patch_size
+        return (n, n)
+
+
+class QwenAdapter(Adapter):
+    """Qwen2-VL / Qwen2.5-VL: variable grids from ``image_grid_thw`` after the ``merge x merge`` merge."""
+
+    family = "qwen2-vl"
+
+    def __init__(self, family: str = "qwen2-vl"):
+        self.family = family
+
+    def grids(self, model, inputs: dict, images: list[list]) -> list[list[tuple[int, int] | None]]:
+        merge = model.config.vision_config.spatial_merge_size
+        thw = inputs["image_grid_thw"].tolist()
+        out, k = [], 0
+        for row in images:
+            cells = []
+            for _ in row:
+                t, h, w = thw[k]
+                cells.append((t * h // merge, w // merge))
+                k += 1
+            out.append(cells)
+        return out
+
+
+class InstructBlipAdapter(Adapter):
+    """InstructBLIP: 32 Q-Former query tokens prepended to the prompt; no spatial grid in the language model."""
+
+    family = "instructblip"
+    multi_image = False
+
+    def prompt(self, processor, question: str, n_images: int = 1) -> str:
+        if getattr(processor, "chat_template", None):
+            return super().prompt(processor, question, n_images)
+        return question
+
+    def visual_tokens_per_image(self, model) -> int:
+        return int(model.config.num_query_tokens)
+
+
+_BY_MODEL_TYPE = {"llava": LlavaAdapter, "qwen2_vl": lambda: QwenAdapter("qwen2-vl"),
+                  "qwen2_5_vl": lambda: QwenAdapter("qwen2.5-vl"), "instructblip": InstructBlipAdapter}
+
+
+def adapter_for(model) -> Adapter:
+    """The adapter for a loaded model, from ``config.model_type``."""
+    mt = model.config.model_type
+    if mt not in _BY_MODEL_TYPE:
+        raise ValueError(f"unsupported model type '{mt}'; hallufix supports {', '.join(sorted(_BY_MODEL_TYPE))}")
+    return _BY_MODEL_TYPE[mt]()
+
+
+def grid_shape(n_tokens: int) -> tuple[int, int] | None:
+    """A square grid for ``n_tokens`` if it is a perfect square."""
+    r = int(math.isqrt(n_tokens))
+    return (r, r) if r * r == n_tokens else None

@@ -1,0 +1,215 @@
+"""Plugin discovery and run-scoped activation.
+
+Two levels (as in llm / pytest):
+
+1. **Discovery** (:func:`discover`): every distribution with an entry point in the ``hallufix`` group names a light
+   module; its ``hallufix_register_methods(register)`` hook registers lazy ``"module:Class"`` targets. No torch is
+   imported. A plugin that fails to import is recorded in :attr:`Registry.errors` and hides nothing else.
+2. **Activation** (:func:`activate`): ``--plugins clva,ara`` instantiates only those classes, each with its
+   config (dataclass schema + family preset + ``name.key=value`` overrides), in a fresh pluggy
+   ``PluginManager``. They are registered in *reverse* typed order because pluggy calls the last registered
+   first: the typed order is the call order, and it is recorded.
+
+One-off local plugins: ``--plugins ./my_method.py`` (or ``./my_method.py:name``) loads a file that defines
+``hallufix_register_methods`` or a module-level class with a ``name`` attribute and hook implementations.
+
+Environment: ``HALLUFIX_DISABLE_PLUGIN_AUTOLOAD=1`` skips entry points; ``HALLUFIX_LOAD_PLUGINS=dist1,dist2``
+loads only those distributions.
+"""
+from __future__ import annotations
+
+import difflib
+import importlib
+import importlib.util
+import os
+import sys
+from dataclasses import dataclass, field
+from importlib.metadata import entry_points
+from pathlib import Path
+from typing import Any
+
+import pluggy
+
+from hallufix import hookspecs
+
+GROUP = "hallufix"
+BUILTIN_DIST = "hallufix"
+
+
+class PluginError(ValueError):
+    """A plugin selection or configuration problem, with the fix in the message."""
+
+
+@dataclass
+class MethodInfo:
+    """A discovered method: ``name``, lazy ``target`` (``"module:Class"`` or a class), distribution, version."""
+
+    name: str
+    target: Any
+    dist: str = "local"
+    version: str = ""
+    description: str = ""
+
+    def load(self) -> type:
+        if not isinstance(self.target, str):
+            return self.target
+        module, _, attr = self.target.partition(":")
+        return getattr(importlib.import_module(module), attr)
+
+
+@dataclass
+class Registry:
+    """What discovery found: methods by name, and load errors by entry point."""
+
+    methods: dict[str, MethodInfo] = field(default_factory=dict)
+    errors: dict[str, str] = field(default_factory=dict)
+
+    def names(self) -> list[str]:
+        return sorted(self.methods)
+
+    def get(self, name: str) -> MethodInfo:
+        if name in self.methods:
+            return self.methods[name]
+        close = difflib.get_close_matches(name, self.names(), n=1)
+        hint = f" Did you mean '{close[0]}'?" if close else ""
+        broken = f" (plugins that failed to load: {', '.join(sorted(self.errors))})" if self.errors else ""
+        raise PluginError(f"unknown plugin '{name}'.{hint} Known plugins: {', '.join(self.names()) or 'none'}{broken}")
+
+
+def new_manager() -> pluggy.PluginManager:
+    """A fresh plugin manager with hallufix's hookspecs."""
+    pm = pluggy.PluginManager(GROUP)
+    pm.add_hookspecs(hookspecs)
+    return pm
+
+
+def _collect(registry: Registry, module: Any, dist: str, version: str) -> None:
+    pm = new_manager()
+    pm.register(module)
+    seen: list[MethodInfo] = []
+
+    def register(name: str, target: Any, *, description: str = "") -> None:
+        seen.append(MethodInfo(name, target, dist, version, description))
+
+    pm.hook.hallufix_register_methods(register=register)
+    for info in seen:
+        prev = registry.methods.get(info.name)
+        if prev is not None and prev.dist != info.dist:
+            if prev.dist == BUILTIN_DIST:
+                continue  # a built-in wins over a plugin with the same name
+            if info.dist != BUILTIN_DIST:
+                raise PluginError(f"method '{info.name}' is provided by two distributions: {prev.dist} and "
+                                  f"{info.dist}; uninstall one or block it with HALLUFIX_LOAD_PLUGINS")
+        registry.methods[info.name] = info
+
+
+def discover() -> Registry:
+    """Load every ``hallufix`` entry point (fault-isolated) and collect the methods they register."""
+    registry = Registry()
+    if os.environ.get("HALLUFIX_DISABLE_PLUGIN_AUTOLOAD") == "1":
+        return registry
+    allow = os.environ.get("HALLUFIX_LOAD_PLUGINS")
+    allowed = None if allow is None else {d.strip() for d in allow.split(",") if d.strip()}
+    eps = sorted(entry_points(group=GROUP), key=lambda ep: (ep.dist.name != BUILTIN_DIST if ep.dist else True,
+                                                             ep.name))
+    for ep in eps:
+        dist = ep.dist.name if ep.dist else "unknown"
+        if allowed is not None and dist not in allowed and dist != BUILTIN_DIST:
+            continue
+        try:
+            module = ep.load()
+            _collect(registry, module, dist, ep.dist.version if ep.dist else "")
+        except PluginError:
+            raise
+        except Exception as exc:  # a broken plugin must not hide the others
+            registry.errors[f"{ep.name} ({dist})"] = f"{type(exc).__name__}: {exc}"
+    return registry
+
+
+def load_local(spec: str, registry: Registry) -> MethodInfo:
+    """Load a one-off plugin from ``path.py`` or ``path.py:name`` and add it to ``registry``."""
+    path_s, _, wanted = spec.partition(".py:") if ".py:" in spec else (spec, "", "")
+    path = Path(path_s if path_s.endswith(".py") else path_s + ".py")
+    if not path.is_file():
+        raise PluginError(f"local plugin file not found: {path}")
+    mod_name = f"hallufix_local_{path.stem}"
+    module_spec = importlib.util.spec_from_file_location(mod_name, path)
+    module = importlib.util.module_from_spec(module_spec)
+    sys.modules[mod_name] = module
+    module_spec.loader.exec_module(module)
+    before = set(registry.methods)
+    if hasattr(module, "hallufix_register_methods"):
+        _collect(registry, module, f"local:{path}", "")
+        new = [n for n in registry.methods if n not in before or registry.methods[n].dist == f"local:{path}"]
+    else:
+        classes = [v for v in vars(module).values() if isinstance(v, type) and isinstance(getattr(v, "name", None), str)
+                   and v.__module__ == mod_name]
+        for cls in classes:
+            registry.methods[cls.name] = MethodInfo(cls.name, cls, f"local:{path}", "")
+        new = [c.name for c in classes]
+    if wanted:
+        return registry.get(wanted)
+    if len(new) != 1:
+        raise PluginError(f"{path} defines {len(new)} methods ({', '.join(new) or 'none'}); select one with "
+                          f"{path}:NAME")
+    return registry.methods[new[0]]
+
+
+@dataclass
+class ActiveMethods:
+    """The methods of one run: instances in typed order, their infos and resolved configs, the plugin manager."""
+
+    pm: pluggy.PluginManager
+    instances: list[Any]
+    infos: list[MethodInfo]
+    configs: list[Any]
+
+    @property
+    def order(self) -> list[str]:
+        return [i.name for i in self.infos]
+
+    def record(self) -> list[dict]:
+        """JSON-ready description: name, distribution, version, resolved config, in call order."""
+        from omegaconf import OmegaConf
+
+        return [{"name": i.name, "dist": i.dist, "version": i.version,
+                 "config": OmegaConf.to_container(OmegaConf.structured(c)) if c is not None else {}}
+                for i, c in zip(self.infos, self.configs)]
+
+
+def split_plugins(spec: str | list[str] | None) -> list[str]:
+    """``"clva,ara"`` / ``["clva", "ara"]`` / ``None`` -> ``["clva", "ara"]`` (empty and ``none`` = baseline)."""
+    if spec is None:
+        return []
+    items = spec.split(",") if isinstance(spec, str) else list(spec)
+    names = [s.strip() for s in items if s.strip()]
+    return [] if names in (["none"], ["baseline"]) else names
+
+
+def activate(names: list[str], *, family: str | None = None, overrides: dict[str, list[str]] | None = None,
+             registry: Registry | None = None) -> ActiveMethods:
+    """Instantiate ``names`` (typed order) with their configs in a fresh plugin manager.
+
+    :param family: the model family, to pick each method's family preset.
+    :param overrides: ``{method_name: ["key=value", ...]}``.
+    """
+    from hallufix.config import method_config
+
+    registry = registry if registry is not None else discover()
+    if len(set(names)) != len(names):
+        raise PluginError(f"a method is listed twice in {names}; stack distinct methods")
+    infos = [load_local(n, registry) if n.endswith(".py") or ".py:" in n else registry.get(n) for n in names]
+    pm = new_manager()
+    instances, configs = [], []
+    for info in infos:
+        try:
+            cls = info.load()
+        except Exception as exc:
+            raise PluginError(f"plugin '{info.name}' ({info.dist}) failed to import: {type(exc).__name__}: {exc}")
+        cfg = method_config(cls, family=family, overrides=(overrides or {}).get(info.name, []))
+        instances.append(cls(cfg) if cfg is not None else cls())
+        configs.append(cfg)
+    for inst, info in reversed(list(zip(instances, infos))):
+        pm.register(inst, name=info.name)
+    pm.check_pending()
+    return ActiveMethods(pm, instances, infos, configs)
