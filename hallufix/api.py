@@ -62,7 +62,8 @@ class Session:
               methods: ActiveMethods | None = None) -> "MethodRun":
         """Activate ``plugins`` (typed order = call order) with per-method ``overrides`` for a run."""
         if methods is None:
-            methods = activate(split_plugins(plugins), family=self.info.family, overrides=overrides)
+            methods = activate(split_plugins(plugins), family=self.info.family, overrides=overrides,
+                               model=self.info.name)
         return MethodRun(self, methods)
 
     def generate(self, images: list, questions: list[str], plugins=None, overrides=None, **kw) -> list[Generation]:

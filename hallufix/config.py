@@ -24,13 +24,14 @@ class ConfigError(ValueError):
     """A bad configuration key or value, with the fix in the message."""
 
 
-def preset_path(cls: type, family: str | None, preset: str | None = None) -> Path | None:
-    """The YAML preset for ``cls`` on ``family`` (or the named ``preset``) if the method ships one."""
+def preset_path(cls: type, family: str | None, preset: str | None = None, model: str | None = None) -> Path | None:
+    """The YAML preset for ``cls``: the named ``preset``, else one for the ``model`` alias (e.g. ``builtin``), else
+    one for the ``family``, if the method ships it."""
     module = sys.modules.get(cls.__module__)
     if module is None or not getattr(module, "__file__", None):
         return None
     folder = Path(module.__file__).parent / "presets"
-    for name in [preset, family]:
+    for name in [preset, model, family]:
         if name and (folder / f"{name}.yaml").is_file():
             return folder / f"{name}.yaml"
     return None
@@ -60,7 +61,8 @@ def apply_overrides(base, items: list[str], where: str):
     return base
 
 
-def method_config(cls: type, *, family: str | None = None, overrides: list[str] = (), preset: str | None = None):
+def method_config(cls: type, *, family: str | None = None, overrides: list[str] = (), preset: str | None = None,
+                  model: str | None = None):
     """Resolve a method's config object (an instance of ``cls.Config``) or ``None`` if it has no schema."""
     schema = getattr(cls, "Config", None)
     if schema is None:
@@ -70,7 +72,7 @@ def method_config(cls: type, *, family: str | None = None, overrides: list[str] 
     conf = OmegaConf.structured(schema)
     OmegaConf.set_struct(conf, True)
     where = f"method '{getattr(cls, 'name', cls.__name__)}'"
-    path = preset_path(cls, family, preset)
+    path = preset_path(cls, family, preset, model)
     if path is not None:
         try:
             conf = OmegaConf.merge(conf, OmegaConf.load(path))

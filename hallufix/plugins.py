@@ -182,31 +182,50 @@ def split_plugins(spec: str | list[str] | None) -> list[str]:
     if spec is None:
         return []
     items = spec.split(",") if isinstance(spec, str) else list(spec)
-    names = [s.strip() for s in items if s.strip()]
+    names = [s.strip() if isinstance(s, str) else s for s in items if not isinstance(s, str) or s.strip()]
     return [] if names in (["none"], ["baseline"]) else names
 
 
-def activate(names: list[str], *, family: str | None = None, overrides: dict[str, list[str]] | None = None,
-             registry: Registry | None = None) -> ActiveMethods:
+def _is_local(name: str) -> bool:
+    return name.endswith(".py") or ".py:" in name
+
+
+def activate(names: list, *, family: str | None = None, overrides: dict[str, list[str]] | None = None,
+             registry: Registry | None = None, model: str | None = None) -> ActiveMethods:
     """Instantiate ``names`` (typed order) with their configs in a fresh plugin manager.
 
-    :param family: the model family, to pick each method's family preset.
+    :param family: the model family, to pick each method's family preset; :param model: the model alias (a
+        preset named after it, e.g. ``builtin.yaml``, wins over the family's).
     :param overrides: ``{method_name: ["key=value", ...]}``.
     """
     from hallufix.config import method_config
 
-    registry = registry if registry is not None else discover()
-    if len(set(names)) != len(names):
-        raise PluginError(f"a method is listed twice in {names}; stack distinct methods")
-    infos = [load_local(n, registry) if n.endswith(".py") or ".py:" in n else registry.get(n) for n in names]
+    keys = [n if isinstance(n, str) else getattr(n, "name", repr(n)) for n in names]
+    if len(set(keys)) != len(keys):
+        raise PluginError(f"a method is listed twice in {keys}; stack distinct methods")
+    if registry is None and any(isinstance(n, str) and not _is_local(n) for n in names):
+        registry = discover()
+    registry = registry if registry is not None else Registry()
+    infos, given = [], {}
+    for n in names:
+        if not isinstance(n, str):  # an already built method object (Python API, tests)
+            info = MethodInfo(getattr(n, "name", type(n).__name__), type(n), "local", "")
+            given[id(info)] = n
+            infos.append(info)
+        else:
+            infos.append(load_local(n, registry) if _is_local(n) else registry.get(n))
     pm = new_manager()
     instances, configs = [], []
     for info in infos:
+        if id(info) in given:
+            instances.append(given[id(info)])
+            configs.append(getattr(given[id(info)], "config", None))
+            continue
         try:
             cls = info.load()
         except Exception as exc:
             raise PluginError(f"plugin '{info.name}' ({info.dist}) failed to import: {type(exc).__name__}: {exc}")
-        cfg = method_config(cls, family=family, overrides=(overrides or {}).get(info.name, []))
+        cfg = method_config(cls, family=family, model=model, overrides=(overrides or {}).get(info.name, []))
         instances.append(cls(cfg) if cfg is not None else cls())
         configs.append(cfg)
     for inst, info in reversed(list(zip(instances, infos))):

@@ -1,0 +1,42 @@
+"""VisualBoost: in chosen layers, multiply every text row's attention to visual tokens by ``w`` and
+renormalise. Exactly a logit bias ``log w`` on visual key columns, so the layers stay on fused SDPA."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+import hallufix
+from hallufix import points
+
+
+@dataclass
+class Config:
+    w: float = 2.0          # 1.0 is the no-op
+    layers: str = "all"     # "all", "2-5", "4:", "0,3"
+
+    def validate(self):
+        if self.w <= 0:
+            raise ValueError(f"w must be > 0, got {self.w}")
+
+
+class VisualBoost:
+    name = "visual-boost"
+    Config = Config
+
+    def __init__(self, config: Config):
+        self.config = config
+
+    @hallufix.hookimpl
+    def hallufix_configure(self, model):
+        if self.config.w == 1.0:
+            return []  # the no-op: declare nothing, so nothing is installed
+        from hallufix.config import parse_layers
+
+        return points.attn_bias(parse_layers(self.config.layers, model.num_layers))
+
+    @hallufix.hookimpl
+    def hallufix_attn_bias(self, event):
+        bias = torch.where(event.visual_keys, math.log(self.config.w), 0.0)  # (B, kv)
+        event.add(bias)  # default rows: the text rows (instruction + generated)

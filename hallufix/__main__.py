@@ -1,0 +1,5 @@
+import sys
+
+from hallufix.cli import main
+
+sys.exit(main())

@@ -1,0 +1,156 @@
+"""``hallufix run`` (one stack, compared with the baseline on the same samples) and ``hallufix ablate`` (grids)."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from hallufix.cli import CliError
+
+EPILOG = """examples:
+  hallufix run --plugins clva,ara                          built-in model + synthetic POPE, vs baseline
+  hallufix run --plugins clva clva.alpha=10 --limit 50
+  hallufix run --model llava-1.5 --task pope:/data/pope/coco --plugins clva task.image_root=/data/val2014
+  hallufix run --plugins clva clva.alpha=10,14 clva.beta=0.5,0.9   (a sweep: one run directory per cell)
+"""
+
+
+def _common(p) -> None:
+    p.add_argument("--model", default=None, help="alias, hub id or local folder (default: the built-in model)")
+    p.add_argument("--task", default=None, help="task NAME or NAME:PATH (default: shapes-pope)")
+    p.add_argument("--output", default=None, help="directory for the run(s) (default runs/<model>-<task>); "
+                                                  "rerunning into the same directory resumes")
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--limit", type=int, default=None, help="first N samples only")
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--max-new-tokens", type=int, default=None)
+    p.add_argument("--dtype", default=None, help="auto, float32, bfloat16, float16")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ...")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("overrides", nargs="*", metavar="key=value",
+                   help="method keys (clva.alpha=10), task options (task.image_root=DIR), run keys; a,b,c sweeps")
+
+
+def register(sub) -> None:
+    p = sub.add_parser("run", help="run methods on a task (vs the baseline on the same samples)", epilog=EPILOG,
+                       formatter_class=__import__("argparse").RawDescriptionHelpFormatter)
+    p.add_argument("--plugins", default=None, help="methods to stack, in call order: clva,ara")
+    p.add_argument("--no-baseline", action="store_true", help="do not run the baseline beside the stack")
+    _common(p)
+    p.set_defaults(handler=_run)
+    a = sub.add_parser("ablate", help="run an ablation grid from a YAML file and/or key=a,b sweeps",
+                       epilog="example: hallufix ablate configs/ablations/clva-table4.yaml --limit 100")
+    a.add_argument("grid", nargs="?", default=None, help="grid YAML (see configs/ablations/)")
+    a.add_argument("--plugins", default=None, help="a fixed stack when the grid does not sweep plugins")
+    _common(a)
+    a.set_defaults(handler=_ablate, no_baseline=True)
+
+
+def _base_settings(args, fixed: dict) -> dict:
+    base = dict(fixed)
+    for key in ("model", "task", "batch_size", "limit", "seed", "max_new_tokens", "dtype", "device"):
+        value = getattr(args, key)
+        if value is not None:
+            base[key] = value
+    base.setdefault("model", "builtin")
+    base.setdefault("task", "shapes-pope")
+    return base
+
+
+def _run(args) -> int:
+    return _execute(args, {}, {})
+
+
+def _ablate(args) -> int:
+    from hallufix.experiment import load_grid
+
+    fixed, axes = ({}, {})
+    if args.grid:
+        if not Path(args.grid).is_file():
+            raise CliError(f"grid file not found: {args.grid}")
+        fixed, axes = load_grid(args.grid)
+    if not axes and not any("," in o for o in args.overrides):
+        raise CliError("nothing to sweep: give a grid file or key=a,b,c overrides")
+    return _execute(args, fixed, axes)
+
+
+def _execute(args, fixed: dict, axes: dict) -> int:
+    from hallufix.config import ConfigError
+    from hallufix.experiment import cell_dirname, default_output, plan
+    from hallufix.plugins import PluginError, discover
+    from hallufix.tasks.base import TaskError
+
+    base = _base_settings(args, fixed)
+    try:
+        p = plan(base, list(args.overrides), args.plugins, axes)
+        registry = discover()
+        for cell in p.cells:  # validate names and configs before the model loads
+            for name in cell.plugins:
+                if not name.endswith(".py") and ".py:" not in name:
+                    registry.get(name)
+        task = _make_task(base["task"], p.task_options)
+    except (ConfigError, PluginError, TaskError) as exc:
+        raise CliError(str(exc)) from None
+    cells = list(p.cells)
+    if not args.no_baseline and len(cells) == 1 and cells[0].plugins:
+        from dataclasses import replace
+
+        cells.insert(0, replace(cells[0], plugins=[], overrides={}, swept={}))
+    out_root = Path(args.output) if args.output else default_output(base["model"], base["task"])
+    session = _load(base)
+    from hallufix.plugins import activate
+
+    results = []
+    for cell in cells:
+        try:
+            methods = activate(cell.plugins, family=session.info.family, overrides=cell.overrides,
+                               registry=registry, model=session.info.name)
+        except (ConfigError, PluginError) as exc:
+            raise CliError(str(exc)) from None
+        out_dir = out_root / cell_dirname(cell)
+        try:
+            from hallufix.runs import execute
+
+            res = execute(session, task, cell, out_dir, methods=methods, progress=not args.quiet)
+        except TaskError as exc:
+            raise CliError(f"{exc} (finished samples are kept in {out_dir}/samples.jsonl; rerun to resume)") from None
+        results.append((cell, out_dir, res))
+    _print_summary(results, out_root)
+    return 0
+
+
+def _make_task(spec: str, options: dict):
+    import inspect
+
+    from hallufix.tasks import get_task
+    from hallufix.tasks.base import TaskError
+
+    try:
+        return get_task(spec, **options)
+    except TypeError as exc:
+        from hallufix.tasks.base import _TASKS
+
+        name = spec.split(":")[0]
+        params = [k for k in inspect.signature(_TASKS[name]).parameters if k not in ("self", "path")]
+        raise TaskError(f"task '{name}': {exc}. Task options: {', '.join(params)} (pass as task.KEY=VALUE)") from None
+
+
+def _load(base: dict):
+    from hallufix.api import Session
+    from hallufix.models.loading import ModelNotAvailableError
+
+    try:
+        return Session.load(base["model"], dtype=base.get("dtype", "auto"), device=base.get("device", "cpu"))
+    except ModelNotAvailableError as exc:
+        raise CliError(str(exc)) from None
+
+
+def _print_summary(results, out_root: Path) -> None:
+    from hallufix.report_summary import summary_table
+
+    from hallufix.runs import _write_json
+
+    print(summary_table(results), file=sys.stdout)  # also fills each result's overhead ratio vs the baseline
+    for _, out_dir, res in results:
+        _write_json(out_dir / "results.json", res)
+    print(f"\nrun directories under {out_root}/ (rerun the same command to resume; "
+          f"`hallufix report {out_root}/*` for CSV / Markdown / LaTeX tables)")

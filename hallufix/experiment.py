@@ -1,0 +1,149 @@
+"""Experiments: one run, a baseline-vs-stack comparison, or an ablation grid, from typed overrides or a YAML
+grid file. Pure planning here (no torch); :func:`run_cells` executes the cells on one loaded model.
+
+Override grammar (a Hydra subset, no Hydra):
+
+* ``clva.alpha=10``: a method's config key (the method must be in the stack);
+* ``task.image_root=/data/val2014``: a task option;
+* ``batch_size=4``, ``limit=100``, ``seed=1``, ``max_new_tokens=8``: run settings;
+* ``plugins=none,clva,clva+ara``: a sweep over method stacks (``+`` stacks, ``none`` is the baseline);
+* any ``key=a,b,c`` is a sweep: the grid is the cartesian product; one run directory per cell.
+
+A grid file holds the same keys::
+
+    model: builtin
+    task: shapes-pope
+    limit: 200
+    grid:
+      plugins: [none, clva, clva+ara]
+      clva.alpha: [10, 14]
+"""
+from __future__ import annotations
+
+import difflib
+import itertools
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hallufix.config import ConfigError
+from hallufix.runs import RunSpec
+
+RUN_KEYS = {"batch_size": int, "limit": int, "seed": int, "max_new_tokens": int, "model": str, "task": str,
+            "dtype": str, "device": str}
+
+
+@dataclass
+class Plan:
+    """The cells of an experiment and the shared settings: ``task_options`` go to the task constructor."""
+
+    cells: list[RunSpec] = field(default_factory=list)
+    task_options: dict[str, Any] = field(default_factory=dict)
+
+
+def _stack(value: str) -> list[str]:
+    value = value.strip()
+    return [] if value in ("none", "baseline", "") else [v.strip() for v in value.split("+") if v.strip()]
+
+
+def _axes_from_items(items: list[str]) -> dict[str, list[str]]:
+    axes: dict[str, list[str]] = {}
+    for item in items:
+        if "=" not in item:
+            raise ConfigError(f"override '{item}' is not of the form key=value")
+        key, value = item.split("=", 1)
+        key = key.strip()
+        if value.strip().startswith(("[", "{", "'", '"')):
+            axes[key] = [value]
+        else:
+            axes[key] = [v for v in value.split(",")]
+    return axes
+
+
+def load_grid(path: str | Path) -> tuple[dict[str, Any], dict[str, list[str]]]:
+    """Read a grid YAML: ``(fixed settings, {key: [values]})``."""
+    from omegaconf import OmegaConf
+
+    conf = OmegaConf.to_container(OmegaConf.load(path))
+    grid = conf.pop("grid", {}) or {}
+    axes = {str(k): [str(x) for x in (v if isinstance(v, list) else [v])] for k, v in grid.items()}
+    return conf, axes
+
+
+def plan(base: dict[str, Any], items: list[str], plugins: str | None = None,
+         extra_axes: dict[str, list[str]] | None = None) -> Plan:
+    """Expand settings + overrides (+ grid axes) into cells.
+
+    :param base: fixed settings (``model``, ``task``, run keys, and ``overrides`` lists from a grid file).
+    :param items: command-line ``key=value`` strings (commas sweep).
+    :param plugins: the ``--plugins`` stack (commas stack here: ``clva,ara``).
+    """
+    axes = dict(extra_axes or {})
+    axes.update(_axes_from_items(items))
+    if plugins is not None and "plugins" not in axes:
+        axes["plugins"] = ["+".join(p.strip() for p in plugins.split(",") if p.strip()) or "none"]
+    axes.setdefault("plugins", [str(base.get("plugins", "none"))])
+    out = Plan()
+    keys = list(axes)
+    seen = set()
+    for combo in itertools.product(*(axes[k] for k in keys)):
+        setting = dict(zip(keys, combo))
+        stack = _stack(setting.pop("plugins"))
+        spec = RunSpec(plugins=stack)
+        for k, v in base.items():
+            if k in RUN_KEYS and v is not None:
+                setattr(spec, k, RUN_KEYS[k](v))
+        swept: dict[str, Any] = {}
+        for key, value in setting.items():
+            head, _, rest = key.partition(".")
+            if key in RUN_KEYS:
+                setattr(spec, key, RUN_KEYS[key](value))
+            elif head == "task" and rest:
+                out.task_options[rest] = _yaml_value(value)
+            elif rest:
+                if head not in stack:
+                    if len(axes[key]) > 1:
+                        continue  # a swept key of a method not in this cell's stack
+                    raise ConfigError(f"override '{key}' names method '{head}', which is not in the stack "
+                                      f"{stack or ['baseline']}")
+                spec.overrides.setdefault(head, []).append(f"{rest}={value}")
+            else:
+                close = difflib.get_close_matches(key, list(RUN_KEYS) + ["plugins"], n=1)
+                hint = f" Did you mean '{close[0]}'?" if close else ""
+                raise ConfigError(f"unknown config key '{key}'.{hint} Run keys: {', '.join(sorted(RUN_KEYS))}; "
+                                  f"method keys look like clva.alpha=10, task options like task.image_root=DIR")
+            if len(axes[key]) > 1:
+                swept[key] = _yaml_value(value)
+        if len(axes["plugins"]) > 1:
+            swept["plugins"] = spec.stack
+        spec.swept = swept
+        ident = (tuple(spec.plugins), tuple(sorted((k, tuple(v)) for k, v in spec.overrides.items())),
+                 spec.batch_size, spec.limit, spec.seed, spec.max_new_tokens)
+        if ident in seen:
+            continue
+        seen.add(ident)
+        out.cells.append(spec)
+    return out
+
+
+def _yaml_value(value: str) -> Any:
+    """``"10"`` -> 10, ``"0.5"`` -> 0.5, ``"true"`` -> True, other strings unchanged (YAML typing)."""
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_container(OmegaConf.from_dotlist([f"v={value}"]))["v"]
+
+
+def cell_dirname(spec: RunSpec) -> str:
+    """A stable, readable directory name for a cell: the stack plus the swept method keys."""
+    parts = [spec.stack]
+    for k, v in sorted(spec.swept.items()):
+        if k != "plugins":
+            parts.append(f"{k}={v}")
+    return re.sub(r"[^A-Za-z0-9_.=+,-]", "_", "_".join(parts))
+
+
+def default_output(model: str, task: str) -> Path:
+    """``runs/<model>-<task>``: deterministic, so rerunning the same command resumes it."""
+    slug = lambda s: re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(s).name if "/" in s else s)  # noqa: E731
+    return Path("runs") / f"{slug(model)}-{slug(task)}"

@@ -1,0 +1,39 @@
+"""The console summary ``hallufix run`` prints: one column per run (baseline first), one row per metric, and
+the wall-time overhead of each run against the baseline measured in the same process."""
+from __future__ import annotations
+
+
+def _fmt(v) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.4f}" if abs(v) < 10 else f"{v:.2f}"
+    return str(v)
+
+
+def summary_table(results: list) -> str:
+    """``results``: ``[(RunSpec, out_dir, results_dict), ...]`` -> aligned text table."""
+    import pandas as pd
+
+    cols, base_wall = {}, None
+    for spec, _, res in results:
+        name = spec.stack + "".join(f" {k}={v}" for k, v in sorted(spec.swept.items()) if k != "plugins")
+        col = {}
+        for split, metrics in res["metrics"].items():
+            for metric, m in metrics.items():
+                col[(split, metric)] = m["value"]
+        wall = res["overhead"]["wall_s_per_sample"]
+        if not spec.plugins and base_wall is None:
+            base_wall = wall
+        col[("time", "s/sample")] = wall
+        cols[name] = col
+    for spec, _, res in results:
+        name = spec.stack + "".join(f" {k}={v}" for k, v in sorted(spec.swept.items()) if k != "plugins")
+        wall = cols[name][("time", "s/sample")]
+        ratio = (wall / base_wall) if (wall and base_wall) else None
+        cols[name][("time", "x baseline")] = ratio
+        res["overhead"]["baseline_wall_s_per_sample"] = base_wall
+        res["overhead"]["ratio"] = ratio
+    df = pd.DataFrame(cols)
+    df.index = [f"{s}/{m}" for s, m in df.index]
+    return df.map(_fmt).to_string()

@@ -1,0 +1,48 @@
+"""A hook recorder: a plugin that declares chosen hook points and records ``(name, phase, step, shape)``."""
+from __future__ import annotations
+
+from hallufix import hookimpl
+
+
+class HookRecorder:
+    """Declare ``points`` (a list of :class:`~hallufix.points.HookPoint`) and record every call.
+
+    ``calls`` holds ``(canonical name, phase, step, tuple(shape))``; ``values`` keeps the tensors when
+    ``keep=True`` (cloned)."""
+
+    name = "recorder"
+
+    def __init__(self, points, keep: bool = False):
+        self.points, self.keep = list(points), keep
+        self.calls: list[tuple] = []
+        self.values: list = []
+
+    @hookimpl
+    def hallufix_configure(self, model):
+        return self.points
+
+    def _rec(self, name, event, tensor):
+        self.calls.append((name, event.forward.phase if event.forward else None,
+                           event.forward.step if event.forward else None, tuple(tensor.shape)))
+        if self.keep:
+            self.values.append(tensor.detach().clone())
+
+    @hookimpl
+    def hallufix_attn_probs(self, event):
+        self._rec(f"lm.layers.{event.layer}.attn.probs", event, event.probs)
+
+    @hookimpl
+    def hallufix_attn_heads(self, event):
+        self._rec(f"lm.layers.{event.layer}.attn.heads", event, event.output)
+
+    @hookimpl
+    def hallufix_layer_input(self, event):
+        self._rec(f"lm.layers.{event.layer}.in", event, event.hidden)
+
+    @hookimpl
+    def hallufix_attn_kv(self, event):
+        self._rec(f"lm.layers.{event.layer}.attn.kv", event, event.key)
+
+    @hookimpl
+    def hallufix_logits(self, event):
+        self._rec("lm.logits", event, event.scores)

@@ -1,0 +1,8 @@
+"""Entry-point module of the `contrast` method: light (no torch at import); the class loads only when activated."""
+import hallufix
+
+
+@hallufix.hookimpl
+def hallufix_register_methods(register):
+    register("contrast", "hallufix_contrast.method:Contrast",
+             description="contrastive-attention review-layer masking / crop (Song, Li, Yu 2026)")

@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# The README's test command: a fresh venv with everything the tests need, then the whole suite.
+# CPU torch first (a plain `torch` requirement would pull a multi-GB CUDA build); never torchvision.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV="${HALLUFIX_VENV:-.venv-test}"
+python3 -m venv "$VENV"
+"$VENV/bin/python" -m pip install -q --upgrade pip
+"$VENV/bin/python" -m pip install -q torch==2.13.0
+"$VENV/bin/python" -m pip install -q -e ".[test]" ./docs/examples/hallufix-example
+"$VENV/bin/python" -m pytest -q -p no:cacheprovider "$@"
