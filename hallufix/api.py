@@ -156,10 +156,14 @@ class MethodRun:
 
     # ------------------------------------------------------------------ analysis prefill (service for methods)
     def capture(self, images: list | None = None, questions: list[str] | None = None, *, layers=(),
-                hidden_norms: bool = False, extra_images: list[list] | None = None) -> PrefillCapture:
+                hidden_norms: bool = False, extra_images: list[list] | None = None,
+                qformer_attention: bool = False) -> PrefillCapture:
         """Run one prefill (fresh cache, no generation, no method active) and return, for ``layers``, the last
         prompt row's attention over the visual tokens per head and, when asked, the visual tokens' input hidden
-        norms. Used by two-pass methods (ARA, the contrast crop) through :class:`~hallufix.events.ImageEvent`."""
+        norms. Used by two-pass methods (ARA, the contrast crop) through :class:`~hallufix.events.ImageEvent`.
+
+        ``qformer_attention=True`` (InstructBLIP only) adds ``extras["qformer_xattn"]`` ``(B, n_query, 1 + n_patch)``
+        (head- and layer-averaged Q-Former cross-attention; column 0 is CLS) and ``extras["patch_grid"]``."""
         s = self.session
         rec = _Recorder(sorted(set(layers)), hidden_norms)
         pm = new_manager()
@@ -171,6 +175,12 @@ class MethodRun:
         with torch.inference_mode(), Interceptor(s.model, s.adapter, table, pm, layout, s.info, {}):
             s.model(**inputs, use_cache=True)
         rec.result.layout = layout
+        if qformer_attention:
+            if not hasattr(s.adapter, "qformer_cross_attention"):
+                raise ValueError(f"qformer_attention is only available for InstructBLIP, not {s.info.family}")
+            with torch.inference_mode():
+                rec.result.extras["qformer_xattn"] = s.adapter.qformer_cross_attention(s.model, inputs)
+            rec.result.extras["patch_grid"] = s.adapter.patch_grid(s.model)
         return rec.result
 
 

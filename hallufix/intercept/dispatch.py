@@ -55,6 +55,12 @@ class HookTable:
                         owners[key].append(plugin)
                     if p.kind == "probs":
                         self._plan(p.layer).probe_rows[phase].add(p.rows)
+        for plugin, pts in declared.items():
+            for p in pts:
+                hook = HOOK_OF_KIND[p.kind]
+                if plugin not in {i.plugin for i in getattr(pm.hook, hook).get_hookimpls()}:
+                    name = getattr(plugin, "name", type(plugin).__name__)
+                    raise ValueError(f"method '{name}' declared {p.name} but does not implement {hook}")
         everyone = list(declared)
         for (kind, layer, phase), who in owners.items():
             caller = pm.subset_hook_caller(HOOK_OF_KIND[kind], remove_plugins=[x for x in everyone if x not in who])

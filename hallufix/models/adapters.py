@@ -144,6 +144,33 @@ class InstructBlipAdapter(Adapter):
     def visual_tokens_per_image(self, model) -> int:
         return int(model.config.num_query_tokens)
 
+    def patch_grid(self, model) -> tuple[int, int]:
+        """The vision encoder's patch grid (the Q-Former attends to CLS + these patches in raster order)."""
+        vc = model.config.vision_config
+        n = vc.image_size // vc.patch_size
+        return (n, n)
+
+    def qformer_cross_attention(self, model, inputs: dict) -> torch.Tensor:
+        """Q-Former cross-attention of the query tokens over the image tokens, averaged over heads and over the
+        cross-attention layers: ``(B, n_query, 1 + rows*cols)`` (column 0 is CLS).
+
+        The Q-Former runs eagerly for this one call (its fused kernel returns no weights); the previous
+        implementation is restored afterwards."""
+        prev = model.config.qformer_config._attn_implementation
+        model.set_attn_implementation({"qformer_config": "eager"})
+        try:
+            out = model.get_image_features(pixel_values=inputs["pixel_values"],
+                                           qformer_input_ids=inputs["qformer_input_ids"],
+                                           qformer_attention_mask=inputs.get("qformer_attention_mask"),
+                                           output_attentions=True, return_dict=True)
+        finally:
+            model.set_attn_implementation({"qformer_config": prev})
+        cross = [a for a in out.qformer_outputs.cross_attentions if a is not None]
+        if not cross:
+            raise RuntimeError("the Q-Former returned no cross-attention weights")
+        nq = int(model.config.num_query_tokens)
+        return torch.stack([a[:, :, :nq].float().mean(1) for a in cross]).mean(0)
+
 
 _BY_MODEL_TYPE = {"llava": LlavaAdapter, "qwen2_vl": lambda: QwenAdapter("qwen2-vl"),
                   "qwen2_5_vl": lambda: QwenAdapter("qwen2.5-vl"), "instructblip": InstructBlipAdapter}

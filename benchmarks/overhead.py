@@ -1,0 +1,192 @@
+"""Overhead of hallufix method stacks against plain ``generate`` on the same model, in the same process.
+
+    python benchmarks/overhead.py --json                      # every case, CPU, LLaVA-shaped model
+    python benchmarks/overhead.py --cases none,clva --rounds 9
+    python benchmarks/overhead.py --device cuda --shape llava-7b --dtype bfloat16
+
+The model is a random ``LlavaForConditionalGeneration`` with a tiny CLIP tower and a Llama decoder of the chosen
+shape (``llava-cpu``: hidden 512, 8 layers, 8 heads, MLP 1376, vocab 32000, 336 px images -> 576 visual tokens;
+``llava-7b``: LLaVA-1.5-7B's decoder dimensions). Each round times, for every case, the baseline (processor +
+plain ``model.generate``) and the case (processor + hallufix's hooked generate) back to back, in an order shuffled
+per round; the reported ratio is the median over rounds of case / baseline, so machine noise that hits both
+halves of a pair cancels. Greedy, ``min_new_tokens = max_new_tokens`` so every run decodes the same length.
+
+Cases: built-in core cases (``none``, ``bias-half``, ``probe-2``) and one YAML file per method case in
+``benchmarks/cases/`` (``case``, ``plugins``, ``overrides``, ``target``, optional ``max_new_tokens``).
+Output: a table, or with ``--json`` one JSON object per case per line:
+``{"case", "ratio", "baseline_s", "case_s", "target", "rounds", "device", "shape"}``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from hallufix import hookimpl
+from hallufix import points as P
+
+HERE = Path(__file__).resolve().parent
+
+SHAPES = {
+    "llava-cpu": dict(hidden_size=512, num_layers=8, num_heads=8, intermediate_size=1376, vocab_size=32000),
+    "llava-7b": dict(hidden_size=4096, num_layers=32, num_heads=32, intermediate_size=11008, vocab_size=32000),
+}
+
+
+class HalfBias:
+    """Core case ``bias-half``: a visual-key logit bias on the first half of the layers (text rows)."""
+
+    name = "bench-bias-half"
+
+    @hookimpl
+    def hallufix_configure(self, model):
+        return P.attn_bias(range(model.num_layers // 2))
+
+    @hookimpl
+    def hallufix_attn_bias(self, event):
+        event.add(torch.where(event.visual_keys, 0.7, 0.0))
+
+
+class ProbeTwo:
+    """Core case ``probe-2``: read the last row's probabilities at two layers."""
+
+    name = "bench-probe-2"
+
+    @hookimpl
+    def hallufix_configure(self, model):
+        return P.attn_probs([0, model.num_layers // 2], rows="last")
+
+    @hookimpl
+    def hallufix_attn_probs(self, event):
+        event.last().sum()
+
+
+CORE_CASES = {
+    "none": dict(plugins=[], target=1.02),
+    "bias-half": dict(plugins=[HalfBias], target=1.05),
+    "probe-2": dict(plugins=[ProbeTwo], target=1.03),
+}
+
+
+def build_session(shape: str, device: str, dtype: str):
+    """A :class:`hallufix.api.Session` over a random LLaVA of ``shape`` with a real processor."""
+    from hallufix.api import Session
+    from hallufix.models.tiny import build_tiny
+
+    dims = SHAPES[shape]
+    torch.manual_seed(0)
+    model, processor = build_tiny("llava", num_layers=dims["num_layers"], hidden_size=dims["hidden_size"],
+                                  num_heads=dims["num_heads"], intermediate_size=dims["intermediate_size"],
+                                  vocab_size=dims["vocab_size"], image_size=336)
+    torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
+    model = model.to(device=device, dtype=torch_dtype)
+    return Session(model, processor, name=f"random-{shape}")
+
+
+def load_cases(names: list[str] | None) -> dict[str, dict]:
+    from omegaconf import OmegaConf
+
+    cases = dict(CORE_CASES)
+    for f in sorted((HERE / "cases").glob("*.yaml")):
+        c = OmegaConf.to_container(OmegaConf.load(f))
+        cases[c["case"]] = c
+    if names:
+        unknown = [n for n in names if n not in cases]
+        if unknown:
+            sys.exit(f"unknown case(s) {unknown}; known: {', '.join(cases)}")
+        cases = {n: cases[n] for n in names}
+    return cases
+
+
+def _image(size=336, seed=0):
+    from PIL import Image
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    return Image.fromarray(rng.integers(0, 255, size=(size, size, 3), dtype=np.uint8))
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--cases", default=None, help="comma-separated case names (default: all)")
+    ap.add_argument("--rounds", type=int, default=7)
+    ap.add_argument("--max-new-tokens", type=int, default=16)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--shape", default="llava-cpu", choices=sorted(SHAPES))
+    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (1: least noisy on shared machines)")
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+
+    session = build_session(args.shape, args.device, args.dtype)
+    cases = load_cases(args.cases.split(",") if args.cases else None)
+    image, question = _image(), "is there a red circle in the upper left part of the image ? answer yes or no ."
+    runs = {}
+    for name, c in cases.items():
+        stack = [p() if isinstance(p, type) else p for p in c.get("plugins", [])]
+        runs[name] = session.start(stack, c.get("overrides") or {})
+
+    def sync():
+        if args.device.startswith("cuda"):
+            torch.cuda.synchronize()
+
+    def baseline(n_new):
+        inputs = session.adapter.inputs(session.processor, [[image]], [question], session.device)
+        with torch.inference_mode():
+            session.model.generate(**inputs, max_new_tokens=n_new, min_new_tokens=n_new, do_sample=False)
+
+    def case(name, n_new):
+        runs[name].generate([image], [question], max_new_tokens=n_new, min_new_tokens=n_new)
+
+    timings = {n: {"base": [], "case": [], "ratio": []} for n in cases}
+    order = list(cases)
+    rng = random.Random(0)
+    for rnd in range(args.rounds + 1):  # round 0 warms up
+        rng.shuffle(order)
+        for name in order:
+            n_new = int(cases[name].get("max_new_tokens") or args.max_new_tokens)
+            pair = [("base", lambda: baseline(n_new)), ("case", lambda: case(name, n_new))]
+            if rng.random() < 0.5:
+                pair.reverse()
+            got = {}
+            for kind, fn in pair:
+                sync()
+                t0 = time.perf_counter()
+                fn()
+                sync()
+                got[kind] = time.perf_counter() - t0
+            if rnd:
+                timings[name]["base"].append(got["base"])
+                timings[name]["case"].append(got["case"])
+                timings[name]["ratio"].append(got["case"] / got["base"])
+    rows = []
+    for name in cases:
+        t = timings[name]
+        rows.append({"case": name, "ratio": round(statistics.median(t["ratio"]), 4),
+                     "baseline_s": round(statistics.median(t["base"]), 4),
+                     "case_s": round(statistics.median(t["case"]), 4), "target": cases[name].get("target"),
+                     "rounds": args.rounds, "max_new_tokens": int(cases[name].get("max_new_tokens")
+                                                                  or args.max_new_tokens),
+                     "device": args.device, "shape": args.shape, "dtype": args.dtype, "threads": args.threads})
+    if args.json:
+        for r in rows:
+            print(json.dumps(r))
+    else:
+        print(f"{'case':<12} {'ratio':>7} {'target':>7} {'baseline_s':>11} {'case_s':>9}  new tokens")
+        for r in rows:
+            tgt = "-" if r["target"] is None else f"{r['target']:.2f}"
+            flag = "" if r["target"] is None or r["ratio"] <= r["target"] else "  (over target)"
+            print(f"{r['case']:<12} {r['ratio']:>7.3f} {tgt:>7} {r['baseline_s']:>11.3f} {r['case_s']:>9.3f}  "
+                  f"{r['max_new_tokens']}{flag}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,178 @@
+"""The interception layer against independent eager references, on all four tiny families.
+
+The reference is a plain eager attention function registered with transformers (full softmax over every row),
+written here from the definitions, with no hallufix code in it.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import AttentionInterface
+from transformers.integrations.sdpa_attention import repeat_kv
+from transformers.masking_utils import AttentionMaskInterface, eager_mask
+
+from hallufix import hookimpl
+from hallufix import points as P
+from hallufix.testing import HookRecorder
+from hallufix.testing.models import QUESTIONS, tiny_images, tiny_session
+
+FAMILIES = ("llava", "qwen2-vl", "qwen2.5-vl", "instructblip")
+W = 3.0
+BIAS_LAYERS = (1, 2)
+
+
+class ReferenceAttention:
+    """Eager attention: softmax over all keys; optionally multiply the visual columns of text rows by ``w`` in
+    ``layers`` and renormalise; records the probabilities of every layer."""
+
+    def __init__(self, vis_mask, text_mask, w=1.0, layers=()):
+        self.vis, self.text, self.w, self.layers = vis_mask, text_mask, w, set(layers)
+        self.probs: list[tuple[int, torch.Tensor]] = []
+
+    def __call__(self, module, q, k, v, mask, scaling=None, dropout=0.0, **kw):
+        k, v = repeat_kv(k, module.num_key_value_groups), repeat_kv(v, module.num_key_value_groups)
+        s = (q @ k.transpose(-1, -2)) * scaling
+        if mask is not None:
+            s = s + mask[:, :, :, : k.shape[2]]
+        a = torch.softmax(s.float(), -1)
+        q_len, kv_len = q.shape[2], k.shape[2]
+        if module.layer_idx in self.layers:
+            P_ = self.vis.shape[1]
+            rows = torch.arange(kv_len - q_len, kv_len)
+            text = torch.stack([torch.tensor([bool(self.text[b, r]) if r < P_ else True for r in rows])
+                                for b in range(q.shape[0])])
+            cols = torch.zeros(q.shape[0], kv_len, dtype=torch.bool)
+            cols[:, :P_] = self.vis
+            wmat = torch.where(text[:, None, :, None] & cols[:, None, None, :], self.w, 1.0)
+            a = a * wmat
+            a = a / a.sum(-1, keepdim=True)
+        self.probs.append((module.layer_idx, a))
+        return (a.to(v.dtype) @ v).transpose(1, 2).contiguous(), a
+
+
+def run_reference(session, images, questions, ref, n_new=4):
+    s = session
+    name = f"ref{id(ref)}"
+    AttentionInterface.register(name, ref)
+    AttentionMaskInterface.register(name, eager_mask)
+    prev = s.adapter.get_text_attn_implementation(s.model)
+    inputs = s.adapter.inputs(s.processor, [[im] for im in images], questions, s.device)
+    s.adapter.set_text_attn_implementation(s.model, name)
+    try:
+        with torch.inference_mode():
+            out = s.model.generate(**inputs, max_new_tokens=n_new, min_new_tokens=n_new, do_sample=False,
+                                   return_dict_in_generate=True, output_logits=True)
+    finally:
+        s.adapter.set_text_attn_implementation(s.model, prev)
+    return out, inputs
+
+
+class VisualBias:
+    """Bias plugin: log(w) on the visual key columns of text rows at ``layers``."""
+
+    name = "test-bias"
+
+    def __init__(self, layers, w):
+        self.layers, self.w = layers, w
+
+    @hookimpl
+    def hallufix_configure(self, model):
+        return P.attn_bias(self.layers)
+
+    @hookimpl
+    def hallufix_attn_bias(self, event):
+        event.add(torch.where(event.visual_keys, torch.log(torch.tensor(self.w)), 0.0))
+
+
+def _batch(n):
+    qs = [QUESTIONS[i % len(QUESTIONS)] + " please" * i for i in range(n)]  # different lengths
+    return tiny_images(n), qs
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_no_plugins_equals_plain_generate(family):
+    s = tiny_session(family)
+    images, qs = _batch(2)
+    outs = s.start([]).generate(images, qs, max_new_tokens=5, min_new_tokens=5, output_logits=True)
+    inputs = s.adapter.inputs(s.processor, [[im] for im in images], qs, s.device)
+    with torch.inference_mode():
+        plain = s.model.generate(**inputs, max_new_tokens=5, min_new_tokens=5, do_sample=False,
+                                 return_dict_in_generate=True, output_logits=True)
+    logits = torch.stack(plain.logits, 1)
+    for i, o in enumerate(outs):
+        assert torch.equal(o.token_ids, s.adapter.new_tokens(plain.sequences, inputs)[i])
+        assert (o.logits - logits[i]).abs().max() <= 1e-6
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_bias_matches_eager_reweighting_on_left_padded_batch(family):
+    s = tiny_session(family)
+    images, qs = _batch(2)
+    run = s.start([VisualBias(BIAS_LAYERS, W)])
+    outs = run.generate(images, qs, max_new_tokens=4, min_new_tokens=4, output_logits=True)
+    inputs = s.adapter.inputs(s.processor, [[im] for im in images], qs, s.device)
+    assert inputs["attention_mask"].min() == 0, "the batch must be left padded"
+    layout = s.adapter.layout(s.model, inputs, [[im] for im in images])
+    ref = ReferenceAttention(layout.visual, layout.text, W, BIAS_LAYERS)
+    out, _ = run_reference(s, images, qs, ref)
+    ref_logits = torch.stack(out.logits, 1)
+    for i, o in enumerate(outs):
+        assert torch.equal(o.token_ids, s.adapter.new_tokens(out.sequences, inputs)[i])
+        assert (o.logits - ref_logits[i]).abs().max() <= 1e-5
+    # the intervention is real: the baseline differs
+    base = s.start([]).generate(images, qs, max_new_tokens=4, min_new_tokens=4, output_logits=True)
+    assert (base[0].logits - outs[0].logits).abs().max() > 1e-3
+    # layers without hooks ran plain SDPA; biased layers kept SDPA for unbiased rows at prefill
+    paths = run.hook_stats["paths"]
+    assert paths.get("0:sdpa", 0) >= 1 and "0:rows" not in paths
+    assert paths.get("1:sdpa+rows", 0) == 1 and paths.get("1:rows", 0) == 3  # prefill, then 3 decode steps
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_probe_rows_equal_eager_probabilities(family):
+    s = tiny_session(family)
+    images, qs = _batch(2)
+    rec = HookRecorder(P.attn_probs([0, 2], rows="text"), keep=True)
+    run = s.start([rec])
+    run.generate(images, qs, max_new_tokens=3, min_new_tokens=3)
+    inputs = s.adapter.inputs(s.processor, [[im] for im in images], qs, s.device)
+    layout = s.adapter.layout(s.model, inputs, [[im] for im in images])
+    ref = ReferenceAttention(layout.visual, layout.text)
+    run_reference(s, images, qs, ref, n_new=3)
+    ref_by_layer = {}
+    for layer, a in ref.probs:
+        ref_by_layer.setdefault(layer, []).append(a)
+    steps = {0: 0, 2: 0}
+    for (name, phase, step, shape), got in zip(rec.calls, rec.values):
+        layer = int(name.split(".")[2])
+        want = ref_by_layer[layer][step]
+        if phase == "prefill":
+            text_rows = layout.text.any(0).nonzero().squeeze(1)
+            want = want[:, :, text_rows]
+        assert got.shape == want.shape
+        assert (got - want).abs().max() <= 1e-5
+        steps[layer] += 1
+    assert steps == {0: 3, 2: 3}
+    paths = run.hook_stats["paths"]
+    assert "1:sdpa" in paths and not any(k.startswith("1:") and k != "1:sdpa" for k in paths)
+    assert paths.get("0:sdpa", 0) == 3  # probes read rows; the layer output stays the fused one
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_batch_of_four_equals_one_at_a_time(family):
+    s = tiny_session(family)
+    images, qs = _batch(4)
+    rec = HookRecorder(P.attn_probs([1], rows="last", phases={"prefill"}), keep=True)
+    outs = s.start([VisualBias([2], 2.0), rec]).generate(images, qs, max_new_tokens=4, min_new_tokens=4,
+                                                         output_logits=True)
+    batched_map = rec.values[0]
+    for i in range(4):
+        r1 = HookRecorder(P.attn_probs([1], rows="last", phases={"prefill"}), keep=True)
+        one = s.start([VisualBias([2], 2.0), r1]).generate([images[i]], [qs[i]], max_new_tokens=4,
+                                                           min_new_tokens=4, output_logits=True)[0]
+        assert torch.equal(one.token_ids, outs[i].token_ids)
+        assert (one.logits - outs[i].logits).abs().max() <= 1e-4
+        # the captured last-row map over the row's own keys equals the single-prompt one
+        kv_single = r1.values[0].shape[-1]
+        got = batched_map[i, :, 0, -kv_single:]
+        assert (got - r1.values[0][0, :, 0]).abs().max() <= 1e-5
