@@ -88,6 +88,15 @@ class Adapter:
         return TokenLayout.from_inputs(inputs["input_ids"], inputs.get("attention_mask"), self.image_token_id(model),
                                        self.grids(model, inputs, images))
 
+    def model_view(self, processor, image, grid: tuple[int, int] | None):
+        """The image as the vision tower sees it (after the processor's resize / crop), as a PIL image on which a
+        map over ``grid`` cells aligns exactly. Default: the image processor's fixed square size."""
+        ip = processor.image_processor
+        size = getattr(ip, "size", None) or {}
+        h = size.get("height") or size.get("shortest_edge") or image.height
+        w = size.get("width") or size.get("shortest_edge") or image.width
+        return image.convert("RGB").resize((int(w), int(h)), _bicubic())
+
     def new_tokens(self, sequences: torch.Tensor, inputs: dict) -> torch.Tensor:
         """The generated part of ``generate``'s output ``(B, P + T)`` -> ``(B, T)``."""
         return sequences[:, inputs["input_ids"].shape[1]:]
@@ -106,6 +115,25 @@ class LlavaAdapter(Adapter):
         vc = model.config.vision_config
         n = vc.image_size // vc.patch_size
         return (n, n)
+
+    def model_view(self, processor, image, grid):
+        """CLIP-style preprocessing: resize the shortest edge, then center-crop (when the processor crops)."""
+        ip = processor.image_processor
+        size, crop = getattr(ip, "size", None) or {}, getattr(ip, "crop_size", None) or {}
+        image = image.convert("RGB")
+        if "shortest_edge" in size:
+            s = int(size["shortest_edge"])
+            w, h = image.size
+            scale = s / min(w, h)
+            image = image.resize((max(s, round(w * scale)), max(s, round(h * scale))), _bicubic())
+        elif "height" in size:
+            image = image.resize((int(size["width"]), int(size["height"])), _bicubic())
+        if getattr(ip, "do_center_crop", False) and crop:
+            cw, ch = int(crop["width"]), int(crop["height"])
+            w, h = image.size
+            left, top = (w - cw) // 2, (h - ch) // 2
+            image = image.crop((left, top, left + cw, top + ch))
+        return image
 
 
 class QwenAdapter(Adapter):
@@ -128,6 +156,13 @@ class QwenAdapter(Adapter):
                 k += 1
             out.append(cells)
         return out
+
+
+    def model_view(self, processor, image, grid):
+        """Qwen resizes to multiples of ``patch * merge`` (28 px): one LM token covers one 28x28 cell."""
+        ip = processor.image_processor
+        cell = int(getattr(ip, "patch_size", 14)) * int(getattr(ip, "merge_size", 2))
+        return image.convert("RGB").resize((grid[1] * cell, grid[0] * cell), _bicubic())
 
 
 class InstructBlipAdapter(Adapter):
@@ -182,6 +217,12 @@ def adapter_for(model) -> Adapter:
     if mt not in _BY_MODEL_TYPE:
         raise ValueError(f"unsupported model type '{mt}'; hallufix supports {', '.join(sorted(_BY_MODEL_TYPE))}")
     return _BY_MODEL_TYPE[mt]()
+
+
+def _bicubic():
+    from PIL import Image
+
+    return Image.Resampling.BICUBIC
 
 
 def grid_shape(n_tokens: int) -> tuple[int, int] | None:
