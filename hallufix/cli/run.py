@@ -83,10 +83,12 @@ def _execute(args, fixed: dict, axes: dict) -> int:
     try:
         p = plan(base, list(args.overrides), args.plugins, axes)
         registry = discover()
-        for cell in p.cells:  # validate names and configs before the model loads
+        from hallufix.config import method_config
+
+        for cell in p.cells:  # validate names and config keys before the model loads
             for name in cell.plugins:
                 if not name.endswith(".py") and ".py:" not in name:
-                    registry.get(name)
+                    method_config(registry.get(name).load(), overrides=cell.overrides.get(name, []))
         task = _make_task(base["task"], p.task_options)
     except (ConfigError, PluginError, TaskError) as exc:
         raise CliError(str(exc)) from None

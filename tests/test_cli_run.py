@@ -1,0 +1,74 @@
+"""``hallufix run`` / ``ablate`` / ``report`` end to end on a saved tiny model and a custom JSONL task."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from hallufix.cli import main
+from hallufix.testing.models import tiny_images
+
+
+@pytest.fixture(scope="module")
+def saved_model(tmp_path_factory):
+    from hallufix.models.tiny import save_tiny
+
+    path = tmp_path_factory.mktemp("tiny_llava")
+    save_tiny("llava", path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def jsonl_task(tmp_path_factory):
+    d = tmp_path_factory.mktemp("task")
+    lines = []
+    for i, img in enumerate(tiny_images(6)):
+        p = d / f"img{i}.png"
+        img.save(p)
+        lines.append(json.dumps({"image": str(p), "question": f"is there a cat {'here ' * (i % 2)}?",
+                                 "answer": "yes" if i % 2 else "no"}))
+    f = d / "questions.jsonl"
+    f.write_text("\n".join(lines) + "\n")
+    return f
+
+
+def test_run_compares_with_baseline_and_resumes(saved_model, jsonl_task, tmp_path, capsys):
+    args = ["run", "--model", str(saved_model), "--task", f"jsonl:{jsonl_task}", "--plugins", "visual-boost",
+            "visual-boost.w=3", "--batch-size", "4", "--output", str(tmp_path / "out"), "--quiet"]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert "baseline" in printed and "visual-boost" in printed and "x baseline" in printed
+    base = json.loads((tmp_path / "out" / "baseline" / "results.json").read_text())
+    stack = json.loads((tmp_path / "out" / "visual-boost" / "results.json").read_text())
+    assert base["methods"] == [] and stack["methods"][0]["config"]["w"] == 3.0
+    assert stack["overhead"]["ratio"] > 0 and stack["task"]["n"] == 6
+    # rerunning the same command resumes: nothing is generated again, metrics are the same
+    assert main(args) == 0
+    again = json.loads((tmp_path / "out" / "visual-boost" / "results.json").read_text())
+    assert again["metrics"] == stack["metrics"] and again["overhead"]["samples_timed"] == 0
+
+
+def test_ablation_grid_cells_and_latex_report(saved_model, jsonl_task, tmp_path, capsys):
+    grid = tmp_path / "grid.yaml"
+    grid.write_text(f"model: {saved_model}\ntask: jsonl:{jsonl_task}\nlimit: 4\n"
+                    "grid:\n  plugins: [none, visual-boost]\n  visual-boost.w: [2, 4]\n")
+    assert main(["ablate", str(grid), "--output", str(tmp_path / "grid"), "--quiet"]) == 0
+    cells = sorted(p.name for p in (tmp_path / "grid").iterdir())
+    assert cells == ["baseline", "visual-boost_visual-boost.w=2", "visual-boost_visual-boost.w=4"]
+    capsys.readouterr()
+    run_dirs = [str(tmp_path / "grid" / c) for c in cells]
+    assert main(["report", *run_dirs, "--output", str(tmp_path / "tables")]) == 0
+    tex = next((tmp_path / "tables").glob("*.tex")).read_text()
+    assert "\\begin{tabular}" in tex and "visual-boost" in tex
+
+
+@pytest.mark.parametrize("args, message", [
+    (["run", "--plugins", "clav"], "Did you mean 'clva'"),
+    (["run", "--plugins", "visual-boost", "visual-boost.ww=2"], "unknown config key 'ww'"),
+    (["run", "--task", "pop"], "unknown task 'pop'"),
+    (["run", "--plugins", "visual-boost", "bach_size=2"], "Did you mean 'batch_size'"),
+])
+def test_bad_input_fails_before_loading_with_a_clear_message(args, message, capsys, tmp_path):
+    assert main(args + ["--output", str(tmp_path / "x")]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
