@@ -88,7 +88,13 @@ def _execute(args, fixed: dict, axes: dict) -> int:
         for cell in p.cells:  # validate names and config keys before the model loads
             for name in cell.plugins:
                 if not name.endswith(".py") and ".py:" not in name:
-                    method_config(registry.get(name).load(), overrides=cell.overrides.get(name, []))
+                    info = registry.get(name)
+                    try:
+                        cls = info.load()
+                    except Exception as exc:
+                        raise PluginError(f"plugin '{name}' ({info.dist}) failed to import: "
+                                          f"{type(exc).__name__}: {exc}") from None
+                    method_config(cls, overrides=cell.overrides.get(name, []))
         task = _make_task(base["task"], p.task_options)
     except (ConfigError, PluginError, TaskError) as exc:
         raise CliError(str(exc)) from None
