@@ -170,9 +170,10 @@ class HeadsEvent(LayerEvent):
         self.output, self._fold = output, fold
 
     def fold(self, gains: torch.Tensor) -> None:
-        """Fold gains ``(H,)`` into ``o_proj`` for the rest of this generation (exact, restored afterwards);
-        this forward's output is scaled too. Use for gains frozen at prefill: later forwards need no hook."""
-        self.scale(gains)
+        """Fold gains ``(H,)`` into ``o_proj`` for the rest of this generation (exact, restored afterwards).
+
+        ``o_proj`` runs right after this hook, so the fold already applies to this forward's output (do not also
+        :meth:`scale`). Use for gains frozen at prefill: later forwards need no hook at all."""
         self._fold(gains)
 
     def scale(self, gains: torch.Tensor) -> None:

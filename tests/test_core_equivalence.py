@@ -166,13 +166,15 @@ def test_batch_of_four_equals_one_at_a_time(family):
     outs = s.start([VisualBias([2], 2.0), rec]).generate(images, qs, max_new_tokens=4, min_new_tokens=4,
                                                          output_logits=True)
     batched_map = rec.values[0]
+    inputs = s.adapter.inputs(s.processor, [[im] for im in images], qs, s.device)
+    valid = inputs["attention_mask"].bool()  # padding sits left, or (InstructBLIP) between the queries and text
     for i in range(4):
         r1 = HookRecorder(P.attn_probs([1], rows="last", phases={"prefill"}), keep=True)
         one = s.start([VisualBias([2], 2.0), r1]).generate([images[i]], [qs[i]], max_new_tokens=4,
                                                            min_new_tokens=4, output_logits=True)[0]
         assert torch.equal(one.token_ids, outs[i].token_ids)
         assert (one.logits - outs[i].logits).abs().max() <= 1e-4
-        # the captured last-row map over the row's own keys equals the single-prompt one
-        kv_single = r1.values[0].shape[-1]
-        got = batched_map[i, :, 0, -kv_single:]
+        # the captured last-row map over the row's own (non-pad) keys equals the single-prompt one
+        got = batched_map[i, :, 0][:, valid[i]]
+        assert got.shape == r1.values[0][0, :, 0].shape
         assert (got - r1.values[0][0, :, 0]).abs().max() <= 1e-5

@@ -6,13 +6,18 @@ import hashlib
 import torch
 
 
+def _foreign(hooks) -> int:
+    """Hooks not installed by transformers itself (it adds output-capturing hooks lazily on first use)."""
+    return sum(1 for fn in hooks.values() if not str(getattr(fn, "__module__", "")).startswith("transformers."))
+
+
 def hook_snapshot(model) -> dict:
-    """Counts of forward / pre / backward hooks on every module, the text attention implementation, and a hash of
-    every parameter (catches weight folds that were not restored)."""
+    """Counts of forward / pre / backward hooks on every module (transformers' own lazily installed
+    output-capturing hooks excluded), the attention implementations, and a hash of every parameter (catches
+    weight folds that were not restored)."""
     counts = {}
     for name, mod in model.named_modules():
-        c = (len(mod._forward_hooks), len(mod._forward_pre_hooks), len(mod._backward_hooks),
-             len(getattr(mod, "_forward_hooks_with_kwargs", {})))
+        c = (_foreign(mod._forward_hooks), _foreign(mod._forward_pre_hooks), _foreign(mod._backward_hooks))
         if any(c):
             counts[name] = c
     h = hashlib.sha256()
