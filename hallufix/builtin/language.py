@@ -1,0 +1,90 @@
+"""The shapes world's language: question templates with their answers, and the word-level tokenizer.
+
+Prompt format (the processor's chat template)::
+
+    USER: <image>
+    QUESTION ASSISTANT: ANSWER</s>USER: QUESTION ASSISTANT: ANSWER</s>...
+
+Training puts several turns about one image into a sequence; evaluation asks one question per prompt.
+"""
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+from hallufix.builtin.world import CLASSES, NUMBERS, PARTNERS, Scene, caption, vocabulary
+
+SPECIALS = ["<pad>", "<s>", "</s>", "<unk>", "<image>"]
+CHAT_TEMPLATE = (
+    "{% for m in messages %}{% if m['role'] == 'user' %}USER: {% for c in m['content'] %}"
+    "{% if c['type'] == 'image' %}<image>\n{% else %}{{ c['text'] }}{% endif %}{% endfor %} "
+    "{% else %}ASSISTANT: {% for c in m['content'] %}{{ c['text'] }}{% endfor %}</s>{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}ASSISTANT:{% endif %}"
+)
+
+
+@dataclass(frozen=True)
+class QA:
+    """A question, its answer, and its kind (``exist``, ``caption``, ``colour``, ``count``, ``position``)."""
+
+    question: str
+    answer: str
+    kind: str
+
+
+def exist_question(cls: str) -> str:
+    return f"is there a {cls} in the image ?"
+
+
+def caption_question() -> str:
+    return "describe the image ."
+
+
+def training_turns(scene: Scene, rng: random.Random, n: int = 6) -> list[QA]:
+    """``n`` questions about one scene: balanced existence questions (negatives drawn uniformly from absent classes:
+    the hallucination pressure comes from the scene statistics, not from the question sampler), one caption, and
+    colour / count / position questions."""
+    present = sorted(scene.classes)
+    absent = [c for c in CLASSES if c not in scene.classes]
+    out: list[QA] = []
+    for _ in range(n):
+        r = rng.random()
+        if r < 0.5:
+            if rng.random() < 0.5:
+                out.append(QA(exist_question(rng.choice(present)), "yes", "exist"))
+            else:
+                out.append(QA(exist_question(rng.choice(absent)), "no", "exist"))
+        elif r < 0.65:
+            out.append(QA(caption_question(), caption(scene), "caption"))
+        elif r < 0.77:
+            c = rng.choice(present)
+            out.append(QA(f"what colour is the {c} ?", scene.get(c).colour, "colour"))
+        elif r < 0.88:
+            out.append(QA("how many objects are there ?", NUMBERS[len(scene.objects)], "count"))
+        else:
+            o = scene.get(rng.choice(present))
+            side = rng.choice(("left", "right"))
+            out.append(QA(f"is the {o.cls} on the {side} side of the image ?", "yes" if o.side == side else "no",
+                          "position"))
+    return out
+
+
+def build_tokenizer():
+    """Word-level tokenizer over :func:`~hallufix.builtin.world.vocabulary` (whitespace / punctuation split),
+    BOS prepended, ``<image>`` a special token, left padding."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {t: i for i, t in enumerate(SPECIALS + [w for w in vocabulary() if w not in SPECIALS])}
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.decoder = decoders.WordPiece(prefix="##")
+    tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", vocab["<s>"])])
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
+                                   unk_token="<unk>", image_token="<image>")
+    fast.padding_side = "left"
+    return fast
+
+
+def partner_of(cls: str) -> str | None:
+    return PARTNERS.get(cls)
