@@ -12,7 +12,9 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from hallufix.builtin.world import CLASSES, NUMBERS, PARTNERS, Scene, caption, vocabulary
+from hallufix.builtin.world import CLASSES, NUMBERS, PARTNERS, RGB, Scene, caption, vocabulary
+
+COLOUR_NAMES = tuple(sorted(RGB))
 
 SPECIALS = ["<pad>", "<s>", "</s>", "<unk>", "<image>"]
 CHAT_TEMPLATE = (
@@ -40,6 +42,18 @@ def caption_question() -> str:
     return "describe the image ."
 
 
+def colour_question(cls: str, colour: str) -> str:
+    return f"is the {cls} {colour} ?"
+
+
+def count_question(k: int) -> str:
+    return f"are there {NUMBERS[k]} objects in the image ?"
+
+
+def position_question(cls: str, side: str) -> str:
+    return f"is the {cls} on the {side} side of the image ?"
+
+
 def training_turns(scene: Scene, rng: random.Random, n: int = 6) -> list[QA]:
     """``n`` questions about one scene: balanced existence questions (negatives drawn uniformly from absent classes:
     the hallucination pressure comes from the scene statistics, not from the question sampler), one caption, and
@@ -58,14 +72,24 @@ def training_turns(scene: Scene, rng: random.Random, n: int = 6) -> list[QA]:
             out.append(QA(caption_question(), caption(scene), "caption"))
         elif r < 0.77:
             c = rng.choice(present)
-            out.append(QA(f"what colour is the {c} ?", scene.get(c).colour, "colour"))
+            if rng.random() < 0.5:
+                out.append(QA(f"what colour is the {c} ?", scene.get(c).colour, "colour"))
+            else:
+                colour = scene.get(c).colour if rng.random() < 0.5 else rng.choice(
+                    [x for x in COLOUR_NAMES if x != scene.get(c).colour])
+                out.append(QA(colour_question(c, colour), "yes" if colour == scene.get(c).colour else "no",
+                              "colour"))
         elif r < 0.88:
-            out.append(QA("how many objects are there ?", NUMBERS[len(scene.objects)], "count"))
+            n = len(scene.objects)
+            if rng.random() < 0.5:
+                out.append(QA("how many objects are there ?", NUMBERS[n], "count"))
+            else:
+                k = n if rng.random() < 0.5 else rng.choice([x for x in range(1, 5) if x != n])
+                out.append(QA(count_question(k), "yes" if k == n else "no", "count"))
         else:
             o = scene.get(rng.choice(present))
             side = rng.choice(("left", "right"))
-            out.append(QA(f"is the {o.cls} on the {side} side of the image ?", "yes" if o.side == side else "no",
-                          "position"))
+            out.append(QA(position_question(o.cls, side), "yes" if o.side == side else "no", "position"))
     return out
 
 

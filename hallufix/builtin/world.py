@@ -177,5 +177,5 @@ def vocabulary() -> list[str]:
     words = set(CLASSES) | set(RGB) | set(NUMBERS) | {"yes", "no", "left", "right", "a", "and", ".", "?",
                                                       "is", "there", "describe", "the", "image", "what", "colour",
                                                       "how", "many", "objects", "are", "on", "side", "of", "USER",
-                                                      "ASSISTANT", ":", "answer", "with", "one", "word"}
+                                                      "ASSISTANT", ":", "in"}
     return sorted(words)
