@@ -4,9 +4,11 @@ Object statistics create hallucination pressure like COCO's:
 
 * **popular classes**: seed classes are drawn with Zipf-like popularity (exponent 0.8, over a fixed shuffled
   ranking, so list order is not popularity);
-* **co-occurrence**: six symmetric partner pairs; each seed's partner joins the scene with probability 0.65.
-  Each pair joins a popular class with a rare one (rank i with rank 11 - i), so POPE's *popular* negatives
-  (frequent absent classes) and *adversarial* negatives (absent partners of present classes) differ.
+* **co-occurrence**: five symmetric partner pairs; each seed's partner joins the scene with probability 0.65.
+  Pairs join a fairly popular class with a rare one (ranks 2-11, 3-10, 4-9, 5-8, 6-7); the two most popular
+  classes have no partner. A partner inherits frequency from its class, so pairing the top classes would make
+  their partners as frequent as they are; this way POPE's *popular* negatives (the most frequent absent classes)
+  and *adversarial* negatives (absent partners of present classes) almost never coincide (0.1% of scenes).
 
 Every class has one colour; several colours are shared by two classes, so colour alone does not name a class.
 No torch here.
@@ -33,8 +35,9 @@ RANKING = ("star", "ring", "cross", "square", "heart", "circle", "arrow", "moon"
 ZIPF_EXPONENT = 0.8
 PARTNER_PROB = 0.65
 MAX_OBJECTS = 4
-#: rank i pairs with rank 11 - i: every popular class has a rare partner
-PARTNERS = {**{RANKING[i]: RANKING[11 - i] for i in range(6)}, **{RANKING[11 - i]: RANKING[i] for i in range(6)}}
+#: partner pairs by popularity rank (the top two classes are unpaired)
+PAIR_RANKS = ((2, 11), (3, 10), (4, 9), (5, 8), (6, 7))
+PARTNERS = {**{RANKING[a]: RANKING[b] for a, b in PAIR_RANKS}, **{RANKING[b]: RANKING[a] for a, b in PAIR_RANKS}}
 NUMBERS = ("zero", "one", "two", "three", "four")
 
 
