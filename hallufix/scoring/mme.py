@@ -1,0 +1,52 @@
+"""MME scoring as the official ``eval_tool/calculation.py`` does it (``benchmarks.md`` §3.2).
+
+Parse: lower-case; exactly ``yes``/``no`` is taken as is; otherwise ``yes`` in the first 4 characters -> yes, else
+``no`` in them -> no, else ``other`` (always wrong). Per subtask: acc = correct / questions, acc+ = images with both
+questions right (consecutive lines are an image's pair), score = 100·acc + 100·acc+. Perception = sum of the 10
+perception subtasks, cognition = sum of the 4 cognition subtasks; the hallucination subset is existence + count +
+position + color (object level = existence + count, attribute level = position + color).
+"""
+from __future__ import annotations
+
+PERCEPTION = ("existence", "count", "position", "color", "posters", "celebrity", "scene", "landmark", "artwork",
+              "OCR")
+COGNITION = ("commonsense_reasoning", "numerical_calculation", "text_translation", "code_reasoning")
+HALLUCINATION = ("existence", "count", "position", "color")
+
+
+def parse_mme(response: str) -> str:
+    """``yes``, ``no`` or ``other``."""
+    r = response.lower()
+    if r in ("yes", "no"):
+        return r
+    head = r[:4]
+    if "yes" in head:
+        return "yes"
+    if "no" in head:
+        return "no"
+    return "other"
+
+
+def subtask_score(rows: list[tuple[str, str, str]]) -> dict:
+    """``rows`` of ``(image, gt, response)`` in file order (an image's two questions adjacent) -> acc, acc+ (both
+    in percent) and score."""
+    if not rows:
+        raise ValueError("empty MME subtask")
+    correct = [parse_mme(resp) == gt.lower() for _, gt, resp in rows]
+    acc = 100 * sum(correct) / len(correct)
+    pairs = [(correct[i], correct[i + 1]) for i in range(0, len(correct) - 1, 2)]
+    images = [rows[i][0] for i in range(0, len(rows) - 1, 2)]
+    if any(rows[i][0] != rows[i + 1][0] for i in range(0, len(rows) - 1, 2)) or len(rows) % 2:
+        raise ValueError("MME rows must come in consecutive pairs per image (the official tool pairs lines)")
+    acc_plus = 100 * sum(a and b for a, b in pairs) / len(images)
+    return {"acc": acc, "acc_plus": acc_plus, "score": acc + acc_plus, "n": len(rows)}
+
+
+def mme_scores(subtasks: dict[str, list[tuple[str, str, str]]]) -> dict:
+    """``{subtask: rows}`` -> ``{"perception", "cognition", "hallucination", "object_level", "attribute_level",
+    "subtasks": {name: {acc, acc_plus, score, n}}}`` (totals over the subtasks present)."""
+    per = {name: subtask_score(rows) for name, rows in subtasks.items()}
+    total = lambda names: sum(per[n]["score"] for n in names if n in per)  # noqa: E731
+    return {"perception": total(PERCEPTION), "cognition": total(COGNITION), "hallucination": total(HALLUCINATION),
+            "object_level": total(("existence", "count")), "attribute_level": total(("position", "color")),
+            "subtasks": per}
