@@ -1,0 +1,173 @@
+"""CLVA: cross-layer visual anchors (Yang, Yuan, Hu, Jiang, arXiv 2603.25088), single pass, on fused attention.
+
+Per forward (prefill, then every decode step when ``anchors="dynamic"``):
+
+1. Eq. 1: per-head visual intensity ``Phi`` = mean over text query rows of the visual attention mass, at the
+   anchor layers (a running mean over every text row seen so far, which equals Eq. 1 computed without a cache).
+2. Eq. 2-3: sensitive heads ``Phi > mu + lambda*sd``, insensitive ``Phi < mu - lambda*sd`` within a layer.
+3. Eq. 4: anchor maps = the last query row's attention over the visual tokens, averaged over the sensitive heads
+   of ``pos_layer`` (positive) and the insensitive heads of ``neg_layer`` (negative).
+4. Eq. 8-9: z-score outlier masks ``Z = z > tau``.
+5. Eq. 10-11, in the drift layers: text rows' attention to visual keys times ``1 + alpha*Zpos - beta*Zneg``, then
+   renormalised — run as the exact logit bias ``log(max(0, 1 + alpha*Zpos - beta*Zneg))`` on those keys, so the
+   drift layers stay on SDPA.
+
+Only the anchor layers' probe rows are materialised (the text rows at prefill, one row per decode step).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+import hallufix
+from hallufix import capture as C
+from hallufix import points
+from hallufix.config import parse_layers
+
+
+@dataclass
+class Config:
+    alpha: float = 14.0          # positive-anchor amplification (paper default)
+    beta: float = 0.9            # negative-anchor suppression (paper default)
+    tau: float = 2.0             # z-score threshold
+    lambda_vis: float = 1.0      # head-split width: mean ± lambda·std within a layer
+    neg_layer: int = 0           # 0-based; the paper's layer 1
+    pos_layer: str = "auto"      # 0-based index or auto = L/2 - 3 (the paper's layer L/2 - 2)
+    apply_layers: str = "auto"   # drift region; auto = every layer after pos_layer ("14:", "20-31", [..])
+    anchors: str = "dynamic"     # dynamic: recomputed every forward (running-mean Phi); prefill: frozen
+    use_pos: bool = True
+    use_neg: bool = True
+    reverse: bool = False        # both signs flipped (the paper's Table 4, last row)
+    empty_heads: str = "top1"    # empty head set: top1 (top/bottom head by Phi) or skip (no anchor)
+    eps: float = 1e-6            # z-score stabiliser
+    record_maps: bool = False    # put the anchor maps into the diagnostics
+
+    def validate(self):
+        if self.anchors not in ("dynamic", "prefill"):
+            raise ValueError(f"anchors must be dynamic or prefill, got {self.anchors!r}")
+        if self.empty_heads not in ("top1", "skip"):
+            raise ValueError(f"empty_heads must be top1 or skip, got {self.empty_heads!r}")
+        if self.alpha < 0 or self.beta < 0:
+            raise ValueError("alpha and beta must be >= 0")
+
+
+def resolve_layers(cfg: Config, num_layers: int) -> tuple[int, int, list[int]]:
+    """``(neg_layer, pos_layer, drift layers)`` for a model with ``num_layers`` layers (0-based)."""
+    pos = max(0, num_layers // 2 - 3) if str(cfg.pos_layer) == "auto" else int(cfg.pos_layer)
+    neg = int(cfg.neg_layer)
+    for name, layer in (("pos_layer", pos), ("neg_layer", neg)):
+        if not 0 <= layer < num_layers:
+            raise ValueError(f"{name}={layer} is outside the model's {num_layers} layers (0-based)")
+    if str(cfg.apply_layers) == "auto":
+        drift = list(range(max(pos, neg) + 1, num_layers))
+    else:
+        drift = parse_layers(cfg.apply_layers, num_layers)
+    early = [i for i in drift if i <= max(pos, neg)]
+    if early:
+        raise ValueError(f"drift layers {early} do not come after the anchor layers ({neg}, {pos}): anchors must be "
+                         f"measured earlier in the same forward")
+    return neg, pos, drift
+
+
+class CLVA:
+    name = "clva"
+    Config = Config
+
+    def __init__(self, config: Config):
+        self.config = config
+
+    # ------------------------------------------------------------------ set-up
+    @hallufix.hookimpl
+    def hallufix_configure(self, model):
+        c = self.config
+        off = (c.alpha == 0 and c.beta == 0) or not (c.use_pos or c.use_neg) or \
+              (not c.use_neg and c.alpha == 0) or (not c.use_pos and c.beta == 0)
+        if off:
+            return []
+        self.neg, self.pos, self.drift = resolve_layers(c, model.num_layers)
+        probe_phases = {"prefill", "decode"} if c.anchors == "dynamic" else {"prefill"}
+        return (points.attn_probs(sorted({self.neg, self.pos}), rows="text", phases=probe_phases)
+                + points.attn_bias(self.drift))
+
+    @hallufix.hookimpl
+    def hallufix_batch_start(self, batch):
+        self.phi_sum: dict[int, torch.Tensor] = {}
+        self.phi_n: dict[int, torch.Tensor] = {}
+        self.z = {"pos": None, "neg": None}
+        self.maps = {"pos": None, "neg": None}
+        self.heads = {}
+        self.diag_prefill = None
+
+    # ------------------------------------------------------------------ anchors (probe rows at 2 layers)
+    @hallufix.hookimpl
+    def hallufix_attn_probs(self, event):
+        c, layer = self.config, event.layer
+        vis = event.visual_keys
+        mass = C.visual_mass(event.probs.float(), vis)  # (B, H, R)
+        text = event.row_mask("text").float()  # (B, R)
+        s, n = (mass * text[:, None]).sum(-1), text.sum(-1)  # (B, H), (B,)
+        if layer in self.phi_sum:
+            self.phi_sum[layer] = self.phi_sum[layer] + s
+            self.phi_n[layer] = self.phi_n[layer] + n
+        else:
+            self.phi_sum[layer], self.phi_n[layer] = s, n
+        phi = self.phi_sum[layer] / self.phi_n[layer].clamp(min=1)[:, None]  # Eq. 1
+        mu, sd = phi.mean(1, keepdim=True), phi.std(1, unbiased=False, keepdim=True)
+        last = C.gather_visual(event.last().float(), vis)  # (B, H, n)
+        for kind, anchor_layer in (("pos", self.pos), ("neg", self.neg)):
+            if layer != anchor_layer:
+                continue
+            heads = phi > mu + c.lambda_vis * sd if kind == "pos" else phi < mu - c.lambda_vis * sd  # Eq. 2-3
+            empty = ~heads.any(1)
+            if empty.any():
+                if c.empty_heads == "top1":
+                    pick = phi.argmax(1) if kind == "pos" else phi.argmin(1)
+                    fallback = torch.zeros_like(heads).scatter_(1, pick[:, None], True)
+                    heads = torch.where(empty[:, None], fallback, heads)
+            m = C.head_average(last, heads)  # Eq. 4: (B, n); zeros for skipped empty sets
+            z = C.zscore_mask(m, c.tau, eps=c.eps)  # Eq. 8-9
+            z = z & heads.any(1, keepdim=True)
+            self.z[kind], self.maps[kind], self.heads[kind] = z, m, heads
+        if event.forward.phase == "prefill" and all(v is not None for v in self.z.values()):
+            self.diag_prefill = self._counts()
+
+    # ------------------------------------------------------------------ re-anchoring (drift layers)
+    @hallufix.hookimpl
+    def hallufix_attn_bias(self, event):
+        c = self.config
+        zpos, zneg = self.z["pos"], self.z["neg"]
+        a, b = (-c.alpha, -c.beta) if c.reverse else (c.alpha, c.beta)
+        w = torch.ones_like(zpos, dtype=torch.float32)
+        if c.use_pos:
+            w = w + a * zpos.float()
+        if c.use_neg:
+            w = w - b * zneg.float()
+        if bool((w == 1).all()):
+            return  # no anchor token in any row: nothing to re-weight
+        log_w = torch.log(w.clamp(min=0))  # Eq. 10-11 in logit space; w = 0 masks the key
+        bias = C.scatter_visual(log_w, event.visual_keys, fill=0.0)  # (B, kv)
+        event.add(bias.to(event.visual_keys.device)[:, None, :])
+
+    # ------------------------------------------------------------------ diagnostics
+    def _counts(self) -> list[dict]:
+        out = []
+        for r in range(self.z["pos"].shape[0]):
+            out.append({"sensitive_heads": int(self.heads["pos"][r].sum()),
+                        "insensitive_heads": int(self.heads["neg"][r].sum()),
+                        "positive_anchors": int(self.z["pos"][r].sum()),
+                        "negative_anchors": int(self.z["neg"][r].sum())})
+        return out
+
+    @hallufix.hookimpl
+    def hallufix_batch_end(self, batch):
+        if self.z["pos"] is None:
+            return
+        last = self._counts()
+        for r, diag in enumerate(batch.diagnostics):
+            d = {"layers": {"neg": self.neg, "pos": self.pos, "drift": [self.drift[0], self.drift[-1]]},
+                 "prefill": self.diag_prefill[r] if self.diag_prefill else None, "last_step": last[r]}
+            if self.config.record_maps:
+                d["positive_map"] = self.maps["pos"][r].tolist()
+                d["negative_map"] = self.maps["neg"][r].tolist()
+            diag[self.name] = d

@@ -1,0 +1,151 @@
+"""CLVA against an independent, slow, eager implementation of its Eq. 1-11 (written here from the paper)."""
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import AttentionInterface
+from transformers.integrations.sdpa_attention import repeat_kv
+from transformers.masking_utils import AttentionMaskInterface, eager_mask
+
+from hallufix import points as P
+from hallufix.config import ConfigError
+from hallufix.testing import HookRecorder, MethodContract
+from hallufix.testing.models import tiny_images, tiny_session
+
+FAMILIES = ("llava", "qwen2-vl", "qwen2.5-vl", "instructblip")
+SETTING = dict(alpha=14.0, beta=0.9, tau=1.0, lam=0.5, neg=0, pos=1, drift=[2, 3, 4, 5, 6, 7])
+OVERRIDES = ["tau=1.0", "lambda_vis=0.5", "pos_layer=1"]
+
+
+class EagerCLVA:
+    """Eager attention with the paper's CLVA applied literally: full softmax, Phi averaged over every text row seen
+    so far (Eq. 1), head split by mean ± lambda*std (Eq. 2-3, population std), anchor maps from the last row
+    (Eq. 4), z-score masks (Eq. 8-9), multiplicative re-weighting of text rows' visual columns then
+    renormalisation over all keys (Eq. 10-11)."""
+
+    def __init__(self, vis, text, s, dynamic=True):
+        self.vis, self.text, self.s, self.dynamic = vis, text, s, dynamic
+        self.phi_sum, self.phi_n, self.z, self.calls = {}, {}, {}, 0
+        self.drift_probs: list[tuple[int, torch.Tensor]] = []
+
+    def roles(self, B, q_len, kv_len):
+        P_ = self.vis.shape[1]
+        rows = range(kv_len - q_len, kv_len)
+        text = torch.tensor([[bool(self.text[b, r]) if r < P_ else True for r in rows] for b in range(B)])
+        cols = torch.zeros(B, kv_len, dtype=torch.bool)
+        cols[:, :P_] = self.vis
+        return text, cols
+
+    def __call__(self, module, q, k, v, mask, scaling=None, dropout=0.0, **kw):
+        k, v = repeat_kv(k, module.num_key_value_groups), repeat_kv(v, module.num_key_value_groups)
+        scores = (q @ k.transpose(-1, -2)) * scaling
+        if mask is not None:
+            scores = scores + mask[:, :, :, : k.shape[2]]
+        A = torch.softmax(scores.float(), -1)
+        B, H, q_len, kv_len = A.shape
+        layer = module.layer_idx
+        text, cols = self.roles(B, q_len, kv_len)
+        prefill = kv_len == q_len
+        s = self.s
+        if layer in (s["neg"], s["pos"]) and (self.dynamic or prefill):
+            for b in range(B):
+                key = (layer, b)
+                for i in range(q_len):
+                    if text[b, i]:
+                        mass = torch.stack([A[b, h, i][cols[b]].sum() for h in range(H)])
+                        self.phi_sum[key] = self.phi_sum.get(key, torch.zeros(H)) + mass
+                        self.phi_n[key] = self.phi_n.get(key, 0) + 1
+                phi = self.phi_sum[key] / self.phi_n[key]
+                mu, sd = phi.mean(), phi.std(unbiased=False)
+                for kind in ("pos", "neg"):
+                    if layer != s[kind]:
+                        continue
+                    sel = [h for h in range(H) if (phi[h] > mu + s["lam"] * sd if kind == "pos"
+                                                   else phi[h] < mu - s["lam"] * sd)]
+                    if not sel:
+                        sel = [int(phi.argmax() if kind == "pos" else phi.argmin())]
+                    M = torch.stack([A[b, h, q_len - 1][cols[b]] for h in sel]).mean(0)
+                    zs = (M - M.mean()) / (M.std(unbiased=False) + 1e-6)
+                    self.z[(kind, b)] = zs > s["tau"]
+        if layer in s["drift"]:
+            A = A.clone()
+            for b in range(B):
+                w = torch.ones(int(cols[b].sum()))
+                w = w + s["alpha"] * self.z[("pos", b)].float() - s["beta"] * self.z[("neg", b)].float()
+                w = w.clamp(min=0)
+                for i in range(q_len):
+                    if text[b, i]:
+                        row = A[b, :, i].clone()
+                        row[:, cols[b]] = row[:, cols[b]] * w
+                        A[b, :, i] = row / row.sum(-1, keepdim=True)
+            self.drift_probs.append((layer, A))
+        return (A.to(v.dtype) @ v).transpose(1, 2).contiguous(), A
+
+
+def _reference(s, images, qs, dynamic, n_new):
+    inputs = s.adapter.inputs(s.processor, [[im] for im in images], qs, s.device)
+    layout = s.adapter.layout(s.model, inputs, [[im] for im in images])
+    ref = EagerCLVA(layout.visual, layout.text, SETTING, dynamic)
+    name = f"eager-clva-{id(ref)}"
+    AttentionInterface.register(name, ref)
+    AttentionMaskInterface.register(name, eager_mask)
+    prev = s.adapter.get_text_attn_implementation(s.model)
+    s.adapter.set_text_attn_implementation(s.model, name)
+    try:
+        with torch.inference_mode():
+            out = s.model.generate(**inputs, max_new_tokens=n_new, min_new_tokens=n_new, do_sample=False,
+                                   return_dict_in_generate=True, output_logits=True)
+    finally:
+        s.adapter.set_text_attn_implementation(s.model, prev)
+    return ref, torch.stack(out.logits, 1), layout
+
+
+@pytest.mark.parametrize("anchors", ["dynamic", "prefill"])
+@pytest.mark.parametrize("family", FAMILIES)
+def test_matches_eager_paper_equations(family, anchors):
+    s = tiny_session(family, num_layers=8)
+    images, qs = tiny_images(2), ["is there a cat in the image ?", "what colour is the large object ?"]
+    rec = HookRecorder(P.attn_probs(SETTING["drift"], rows="text"), keep=True)
+    run = s.start(["clva", rec], {"clva": OVERRIDES + [f"anchors={anchors}"]})
+    outs = run.generate(images, qs, max_new_tokens=3, min_new_tokens=3, output_logits=True)
+    ref, ref_logits, layout = _reference(s, images, qs, anchors == "dynamic", 3)
+    for i, o in enumerate(outs):
+        assert (o.logits - ref_logits[i]).abs().max() <= 1e-5
+    # drift-layer probabilities of the text rows, prefill and every decode step
+    text_rows = layout.text.any(0).nonzero().squeeze(1)
+    assert len(rec.values) == len(ref.drift_probs)
+    for got, (layer, want) in zip(rec.values, ref.drift_probs):
+        want = want[:, :, text_rows] if want.shape[2] > 1 else want
+        assert (got - want).abs().max() <= 1e-5
+    # the method really acted: anchors fired and logits moved
+    base = s.start([]).generate(images, qs, max_new_tokens=3, min_new_tokens=3, output_logits=True)
+    assert (base[0].logits - outs[0].logits).abs().max() > 1e-4
+    assert outs[0].diagnostics["clva"]["prefill"]["positive_anchors"] >= 1
+
+
+@pytest.mark.parametrize("overrides", [["alpha=0", "beta=0"], ["use_pos=false", "use_neg=false"]])
+def test_noop_settings_equal_baseline(overrides):
+    s = tiny_session("llava", num_layers=8)
+    base = s.start([]).generate(tiny_images(2), ["hi", "is there a cat ?"], max_new_tokens=3, output_logits=True)
+    run = s.start(["clva"], {"clva": overrides})
+    assert run.declarations() == {}
+    got = run.generate(tiny_images(2), ["hi", "is there a cat ?"], max_new_tokens=3, output_logits=True)
+    for a, b in zip(base, got):
+        assert torch.equal(a.logits, b.logits)
+
+
+def test_layers_resolve_per_depth_and_bad_config_is_named():
+    s = tiny_session("llava", num_layers=8)
+    names = s.start(["clva"]).declarations()["clva"]
+    assert "lm.layers.1.attn.probs" in names and "lm.layers.0.attn.probs" in names  # pos auto = 8/2 - 3
+    assert "lm.layers.2.attn.scores" in names and "lm.layers.7.attn.scores" in names
+    with pytest.raises(ConfigError, match="Did you mean 'alpha'"):
+        s.start(["clva"], {"clva": ["alpah=3"]})
+    with pytest.raises(ValueError, match="do not come after the anchor layers"):
+        s.start(["clva"], {"clva": ["apply_layers=0-3"]})
+
+
+class TestCLVAContract(MethodContract):
+    method = "clva"
+    noop = ["alpha=0", "beta=0"]
+    active = OVERRIDES
