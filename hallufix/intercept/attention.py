@@ -68,6 +68,16 @@ def run_layer(st, plan, module, query, key, value, attention_mask, scaling, drop
     q_len, kv_len = query.shape[2], key.shape[2]
     ev_kw = dict(layer=layer, forward=fwd, layout=st.layout, model=st.info, stash=st.stash)
     scaling = module.scaling if scaling is None else scaling
+    heads_caller = plan.callers.get(("heads", phase))
+    if plan.heads_only.get(phase, False):
+        # heads-only layer in this phase: the fused kernel, then the per-head edit
+        out, _ = sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout,
+                                        **kwargs)
+        st.count_path(layer, "sdpa")
+        ev = HeadsEvent(out, fold=lambda g: st.fold_head_gains(layer, g), **ev_kw)
+        heads_caller(event=ev)
+        st.fired(plan.names["heads"])
+        return ev.output, None
 
     kv_caller = plan.callers.get(("kv", phase))
     if kv_caller is not None:
@@ -145,7 +155,6 @@ def run_layer(st, plan, module, query, key, value, attention_mask, scaling, drop
             out = out.clone()
             out[:, rows_c] = out_c
 
-    heads_caller = plan.callers.get(("heads", phase))
     if heads_caller is not None:
         ev = HeadsEvent(out, fold=lambda g: st.fold_head_gains(layer, g), **ev_kw)
         heads_caller(event=ev)

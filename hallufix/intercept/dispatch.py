@@ -32,6 +32,7 @@ class LayerPlan:
     callers: dict = field(default_factory=dict)  # (kind, phase) -> pluggy caller
     probe_rows: dict = field(default_factory=lambda: defaultdict(set))  # phase -> {"last", "text", "all"}
     names: dict = field(default_factory=dict)  # (kind) -> canonical name
+    heads_only: dict = field(default_factory=dict)  # phase -> True when heads is the only kind in that phase
 
 
 class HookTable:
@@ -72,6 +73,10 @@ class HookTable:
         for p in self.points:
             if p.layer is not None:
                 self.layers[p.layer].names[p.kind] = p.name
+        for plan in self.layers.values():
+            for phase in PHASES:
+                kinds = {k for (k, ph) in plan.callers if ph == phase}
+                plan.heads_only[phase] = kinds == {"heads"}
 
     def _plan(self, layer: int) -> LayerPlan:
         if layer not in self.layers:
