@@ -123,7 +123,7 @@ class MethodRun:
         rows = [[im] for im in images]
         image_caller = self.table.global_caller("image")
         if image_caller is not None:
-            ev = ImageEvent(images, questions, s.info, self.capture, self.stash)
+            ev = ImageEvent(images, questions, s.info, self.capture, self.stash, self._geometry)
             image_caller(event=ev)
             rows = [[im] + extra for im, extra in zip(ev.images, ev.extra_images)]
         inputs = s.adapter.inputs(s.processor, rows, questions, s.device)
@@ -146,6 +146,13 @@ class MethodRun:
         logits = torch.stack(out.logits, 1) if output_logits else None
         return [Generation(t.strip(), new[i], batch.diagnostics[i], None if logits is None else logits[i])
                 for i, t in enumerate(texts)]
+
+    def _geometry(self, image, grid=None):
+        s = self.session
+        grid = grid or s.adapter.image_grid(s.processor, image)
+        if grid is None:
+            raise ValueError(f"{s.info.family} has no spatial token grid; pass the grid (e.g. the Q-Former patch grid)")
+        return s.adapter.cell_index(s.processor, image, grid)
 
     def _accumulate(self, ic: Interceptor) -> None:
         for k, v in ic.counts.items():

@@ -198,13 +198,21 @@ class ImageEvent:
         images: list of RGB ``PIL.Image`` (one per row); replace entries to edit (chained in typed order).
         questions: the user texts.
         extra_images: per row, images appended after the (edited) main image, e.g. a crop or the original.
-        capture: ``capture(images=None, questions=None, layers=..., heads=True, hidden_norms=False)`` runs an
+        capture: ``capture(images, questions, layers=..., hidden_norms=False, qformer_attention=False)`` runs an
             analysis prefill (fresh cache, no generation, other methods inactive) and returns a
             :class:`hallufix.capture.PrefillCapture`.
+        cell_index: pixel -> visual-token cell map of an image (see :meth:`cell_index`).
         stash: per-run storage keyed by method name.
     """
 
     def __init__(self, images: list, questions: list[str], model: ModelInfo, capture: Callable[..., Any],
-                 stash: dict):
+                 stash: dict, geometry: Callable[..., Any] | None = None):
         self.images, self.questions, self.model, self.capture, self.stash = list(images), questions, model, capture, stash
         self.extra_images: list[list] = [[] for _ in images]
+        self._geometry = geometry
+
+    def cell_index(self, image, grid: tuple[int, int] | None = None):
+        """``(H, W)`` int array mapping each pixel of ``image`` to its visual-token cell (raster index on ``grid``;
+        ``-1`` where the processor crops it away). ``grid`` defaults to the grid the processor gives this image
+        (the language model's token grid; pass InstructBLIP's patch grid explicitly)."""
+        return self._geometry(image, grid)

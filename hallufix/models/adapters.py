@@ -97,6 +97,20 @@ class Adapter:
         w = size.get("width") or size.get("shortest_edge") or image.width
         return image.convert("RGB").resize((int(w), int(h)), _bicubic())
 
+    def cell_index(self, processor, image, grid: tuple[int, int]):
+        """``(H, W)`` int array: for every pixel of the *original* image, the raster index of the visual-token cell
+        it falls in (``-1`` where the processor crops it away). Default: a plain resize of the whole image."""
+        import numpy as np
+
+        W, H = image.size
+        rows = np.minimum(np.arange(H) * grid[0] // H, grid[0] - 1)
+        cols = np.minimum(np.arange(W) * grid[1] // W, grid[1] - 1)
+        return rows[:, None] * grid[1] + cols[None, :]
+
+    def image_grid(self, processor, image) -> tuple[int, int] | None:
+        """The visual-token grid the processor gives ``image`` (fixed for LLaVA, size-dependent for Qwen)."""
+        return None
+
     def new_tokens(self, sequences: torch.Tensor, inputs: dict) -> torch.Tensor:
         """The generated part of ``generate``'s output ``(B, P + T)`` -> ``(B, T)``."""
         return sequences[:, inputs["input_ids"].shape[1]:]
@@ -135,6 +149,32 @@ class LlavaAdapter(Adapter):
             image = image.crop((left, top, left + cw, top + ch))
         return image
 
+    def image_grid(self, processor, image):
+        ip = processor.image_processor
+        crop = getattr(ip, "crop_size", None) or {}
+        size = int(crop.get("height") or (getattr(ip, "size", None) or {}).get("shortest_edge"))
+        return (size // processor.patch_size, size // processor.patch_size)
+
+    def cell_index(self, processor, image, grid):
+        """Shortest edge resized, then centre-cropped: pixels outside the crop map to -1."""
+        import numpy as np
+
+        ip = processor.image_processor
+        W, H = image.size
+        short = int((getattr(ip, "size", None) or {}).get("shortest_edge") or min(W, H))
+        crop = getattr(ip, "crop_size", None) or {}
+        scale = short / min(W, H)
+        rw, rh = max(short, round(W * scale)), max(short, round(H * scale))
+        cw, ch = (int(crop.get("width") or rw), int(crop.get("height") or rh)) if getattr(ip, "do_center_crop",
+                                                                                          False) else (rw, rh)
+        left, top = (rw - cw) // 2, (rh - ch) // 2
+        vx = (np.arange(W) + 0.5) * rw / W - left
+        vy = (np.arange(H) + 0.5) * rh / H - top
+        cols = np.floor(vx * grid[1] / cw).astype(int)
+        rows = np.floor(vy * grid[0] / ch).astype(int)
+        valid = (rows[:, None] >= 0) & (rows[:, None] < grid[0]) & (cols[None, :] >= 0) & (cols[None, :] < grid[1])
+        return np.where(valid, rows[:, None] * grid[1] + cols[None, :], -1)
+
 
 class QwenAdapter(Adapter):
     """Qwen2-VL / Qwen2.5-VL: variable grids from ``image_grid_thw`` after the ``merge x merge`` merge."""
@@ -157,6 +197,11 @@ class QwenAdapter(Adapter):
             out.append(cells)
         return out
 
+
+    def image_grid(self, processor, image):
+        thw = processor.image_processor(images=[image.convert("RGB")], return_tensors="pt")["image_grid_thw"][0]
+        merge = int(processor.image_processor.merge_size)
+        return (int(thw[1]) // merge, int(thw[2]) // merge)
 
     def model_view(self, processor, image, grid):
         """Qwen resizes to multiples of ``patch * merge`` (28 px): one LM token covers one 28x28 cell."""

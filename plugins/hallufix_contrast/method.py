@@ -1,0 +1,228 @@
+"""Contrastive attention (Song, Li, Yu, arXiv 2601.08151, CVPR 2026): review-layer masking (v1, single pass) or
+a contrast-selected crop fed as a second image (CVPR version, two passes).
+
+1. At every fusion-candidate layer and at the post-integration layer: the last prompt row's attention over the
+   visual tokens, averaged over heads and renormalised over the visual tokens.
+2. Pre-integration layer i* = the candidate with the largest Hellinger distance to the post layer (per sample).
+3. Contrast c = |A_post - A_i*| (``signed``: A_post - A_i*).
+4. ``review`` variant: the tokens below the rho-quantile of c are softly suppressed at the review layer, in one of
+   three ``mode`` s: ``attn`` (their attention x lambda, renormalised = a log(lambda) logit bias on those keys for
+   text rows; keeps SDPA; acts at every step), ``kv`` (their keys and values x lambda at the review layer, every
+   step), ``residual`` (their hidden states x lambda at the review layer's input, prefill; persists through the
+   cache). ``crop`` variant: the positive part of the signed contrast selects a region, cropped from the full image
+   and fed as a second image with the original.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+import hallufix
+from hallufix import capture as C
+from hallufix import points
+from hallufix.config import parse_layers
+
+PAPER_FUSION = (2, 4, 8, 11, 12, 13)  # 1-based, LLaVA-1.5 (32 layers)
+PAPER_POST, PAPER_REVIEW, PAPER_DEPTH = 28, 29, 32
+
+
+@dataclass
+class Config:
+    variant: str = "review"          # review (v1, single pass) | crop (CVPR, two passes)
+    mode: str = "attn"               # review variant: attn | kv | residual
+    fusion_layers: str = "auto"      # 0-based list/range, or auto (the paper's layers scaled to the model depth)
+    post_layer: str = "auto"         # 0-based, or auto (paper 28 -> 27 of 32, scaled)
+    review_layer: str = "auto"       # 0-based, or auto (paper 29 -> 28 of 32, scaled)
+    quantile: float = 0.2            # rho: fraction of visual tokens suppressed
+    scale: float = 0.1               # lambda (0.1: a third-party port's value; the paper's is not public)
+    signed: bool = False             # contrast A_post - A_pre instead of |A_post - A_pre| (review variant)
+    crop_quantile: float = 0.8       # crop: cells at or above this quantile of the positive contrast
+    crop_margin: float = 0.1         # crop: margin added on each side, as a fraction of the box
+    crop_min_side: float = 0.3333    # crop: minimum side as a fraction of the image side
+
+    def validate(self):
+        if self.variant not in ("review", "crop"):
+            raise ValueError(f"variant must be review or crop, got {self.variant!r}")
+        if self.mode not in ("attn", "kv", "residual"):
+            raise ValueError(f"mode must be attn, kv or residual, got {self.mode!r}")
+        if not 0 <= self.quantile < 1 or self.scale < 0:
+            raise ValueError("quantile must be in [0, 1) and scale >= 0")
+
+
+def resolve_layers(cfg: Config, L: int) -> tuple[list[int], int, int]:
+    """``(fusion layers, post layer, review layer)``, 0-based; ``auto`` scales the paper's LLaVA layers by L/32."""
+    post = int(cfg.post_layer) if str(cfg.post_layer) != "auto" else min(L - 2, round((PAPER_POST - 1) * L /
+                                                                                        PAPER_DEPTH))
+    review = int(cfg.review_layer) if str(cfg.review_layer) != "auto" else min(L - 1, post + 1)
+    if str(cfg.fusion_layers) == "auto":
+        fusion = sorted({min(post - 1, round((f - 1) * L / PAPER_DEPTH)) for f in PAPER_FUSION})
+    else:
+        fusion = parse_layers(cfg.fusion_layers, L)
+    if not fusion or max(fusion) >= post or post >= review or review >= L:
+        raise ValueError(f"need fusion layers < post layer < review layer < {L}; got {fusion}, {post}, {review}")
+    return fusion, post, review
+
+
+def normalised_maps(last_rows: dict[int, torch.Tensor]) -> dict[int, torch.Tensor]:
+    """``{layer: (B, H, n)}`` last-row attention over visual tokens -> head-averaged, renormalised ``(B, n)``."""
+    return {l: C.normalise(C.head_average(m.float())) for l, m in last_rows.items()}
+
+
+def contrast_map(maps: dict[int, torch.Tensor], fusion: list[int], post: int, signed: bool):
+    """``(contrast (B, n), chosen layer per row (B,), Hellinger distances (B, len(fusion)))``."""
+    dist = torch.stack([C.hellinger(maps[f], maps[post]) for f in fusion], -1)  # (B, F)
+    choice = dist.argmax(-1)
+    pre = torch.stack([maps[fusion[int(k)]][b] for b, k in enumerate(choice)])
+    diff = maps[post] - pre
+    return (diff if signed else diff.abs()), torch.tensor([fusion[int(k)] for k in choice]), dist
+
+
+def crop_box(values: np.ndarray, grid: tuple[int, int], quantile: float) -> tuple[int, int, int, int]:
+    """Cells ``(r0, c0, r1, c1)`` (half-open) bounding the largest 4-connected component of cells whose value is at
+    or above the ``quantile`` of the positive part of ``values`` (raster order on ``grid``)."""
+    v = np.maximum(np.asarray(values, dtype=np.float64), 0).reshape(grid)
+    thr = np.quantile(v, quantile)
+    on = (v >= thr) & (v > 0)
+    if not on.any():
+        return 0, 0, grid[0], grid[1]
+    seen, best = np.zeros_like(on), []
+    for r in range(grid[0]):
+        for c in range(grid[1]):
+            if on[r, c] and not seen[r, c]:
+                comp, stack = [], [(r, c)]
+                seen[r, c] = True
+                while stack:
+                    y, x = stack.pop()
+                    comp.append((y, x))
+                    for dy, dx in ((1, 0), (-1, 0), (0, 1), (0, -1)):
+                        yy, xx = y + dy, x + dx
+                        if 0 <= yy < grid[0] and 0 <= xx < grid[1] and on[yy, xx] and not seen[yy, xx]:
+                            seen[yy, xx] = True
+                            stack.append((yy, xx))
+                if (len(comp), sum(v[p] for p in comp)) > (len(best), sum(v[p] for p in best)):
+                    best = comp
+    ys, xs = [p[0] for p in best], [p[1] for p in best]
+    return min(ys), min(xs), max(ys) + 1, max(xs) + 1
+
+
+def pixel_box(cell_index: np.ndarray, cells: tuple[int, int, int, int], grid, margin: float, min_side: float):
+    """The original-image pixel box covering ``cells``, widened by ``margin`` and to ``min_side`` of the image."""
+    r0, c0, r1, c1 = cells
+    rows, cols = cell_index // grid[1], cell_index % grid[1]
+    inside = (cell_index >= 0) & (rows >= r0) & (rows < r1) & (cols >= c0) & (cols < c1)
+    H, W = cell_index.shape
+    if not inside.any():
+        return 0, 0, W, H
+    ys, xs = np.nonzero(inside)
+    x0, x1, y0, y1 = xs.min(), xs.max() + 1, ys.min(), ys.max() + 1
+    mx, my = margin * (x1 - x0), margin * (y1 - y0)
+    x0, x1, y0, y1 = x0 - mx, x1 + mx, y0 - my, y1 + my
+    w_min, h_min = min_side * W, min_side * H
+    if x1 - x0 < w_min:
+        cx = (x0 + x1) / 2
+        x0, x1 = cx - w_min / 2, cx + w_min / 2
+    if y1 - y0 < h_min:
+        cy = (y0 + y1) / 2
+        y0, y1 = cy - h_min / 2, cy + h_min / 2
+    dx = max(0 - x0, 0) - max(x1 - W, 0)
+    dy = max(0 - y0, 0) - max(y1 - H, 0)
+    x0, x1, y0, y1 = x0 + dx, x1 + dx, y0 + dy, y1 + dy
+    return int(max(0, math.floor(x0))), int(max(0, math.floor(y0))), int(min(W, math.ceil(x1))), \
+        int(min(H, math.ceil(y1)))
+
+
+class Contrast:
+    name = "contrast"
+    Config = Config
+
+    def __init__(self, config: Config):
+        self.config = config
+
+    @hallufix.hookimpl
+    def hallufix_configure(self, model):
+        c = self.config
+        self.fusion, self.post, self.review = resolve_layers(c, model.num_layers)
+        if c.variant == "crop":
+            if model.family == "instructblip":
+                raise ValueError("contrast variant=crop needs a spatial token grid; InstructBLIP's query tokens have "
+                                 "none (use variant=review)")
+            return points.input_image()
+        if c.scale == 1 or c.quantile == 0:
+            return []
+        probes = points.attn_probs(self.fusion + [self.post], rows="last", phases={"prefill"})
+        if c.mode == "attn":
+            return probes + points.attn_bias([self.review])
+        if c.mode == "kv":
+            return probes + points.attn_kv([self.review])
+        return probes + points.layer_input([self.review], phases={"prefill"})
+
+    @hallufix.hookimpl
+    def hallufix_batch_start(self, batch):
+        self.maps: dict[int, torch.Tensor] = {}
+        self.masked: torch.Tensor | None = None
+        self.diag: list[dict] = [{} for _ in range(batch.layout.batch_size)]
+
+    # ------------------------------------------------------------------ review variant
+    @hallufix.hookimpl
+    def hallufix_attn_probs(self, event):
+        self.maps[event.layer] = C.normalise(C.head_average(C.gather_visual(event.last().float(),
+                                                                              event.visual_keys)))
+        if event.layer != self.post:
+            return
+        contrast, chosen, dist = contrast_map(self.maps, self.fusion, self.post, self.config.signed)
+        theta = torch.quantile(contrast, self.config.quantile, dim=-1, keepdim=True)
+        self.masked = contrast < theta  # (B, n)
+        for b, d in enumerate(self.diag):
+            d.update({"pre_layer": int(chosen[b]), "post_layer": self.post, "review_layer": self.review,
+                      "hellinger": {str(f): round(float(dist[b, k]), 6) for k, f in enumerate(self.fusion)},
+                      "suppressed_tokens": int(self.masked[b].sum())})
+
+    def _key_mask(self, visual_keys: torch.Tensor) -> torch.Tensor:
+        return C.scatter_visual(self.masked.to(torch.float32), visual_keys, fill=0.0) > 0  # (B, kv)
+
+    @hallufix.hookimpl
+    def hallufix_attn_bias(self, event):
+        keys = self._key_mask(event.visual_keys)
+        event.add(torch.where(keys, math.log(self.config.scale) if self.config.scale > 0 else float("-inf"), 0.0))
+
+    @hallufix.hookimpl
+    def hallufix_attn_kv(self, event):
+        keys = self._key_mask(event.visual_keys)[:, None, :, None]  # (B, 1, kv, 1)
+        lam = self.config.scale
+        event.key = torch.where(keys, event.key * lam, event.key)
+        event.value = torch.where(keys, event.value * lam, event.value)
+
+    @hallufix.hookimpl
+    def hallufix_layer_input(self, event):
+        rows = self._key_mask(event.visual_keys)[:, event.positions]  # (B, q): masked visual rows
+        event.hidden = torch.where(rows[..., None], event.hidden * self.config.scale, event.hidden)
+
+    # ------------------------------------------------------------------ crop variant
+    @hallufix.hookimpl
+    def hallufix_input_image(self, event):
+        c = self.config
+        cap = event.capture(event.images, event.questions, layers=self.fusion + [self.post])
+        maps = normalised_maps(cap.last_visual)
+        contrast, chosen, dist = contrast_map(maps, self.fusion, self.post, signed=True)
+        for b, image in enumerate(event.images):
+            grid = cap.layout.grids[b][0]
+            cells = crop_box(contrast[b].numpy(), grid, c.crop_quantile)
+            box = pixel_box(event.cell_index(image, grid), cells, grid, c.crop_margin, c.crop_min_side)
+            event.extra_images[b].append(image.crop(box))
+            self.diag_crop = getattr(self, "diag_crop", {})
+            self.diag_crop[b] = {"pre_layer": int(chosen[b]), "post_layer": self.post, "cells": list(cells),
+                                 "box": list(box),
+                                 "hellinger": {str(f): round(float(dist[b, k]), 6) for k, f in enumerate(self.fusion)}}
+
+    @hallufix.hookimpl
+    def hallufix_batch_end(self, batch):
+        crop = getattr(self, "diag_crop", {})
+        for b, d in enumerate(batch.diagnostics):
+            if self.config.variant == "crop" and b in crop:
+                d[self.name] = crop[b]
+            elif self.diag and self.diag[b]:
+                d[self.name] = self.diag[b]
+        self.diag_crop = {}

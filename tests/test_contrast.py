@@ -1,0 +1,155 @@
+"""Contrastive attention against an independent eager implementation of its steps (all three modes)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from transformers import AttentionInterface
+from transformers.integrations.sdpa_attention import repeat_kv
+from transformers.masking_utils import AttentionMaskInterface, eager_mask
+
+from hallufix.testing import MethodContract
+from hallufix.testing.models import tiny_images, tiny_session
+
+FAMILIES = ("llava", "qwen2-vl", "qwen2.5-vl", "instructblip")
+FUSION, POST, REVIEW, RHO, LAM = [1, 2, 3], 5, 6, 0.25, 0.1
+OVR = ["fusion_layers=1-3", f"post_layer={POST}", f"review_layer={REVIEW}", f"quantile={RHO}", f"scale={LAM}"]
+
+
+class EagerContrast:
+    """Full eager attention; the paper's steps written out with numpy: head-averaged renormalised last-row maps,
+    Hellinger-argmax pre layer, |A_post - A_pre|, rho-quantile, then the chosen suppression at the review layer."""
+
+    def __init__(self, vis, text, mode):
+        self.vis, self.text, self.mode = vis, text, mode
+        self.maps, self.masked, self.chosen = {}, None, None
+
+    def _cols(self, B, kv_len):
+        cols = torch.zeros(B, kv_len, dtype=torch.bool)
+        cols[:, : self.vis.shape[1]] = self.vis
+        return cols
+
+    def __call__(self, module, q, k, v, mask, scaling=None, dropout=0.0, **kw):
+        layer = module.layer_idx
+        B, kv_len, q_len = q.shape[0], k.shape[2], q.shape[2]
+        cols = self._cols(B, kv_len)
+        k, v = repeat_kv(k, module.num_key_value_groups), repeat_kv(v, module.num_key_value_groups)
+        if layer == REVIEW and self.mode == "kv":
+            km = torch.zeros(B, kv_len, dtype=torch.bool)
+            for b in range(B):
+                idx = cols[b].nonzero().squeeze(1)[torch.tensor(self.masked[b])]
+                km[b, idx] = True
+            k = torch.where(km[:, None, :, None], k * LAM, k)
+            v = torch.where(km[:, None, :, None], v * LAM, v)
+        s = (q @ k.transpose(-1, -2)) * scaling
+        if mask is not None:
+            s = s + mask[:, :, :, :kv_len]
+        A = torch.softmax(s.float(), -1)
+        if q_len == kv_len and (layer in FUSION or layer == POST):
+            self.maps[layer] = np.stack([A[b, :, -1][:, cols[b]].mean(0).numpy() for b in range(B)])
+            self.maps[layer] /= self.maps[layer].sum(-1, keepdims=True)
+            if layer == POST:
+                hel = lambda p, r: np.sqrt(((np.sqrt(p) - np.sqrt(r)) ** 2).sum(-1)) / np.sqrt(2)  # noqa: E731
+                d = np.stack([hel(self.maps[f], self.maps[POST]) for f in FUSION], -1)
+                self.chosen = [FUSION[i] for i in d.argmax(-1)]
+                c = np.abs(self.maps[POST] - np.stack([self.maps[f][b] for b, f in enumerate(self.chosen)]))
+                self.masked = c < np.quantile(c, RHO, axis=-1, keepdims=True)
+        if layer == REVIEW and self.mode == "attn":
+            A = A.clone()
+            P_ = self.vis.shape[1]
+            for b in range(B):
+                idx = cols[b].nonzero().squeeze(1)[torch.tensor(self.masked[b])]
+                for i in range(q_len):
+                    r = kv_len - q_len + i
+                    if r >= P_ or self.text[b, r]:
+                        row = A[b, :, i].clone()
+                        row[:, idx] *= LAM
+                        A[b, :, i] = row / row.sum(-1, keepdim=True)
+        return (A.to(v.dtype) @ v).transpose(1, 2).contiguous(), A
+
+
+def _reference(s, images, qs, mode):
+    inputs = s.adapter.inputs(s.processor, [[im] for im in images], qs, s.device)
+    layout = s.adapter.layout(s.model, inputs, [[im] for im in images])
+    ref = EagerContrast(layout.visual, layout.text, mode)
+    name = f"eager-contrast-{id(ref)}"
+    AttentionInterface.register(name, ref)
+    AttentionMaskInterface.register(name, eager_mask)
+    handle = None
+    if mode == "residual":
+        def pre(module, args, kwargs):
+            x = args[0] if args else kwargs["hidden_states"]
+            if x.shape[1] == layout.prompt_len:  # prefill: scale the masked visual rows
+                x = x.clone()
+                for b in range(x.shape[0]):
+                    idx = layout.visual[b].nonzero().squeeze(1)[torch.tensor(ref.masked[b])]
+                    x[b, idx] *= LAM
+                return ((x,) + tuple(args[1:]), kwargs) if args else (args, {**kwargs, "hidden_states": x})
+        handle = s.model.get_decoder().layers[REVIEW].register_forward_pre_hook(pre, with_kwargs=True)
+    prev = s.adapter.get_text_attn_implementation(s.model)
+    s.adapter.set_text_attn_implementation(s.model, name)
+    try:
+        with torch.inference_mode():
+            out = s.model.generate(**inputs, max_new_tokens=3, min_new_tokens=3, do_sample=False,
+                                   return_dict_in_generate=True, output_logits=True)
+    finally:
+        s.adapter.set_text_attn_implementation(s.model, prev)
+        if handle is not None:
+            handle.remove()
+    return ref, torch.stack(out.logits, 1)
+
+
+@pytest.mark.parametrize("mode", ["attn", "kv", "residual"])
+@pytest.mark.parametrize("family", FAMILIES)
+def test_matches_eager_steps(family, mode):
+    s = tiny_session(family, num_layers=8)
+    images, qs = tiny_images(2), ["is there a cat in the image ?", "what colour is it ?"]
+    outs = s.start(["contrast"], {"contrast": OVR + [f"mode={mode}"]}).generate(
+        images, qs, max_new_tokens=3, min_new_tokens=3, output_logits=True)
+    ref, ref_logits = _reference(s, images, qs, mode)
+    for b, o in enumerate(outs):
+        d = o.diagnostics["contrast"]
+        assert d["pre_layer"] == ref.chosen[b]
+        assert d["suppressed_tokens"] == int(ref.masked[b].sum()) > 0
+        assert (o.logits - ref_logits[b]).abs().max() <= 1e-5
+
+
+def test_noop_settings_declare_nothing():
+    s = tiny_session("llava", num_layers=8)
+    for ovr in (["scale=1"], ["quantile=0"]):
+        assert s.start(["contrast"], {"contrast": OVR[:3] + ovr}).declarations() == {}
+
+
+def test_crop_box_finds_planted_region():
+    from hallufix_contrast.method import crop_box, pixel_box
+
+    grid = (6, 6)
+    v = np.zeros(36)
+    for r, c in ((1, 3), (1, 4), (2, 3), (2, 4)):
+        v[r * 6 + c] = 1.0
+    v[5 * 6 + 0] = 0.4  # a smaller, separate blob
+    cells = crop_box(v, grid, 0.8)
+    assert cells == (1, 3, 3, 5)
+    idx = (np.arange(60)[:, None] * 6 // 60) * 6 + (np.arange(60)[None, :] * 6 // 60)
+    box = pixel_box(idx, cells, grid, margin=0.0, min_side=0.0)
+    assert box == (30, 10, 50, 30)
+    wide = pixel_box(idx, cells, grid, margin=0.1, min_side=0.5)
+    assert wide[2] - wide[0] >= 30 and wide[3] - wide[1] >= 30 and 0 <= wide[0] and wide[2] <= 60
+
+
+@pytest.mark.parametrize("family", ["llava", "qwen2-vl"])
+def test_crop_variant_feeds_a_second_image(family):
+    s = tiny_session(family, num_layers=8)
+    img = tiny_images(1, size=112)[0]
+    run = s.start(["contrast"], {"contrast": OVR[:3] + ["variant=crop"]})
+    out = run.generate([img], ["is there a cat ?"], max_new_tokens=2)[0]
+    d = out.diagnostics["contrast"]
+    x0, y0, x1, y1 = d["box"]
+    assert 0 <= x0 < x1 <= 112 and 0 <= y0 < y1 <= 112 and d["pre_layer"] in FUSION
+    assert s.info.family != "instructblip"
+
+
+class TestContrastContract(MethodContract):
+    method = "contrast"
+    noop = ["scale=1"]
+    active = ["fusion_layers=0-1", "post_layer=2", "review_layer=3", "quantile=0.3"]
