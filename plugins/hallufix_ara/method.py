@@ -1,0 +1,205 @@
+"""ARA: attention re-alignment by intermediate-layer-guided input masking (Chen, Wang, Qin et al., Scientific
+Reports 16, 14576, 2026) — a RECONSTRUCTION from the paper's lay summary (see docs/methods/ara.md for every choice).
+
+Pass 1 (an analysis prefill on the original image, through ``ImageEvent.capture``): per candidate layer, the last
+prompt row's attention over the visual tokens per head and the visual tokens' hidden norms -> sinks, image-centric
+heads, layer maps, layer scores, top-K fusion -> a soft mask on the image (coverage, dilation, feathering) ->
+dimming with a floor, unless the guard fires. Pass 2: ordinary generation on the masked image (fresh cache, fused
+attention), or on [original, masked] (``mode: both``). ``mode: logit-bias`` is a different, single-pass method:
+the token-level mask becomes a log(delta + (1 - delta) B) bias on the visual keys in the layers after the band.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+import hallufix
+from hallufix import capture as C
+from hallufix import points
+from hallufix.config import parse_layers
+from hallufix_ara.analysis import coverage_mask, fuse, layer_maps, pixel_mask
+
+
+@dataclass
+class Config:
+    band: str = "auto"              # candidate layers; auto = [floor(L/4), ceil(3L/4)]
+    sink_ratio: float = 5.0         # kappa_s: sink = hidden norm > ratio x median
+    head_ratio: float = 0.6         # rho_ic: min non-sink share of a head's visual attention
+    generic_test: bool = False      # also require the head's map to differ (JS above the layer median) from a
+    generic_prompt: str = "describe the image ."  # generic-prompt pass (cached per image)
+    top_k: int = 3
+    temperature: float = 1.0
+    coverage: float = 0.6           # kappa: smallest cell set holding this share of the fused mass
+    dilation: int = 1               # cells
+    feather: float = 0.5            # Gaussian sigma in cells
+    dim_floor: float = 0.3          # delta: I' = I * (delta + (1 - delta) B); 1 = no dimming (no-op)
+    guard_min_sharpness: float = 0.05  # leave the image alone if the best selected layer is less sharp than this
+    guard_max_area: float = 0.8     # ... or if the kept area exceeds this fraction of the image
+    mode: str = "replace"           # replace | both (original + masked) | logit-bias (single pass, approximation)
+    save_masks: str = ""            # a folder: write each mask as PNG
+
+    def validate(self):
+        if self.mode not in ("replace", "both", "logit-bias"):
+            raise ValueError(f"mode must be replace, both or logit-bias, got {self.mode!r}")
+        if not 0 <= self.dim_floor <= 1 or not 0 < self.coverage <= 1:
+            raise ValueError("dim_floor must be in [0, 1] and coverage in (0, 1]")
+
+
+def resolve_band(cfg: Config, L: int) -> list[int]:
+    if str(cfg.band) == "auto":
+        return list(range(L // 4, min(L - 1, math.ceil(3 * L / 4)) + 1))
+    return parse_layers(cfg.band, L)
+
+
+def _js(p: np.ndarray, q: np.ndarray) -> float:
+    p, q = p / max(p.sum(), 1e-12), q / max(q.sum(), 1e-12)
+    m = (p + q) / 2
+    kl = lambda a, b: float((a[a > 0] * np.log(a[a > 0] / np.maximum(b[a > 0], 1e-12))).sum())  # noqa: E731
+    return (kl(p, m) + kl(q, m)) / 2
+
+
+class ARA:
+    name = "ara"
+    Config = Config
+
+    def __init__(self, config: Config):
+        self.config = config
+        self._generic_cache: dict = {}
+
+    @hallufix.hookimpl
+    def hallufix_configure(self, model):
+        c = self.config
+        self.family, self.band = model.family, resolve_band(c, model.num_layers)
+        if c.dim_floor == 1:
+            return []
+        if c.mode == "both" and model.family == "instructblip":
+            raise ValueError("ara mode=both feeds two images; InstructBLIP takes one (use mode=replace)")
+        if c.mode == "logit-bias":
+            after = list(range(self.band[-1] + 1, model.num_layers))
+            if not after:
+                raise ValueError("ara mode=logit-bias needs layers after the band")
+            return (points.attn_probs(self.band, rows="last", phases={"prefill"})
+                    + points.layer_input(self.band, phases={"prefill"}) + points.attn_bias(after))
+        return points.input_image()
+
+    @hallufix.hookimpl
+    def hallufix_batch_start(self, batch):
+        self.diag = getattr(self, "_pending", None) or [{} for _ in range(batch.layout.batch_size)]
+        self._pending = None
+        self._lb = {"a": {}, "norms": {}, "bias": None}
+
+    # ------------------------------------------------------------------ analysis (shared by both modes)
+    def _analyse(self, a: dict, norms: dict, grid, keep_heads=None):
+        c = self.config
+        lm = layer_maps(a, norms, c.sink_ratio, c.head_ratio, keep_heads)
+        scores, selected, fused = fuse(lm, c.top_k, c.temperature)
+        return lm, scores, selected, fused
+
+    def _generic_heads(self, event, b, a_b):
+        """Heads whose non-sink map under the question differs from the generic-prompt map more than the layer's
+        median JS divergence (one extra prefill per image, cached)."""
+        key = event.images[b].tobytes()[:4096] + bytes(str(event.images[b].size), "ascii")
+        if key not in self._generic_cache:
+            cap = event.capture([event.images[b]], [self.config.generic_prompt], layers=self.band)
+            self._generic_cache[key] = {l: cap.last_visual[l][0].numpy() for l in self.band}
+        gen = self._generic_cache[key]
+        keep = {}
+        for l in self.band:
+            js = np.array([_js(a_b[l][h], gen[l][h]) for h in range(a_b[l].shape[0])])
+            keep[l] = [h for h in range(len(js)) if js[h] > np.median(js)]
+        return keep
+
+    # ------------------------------------------------------------------ pass 1 + image edit (two-pass modes)
+    @hallufix.hookimpl
+    def hallufix_input_image(self, event):
+        c = self.config
+        blip = self.family == "instructblip"
+        cap = event.capture(event.images, event.questions, layers=self.band, hidden_norms=True, qformer_attention=blip)
+        self._pending = []
+        for b, image in enumerate(event.images):
+            a_b = {l: cap.last_visual[l][b].numpy() for l in self.band}
+            n_b = {l: cap.hidden_norms[l][b].numpy() for l in self.band}
+            keep = self._generic_heads(event, b, a_b) if c.generic_test else None
+            lm, scores, selected, fused = self._analyse(a_b, n_b, None, keep)
+            d = {"selected_layers": selected, "scores": {str(k): round(v, 6) for k, v in scores.items()},
+                 "image_centric_heads": {str(l): h for l, h in lm.heads.items()}}
+            if fused is None:
+                d.update(guard="no image-centric heads", coverage=1.0)
+                self._pending.append(d)
+                continue
+            if blip:  # query-token map -> patch map through the Q-Former cross-attention (CLS column dropped)
+                xattn = cap.extras["qformer_xattn"][b].numpy()[:, 1:]
+                fused = fused @ xattn
+                fused = fused / max(fused.sum(), 1e-12)
+                grid = tuple(cap.extras["patch_grid"])
+            else:
+                grid = cap.layout.grids[b][0]
+            cells = coverage_mask(fused, grid, c.coverage, c.dilation)
+            index = event.cell_index(image, grid)
+            visible = index >= 0
+            area = float(cells.reshape(-1)[index[visible]].mean()) if visible.any() else 1.0
+            best = max(lm.sharpness[l] for l in selected)
+            d.update(coverage=round(area, 6), fused_map=[round(float(x), 8) for x in fused],
+                     grid=list(grid), best_sharpness=round(best, 6))
+            if best < c.guard_min_sharpness:
+                d["guard"] = "attention not confident"
+            elif area > c.guard_max_area:
+                d["guard"] = "mask covers almost everything"
+            else:
+                d["guard"] = None
+                B = pixel_mask(cells, index, c.feather)
+                arr = np.asarray(image.convert("RGB"), dtype=np.float64)
+                dimmed = arr * (c.dim_floor + (1 - c.dim_floor) * B)[..., None]
+                masked = Image.fromarray(np.clip(np.rint(dimmed), 0, 255).astype(np.uint8))
+                if c.save_masks:
+                    folder = Path(c.save_masks)
+                    folder.mkdir(parents=True, exist_ok=True)
+                    Image.fromarray((B * 255).astype(np.uint8)).save(folder / f"mask_{len(list(folder.iterdir()))}.png")
+                if c.mode == "both":
+                    event.extra_images[b].append(masked)
+                else:
+                    event.images[b] = masked
+            self._pending.append(d)
+
+    # ------------------------------------------------------------------ single-pass logit-bias approximation
+    @hallufix.hookimpl
+    def hallufix_layer_input(self, event):
+        norms = event.hidden.float().norm(dim=-1)  # (B, q)
+        self._lb["norms"][event.layer] = C.gather_visual(norms, event.visual_rows)
+
+    @hallufix.hookimpl
+    def hallufix_attn_probs(self, event):
+        self._lb["a"][event.layer] = C.gather_visual(event.last().float(), event.visual_keys)
+        if event.layer != self.band[-1]:
+            return
+        c, bias_rows = self.config, []
+        for b in range(event.layout.batch_size):
+            a_b = {l: self._lb["a"][l][b].numpy() for l in self.band}
+            n_b = {l: self._lb["norms"][l][b].numpy() for l in self.band}
+            lm, scores, selected, fused = self._analyse(a_b, n_b, None)
+            grid = event.layout.grids[b][0] if event.layout.grids[b] and event.layout.grids[b][0] else (1, len(
+                next(iter(a_b.values()))[0]))
+            if fused is None:
+                bias_rows.append(np.zeros(grid[0] * grid[1]))
+                continue
+            cells = coverage_mask(fused, grid, c.coverage, c.dilation).reshape(-1)
+            bias_rows.append(np.log(c.dim_floor + (1 - c.dim_floor) * cells) if c.dim_floor > 0 else
+                             np.where(cells > 0, 0.0, -np.inf))
+            self.diag[b] = {"selected_layers": selected, "scores": {str(k): round(v, 6) for k, v in scores.items()},
+                            "coverage": round(float(cells.mean()), 6), "guard": None}
+        self._lb["bias"] = torch.tensor(np.stack(bias_rows), dtype=torch.float32)
+
+    @hallufix.hookimpl
+    def hallufix_attn_bias(self, event):
+        event.add(C.scatter_visual(self._lb["bias"], event.visual_keys, fill=0.0))
+
+    @hallufix.hookimpl
+    def hallufix_batch_end(self, batch):
+        for b, d in enumerate(batch.diagnostics):
+            if b < len(self.diag) and self.diag[b]:
+                d[self.name] = self.diag[b]

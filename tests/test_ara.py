@@ -1,0 +1,192 @@
+"""ARA (reconstruction) against an independent implementation of its pass-1 steps, pixel placement per family,
+no-op, stacking with CLVA, and the contract suite."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from hallufix import hookimpl
+from hallufix import points as P
+from hallufix.testing import MethodContract
+from hallufix.testing.models import tiny_images, tiny_session
+
+BAND = [2, 3, 4, 5]
+TEST_CFG = ["band=2-5", "sink_ratio=1.5", "head_ratio=0.3", "top_k=2", "coverage=0.4", "dilation=0",
+            "feather=0.5", "dim_floor=0.3", "guard_min_sharpness=0", "guard_max_area=1.0"]
+
+
+class ImageSpy:
+    """Placed after ARA: records the images the model is about to see."""
+
+    name = "image-spy"
+
+    def __init__(self):
+        self.images = []
+
+    @hookimpl
+    def hallufix_configure(self, model):
+        return P.input_image()
+
+    @hookimpl
+    def hallufix_input_image(self, event):
+        self.images = [np.asarray(im, dtype=np.float64) for im in event.images]
+
+
+def reference(s, image, question):
+    """Eager forward (output_attentions / output_hidden_states) and every ARA step written out with loops."""
+    inputs = s.adapter.inputs(s.processor, [[image]], [question], s.device)
+    prev = s.adapter.get_text_attn_implementation(s.model)
+    s.adapter.set_text_attn_implementation(s.model, "eager")
+    try:
+        with torch.inference_mode():
+            out = s.model(**inputs, output_attentions=True, output_hidden_states=True)
+    finally:
+        s.adapter.set_text_attn_implementation(s.model, prev)
+    vis = (inputs["input_ids"][0] == s.model.config.image_token_id).nonzero().squeeze(1)
+    sharp, conf, maps = {}, {}, {}
+    for l in BAND:
+        att = out.attentions[l][0, :, -1][:, vis].double().numpy()  # (H, n)
+        norms = out.hidden_states[l][0, vis].double().norm(dim=-1).numpy()
+        med = sorted(norms)[len(norms) // 2] if len(norms) % 2 else float(np.median(norms))
+        sink = [x > 1.5 * med for x in norms]
+        masses = [att[h].sum() for h in range(att.shape[0])]
+        heads = []
+        for h in range(att.shape[0]):
+            ns = sum(att[h, j] for j in range(att.shape[1]) if not sink[j]) / masses[h]
+            if ns >= 0.3 and masses[h] >= np.median(masses):
+                heads.append(h)
+        if not heads:
+            continue
+        bars = []
+        for h in heads:
+            row = [0.0 if sink[j] else att[h, j] for j in range(att.shape[1])]
+            tot = sum(row)
+            bars.append([x / tot for x in row])
+        m = [sum(b[j] for b in bars) / len(bars) for j in range(att.shape[1])]
+        tot = sum(m)
+        m = [x / tot for x in m]
+        keep = [m[j] for j in range(len(m)) if not sink[j]]
+        ent = -sum(x * math.log(x) for x in keep if x > 0)
+        sharp[l] = 1 - ent / math.log(len(keep))
+        if len(heads) > 1:
+            cs = []
+            for i in range(len(bars)):
+                for k in range(len(bars)):
+                    if i != k:
+                        a_, b_ = np.array(bars[i]), np.array(bars[k])
+                        cs.append(a_ @ b_ / (np.linalg.norm(a_) * np.linalg.norm(b_)))
+            conf[l] = sum(cs) / len(cs)
+        else:
+            conf[l] = sum(sorted(m, reverse=True)[: max(1, math.ceil(0.05 * len(m)))])
+        maps[l] = m
+    layers = sorted(maps)
+    z = lambda v: (np.array(v) - np.mean(v)) / np.std(v) if np.std(v) > 0 else np.zeros(len(v))  # noqa: E731
+    score = dict(zip(layers, z([sharp[l] for l in layers]) + z([conf[l] for l in layers])))
+    top = sorted(layers, key=lambda l: (-score[l], l))[:2]
+    w = np.exp([score[l] for l in top])
+    w = w / w.sum()
+    fused = sum(wi * np.array(maps[l]) for wi, l in zip(w, top))
+    return score, top, fused
+
+
+def test_pass1_and_pixels_match_independent_implementation():
+    s = tiny_session("llava", num_layers=8)
+    image, q = tiny_images(1)[0], "is there a cat in the image ?"
+    spy = ImageSpy()
+    out = s.start(["ara", spy], {"ara": TEST_CFG}).generate([image], [q], max_new_tokens=2)[0]
+    d = out.diagnostics["ara"]
+    score, top, fused = reference(s, image, q)
+    assert d["selected_layers"] == top
+    for l, v in score.items():
+        assert abs(d["scores"][str(l)] - v) <= 1e-5
+    assert np.abs(np.array(d["fused_map"]) - fused).max() <= 1e-5
+    # mask pixels: coverage cells (no dilation) on the 4x4 grid of a square image, feathered, dimmed
+    grid = (4, 4)
+    order = np.argsort(-fused, kind="stable")
+    cells, acc = np.zeros(16), 0.0
+    for j in order:
+        cells[j] = 1
+        acc += fused[j] / fused.sum()
+        if acc >= 0.4 - 1e-12:
+            break
+    B = np.repeat(np.repeat(cells.reshape(grid), 14, 0), 14, 1)
+    sigma = 0.5 * 14
+    r = math.ceil(3 * sigma)
+    k = np.array([math.exp(-x * x / (2 * sigma * sigma)) for x in range(-r, r + 1)])
+    k2 = np.outer(k, k) / k.sum() ** 2
+    padded = np.pad(B, r, mode="edge")
+    blurred = np.array([[(padded[y:y + 2 * r + 1, x:x + 2 * r + 1] * k2).sum() for x in range(56)]
+                        for y in range(56)])
+    want = np.rint(np.asarray(image, dtype=np.float64) * (0.3 + 0.7 * blurred)[..., None])
+    assert np.abs(spy.images[0] - want).max() <= 1.0  # uint8 rounding
+    assert np.abs(spy.images[0] - want).mean() <= 0.01
+
+
+@pytest.mark.parametrize("family", ["llava", "qwen2-vl", "instructblip"])
+def test_planted_region_survives_where_the_model_sees_it(family):
+    from hallufix_ara.analysis import coverage_mask, pixel_mask
+
+    s = tiny_session(family)
+    image = Image.new("RGB", (112, 84), (200, 200, 200))
+    run = s.start([])
+    grid = s.adapter.image_grid(s.processor, image) or (4, 4)
+    idx = run._geometry(image, grid)
+    target = grid[1] + 1  # cell (1, 1)
+    fused = np.full(grid[0] * grid[1], 0.1)
+    fused[target] = 10.0
+    cells = coverage_mask(fused, grid, 0.5, 0)
+    B = pixel_mask(cells, idx, 0.0)
+    inside, outside = B[idx == target], B[(idx >= 0) & (idx != target)]
+    assert inside.min() == 1.0 and outside.max() == 0.0
+    # the processor really puts those pixels on that token: a bright patch there lands in cell (1, 1) of its view
+    img = image.copy()
+    ys, xs = np.nonzero(idx == target)
+    img.paste((255, 0, 0), (int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1))
+    view = np.asarray(s.adapter.model_view(s.processor, img, grid), dtype=float)
+    ch, cw = view.shape[0] / grid[0], view.shape[1] / grid[1]
+    redness = [[(view[int(r * ch):int((r + 1) * ch), int(c * cw):int((c + 1) * cw), 0]
+                 - view[int(r * ch):int((r + 1) * ch), int(c * cw):int((c + 1) * cw), 1]).mean()
+                for c in range(grid[1])] for r in range(grid[0])]
+    assert np.unravel_index(np.argmax(redness), (grid[0], grid[1])) == (1, 1)
+
+
+def test_no_dimming_is_a_noop_and_instructblip_both_is_refused():
+    s = tiny_session("llava", num_layers=8)
+    assert s.start(["ara"], {"ara": ["dim_floor=1"]}).declarations() == {}
+    with pytest.raises(ValueError, match="InstructBLIP takes one"):
+        tiny_session("instructblip").start(["ara"], {"ara": ["mode=both"]})
+
+
+def test_stacks_with_clva_in_either_order():
+    s = tiny_session("llava", num_layers=8)
+    imgs, qs = tiny_images(2), ["is there a cat ?", "what colour is it ?"]
+    clva = ["tau=1.0", "lambda_vis=0.5", "pos_layer=1"]
+    a = s.start(["clva", "ara"], {"clva": clva, "ara": TEST_CFG}).generate(imgs, qs, max_new_tokens=3,
+                                                                          output_logits=True)
+    b = s.start(["ara", "clva"], {"clva": clva, "ara": TEST_CFG}).generate(imgs, qs, max_new_tokens=3,
+                                                                          output_logits=True)
+    ara_only = s.start(["ara"], {"ara": TEST_CFG}).generate(imgs, qs, max_new_tokens=3, output_logits=True)
+    for x, y, z in zip(a, b, ara_only):
+        assert torch.equal(x.logits, y.logits)  # the image edit precedes generation whatever the order
+        assert "clva" in x.diagnostics and "ara" in x.diagnostics
+        assert (x.logits - z.logits).abs().max() > 1e-4  # CLVA acts inside pass 2
+
+
+def test_logit_bias_mode_is_single_pass():
+    s = tiny_session("llava", num_layers=8)
+    run = s.start(["ara"], {"ara": TEST_CFG + ["mode=logit-bias"]})
+    names = run.declarations()["ara"]
+    assert "input.image" not in names and "lm.layers.6.attn.scores" in names
+    out = run.generate(tiny_images(1), ["is there a cat ?"], max_new_tokens=2)[0]
+    assert out.diagnostics["ara"]["selected_layers"]
+
+
+class TestARAContract(MethodContract):
+    method = "ara"
+    noop = ["dim_floor=1"]
+    active = ["band=1-2", "sink_ratio=1.5", "head_ratio=0.3", "dilation=0", "coverage=0.3", "guard_min_sharpness=0",
+              "guard_max_area=1.0"]
