@@ -1,0 +1,66 @@
+"""A generic task for custom data: ``--task jsonl:PATH``, one ``{"image", "question"[, "answer"]}`` per line.
+
+Image paths are relative to the file's folder unless absolute. With yes/no answers the POPE metrics are computed;
+with other answers, exact match (case-insensitive, trimmed); without answers, outputs are only recorded.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from hallufix.scoring.pope import parse_yes_no, pope_metrics
+from hallufix.tasks.base import MetricInfo, Sample, Task, TaskError, register_task
+
+
+@register_task("jsonl")
+class JsonlTask(Task):
+    name = "jsonl"
+    metrics = (MetricInfo("accuracy", True), MetricInfo("exact_match", True), MetricInfo("f1", True),
+               MetricInfo("yes_ratio", None))
+
+    def __init__(self, path: str, max_new_tokens: int = 16, parser: str = "pope"):
+        self.path, self.max_new_tokens, self.parser = Path(path), int(max_new_tokens), parser
+
+    def samples(self):
+        if not self.path.is_file():
+            raise TaskError(f"task file not found: {self.path}")
+        out = []
+        for i, line in enumerate(self.path.read_text().splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise TaskError(f"{self.path}:{i}: malformed JSON line ({exc.msg})") from None
+            if not isinstance(rec, dict) or "image" not in rec or "question" not in rec:
+                raise TaskError(f"{self.path}:{i}: each line needs 'image' and 'question'")
+            image = Path(rec["image"])
+            image = image if image.is_absolute() else self.path.parent / image
+            out.append(Sample(id=str(rec.get("id", i)), question=rec["question"], image=str(image),
+                              answer=rec.get("answer"), split=str(rec.get("split", "all"))))
+        if not out:
+            raise TaskError(f"{self.path} holds no samples")
+        return out
+
+    def _yes_no(self, records) -> bool:
+        return all(str(r["answer"]).lower() in ("yes", "no") for r in records)
+
+    def parse(self, sample, text):
+        if sample.answer is not None and str(sample.answer).lower() in ("yes", "no"):
+            return parse_yes_no(text, self.parser, label=str(sample.answer).lower())
+        return text.strip()
+
+    def score(self, records):
+        scored = [r for r in records if r.get("answer") is not None]
+        if not scored:
+            return {"all": {}}
+        if self._yes_no(scored):
+            out = {}
+            for split in sorted({r["split"] for r in scored}):
+                rs = [r for r in scored if r["split"] == split]
+                out[split] = pope_metrics([str(r["answer"]).lower() for r in rs], [r["parsed"] for r in rs])
+            out.setdefault("all", pope_metrics([str(r["answer"]).lower() for r in scored],
+                                               [r["parsed"] for r in scored]))
+            return out
+        em = sum(str(r["parsed"]).strip().lower() == str(r["answer"]).strip().lower() for r in scored) / len(scored)
+        return {"all": {"exact_match": em}}

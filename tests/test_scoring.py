@@ -1,0 +1,122 @@
+"""Scoring exactly as published: real reference files in ../shared/data and the worked examples of benchmarks.md."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from hallufix.cli import main
+from hallufix.scoring.chair import ChairScorer
+from hallufix.scoring.mme import parse_mme, subtask_score
+from hallufix.scoring.pope import parse_yes_no, pope_metrics
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+needs_data = pytest.mark.skipif(not DATA.is_dir(), reason=f"benchmark data folder {DATA} is absent")
+
+LABELS = ["yes"] * 4 + ["no"] * 6
+ANSWERS = ["Yes", "Yes, there is.", "No", "There is no cat.", "No", "no", "Yes", "I don't know.", "No.", "NO"]
+
+
+@pytest.mark.parametrize("parser, tp_fp_tn_fn, acc, prec, rec, f1, yes", [
+    ("pope", (2, 3, 3, 2), 0.5, 0.4, 0.5, 0.4444, 0.5),
+    ("opera", (2, 1, 5, 2), 0.7, 0.6667, 0.5, 0.5714, 0.3),
+    ("vcd", (2, 1, 5, 2), 0.7, 0.6667, 0.5, 0.5714, 0.3),
+])
+def test_pope_worked_example(parser, tp_fp_tn_fn, acc, prec, rec, f1, yes):
+    preds = [parse_yes_no(a, parser, label=l) for a, l in zip(ANSWERS, LABELS)]
+    m = pope_metrics(LABELS, preds)
+    assert (m["tp"], m["fp"], m["tn"], m["fn"]) == tp_fp_tn_fn
+    assert (round(m["accuracy"], 4), round(m["precision"], 4), round(m["recall"], 4), round(m["f1"], 4),
+            round(m["yes_ratio"], 4)) == (acc, prec, rec, f1, yes)
+
+
+def test_pope_lmms_eval_exact_match_and_zero_division():
+    preds = [parse_yes_no(a, "lmms-eval") for a in ANSWERS]
+    m = pope_metrics(LABELS, preds)
+    assert m["accuracy"] == 0.4 and m["precision"] == 0.5 and m["recall"] == 0.5
+    z = pope_metrics(["yes", "no"], ["no", "no"])
+    assert z["precision"] == 0.0 and z["f1"] == 0.0 and z["tp"] == 0 and z["fn"] == 1
+    assert parse_yes_no("NO") == "yes" and parse_yes_no("no\n") == "yes" and parse_yes_no("") == "yes"
+    assert parse_yes_no("Yes. There is no cat.", "opera") == "no"
+
+
+@needs_data
+def test_llava15_13b_official_pope_answers(capsys):
+    p = DATA / "pope"
+    assert main(["score", "pope", "--questions", str(p / "coco_llava15"), "--questions",
+                 str(p / "llava15_reference" / "llava_pope_test.jsonl"), "--answers",
+                 str(p / "llava15_reference" / "llava-v1.5-13b_answers.jsonl"), "--json"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert round(res["mean_f1"], 6) == 0.859469
+    want = {"adversarial": (1182, 117, 1383, 318), "popular": (1182, 59, 1441, 318), "random": (1182, 31, 1379, 318)}
+    for split, counts in want.items():
+        m = res[split]
+        assert (m["tp"], m["fp"], m["tn"], m["fn"]) == counts
+        assert set(m) >= {"accuracy", "precision", "recall", "f1", "yes_ratio", "n"}
+    assert round(res["adversarial"]["yes_ratio"], 6) == 0.433
+
+
+@needs_data
+def test_lavin_mme_predictions(capsys):
+    m = DATA / "mme"
+    assert main(["score", "mme", "--ground-truth", str(m / "ground_truth"), "--answers",
+                 str(m / "lavin_predictions"), "--json"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert round(res["perception"], 4) == 963.6114 and round(res["cognition"], 4) == 249.6429
+    assert round(res["hallucination"], 2) == 411.67
+    table = {"existence": 185.00, "count": 88.33, "position": 63.33, "color": 75.00, "posters": 79.59,
+             "celebrity": 47.35, "scene": 136.75, "landmark": 93.50, "artwork": 87.25, "OCR": 107.50,
+             "commonsense_reasoning": 87.14, "numerical_calculation": 65.00, "text_translation": 47.50,
+             "code_reasoning": 50.00}
+    for sub, score in table.items():
+        assert round(res["subtasks"][sub]["score"], 2) == score
+
+
+def test_mme_worked_example_and_parser():
+    rows = [("a", "Yes", "yes"), ("a", "No", "no"), ("b", "Yes", "yes"), ("b", "No", "yes"),
+            ("c", "Yes", "no"), ("c", "No", "There is no")]
+    m = subtask_score(rows)
+    assert round(m["acc"], 2) == 50.0 and round(m["acc_plus"], 2) == 33.33 and round(m["score"], 2) == 83.33
+    assert parse_mme("Not really") == "no" and parse_mme("There is no") == "other" and parse_mme("YES") == "yes"
+
+
+def test_chair_core_rules():
+    syn = {"dog": "dog", "puppy": "dog", "toilet": "toilet", "seat": "chair", "elephant": "elephant",
+           "person": "person", "man": "person", "table": "dining table"}
+    dw = {"toilet seat": "toilet", "baby elephant": "elephant"}
+    sc = ChairScorer(syn, dw)
+    res = sc.score([(1, "A puppy and a man near a toilet seat."), (2, "A baby elephant at the table.")],
+                   {1: {"dog", "toilet"}, 2: {"elephant"}})
+    assert res["details"][0]["mentions"] == ["dog", "person", "toilet"]
+    assert res["details"][1]["mentions"] == ["elephant", "dining table"]
+    assert res["chair_s"] == 100.0 and res["chair_i"] == pytest.approx(100 * 2 / 5)
+    assert res["recall"] == pytest.approx(100.0)
+
+
+def test_score_bad_input_is_clear(tmp_path, capsys):
+    bad = tmp_path / "answers.jsonl"
+    bad.write_text('{"question_id": 1, "text": "Yes"}\n{"question_id": 2, "text": \n')
+    labels = tmp_path / "coco_pope_random.json"
+    labels.write_text('{"question_id": 1, "image": "x.jpg", "text": "Is there a cat?", "label": "yes"}\n')
+    assert main(["score", "pope", "--questions", str(labels), "--answers", str(bad)]) == 2
+    assert f"{bad}:2" in capsys.readouterr().err
+    assert main(["score", "pope", "--questions", str(labels), "--answers", str(bad), "--parser", "x"]) == 2
+    assert "known: pope, opera, vcd, lmms-eval" in capsys.readouterr().err
+
+
+def test_mcnemar_and_paired_bootstrap(tmp_path):
+    from hallufix.report import mcnemar_exact, paired_comparison
+
+    assert mcnemar_exact(0, 0) == 1.0
+    assert mcnemar_exact(1, 9) == pytest.approx(2 * 11 / 1024)  # exact binomial tail, two-sided
+    for name, correct in (("base", [1, 1, 0, 0, 1, 0]), ("run", [1, 1, 1, 1, 0, 1])):
+        d = tmp_path / name
+        d.mkdir()
+        lines = [json.dumps({"id": f"q{i}", "answer": "yes", "parsed": "yes" if c else "no"})
+                 for i, c in enumerate(correct)]
+        (d / "samples.jsonl").write_text("\n".join(lines) + "\n")
+    cmp = paired_comparison(tmp_path / "base", tmp_path / "run")
+    assert cmp["n"] == 6 and cmp["accuracy_diff"] == pytest.approx(2 / 6)
+    assert (cmp["only_baseline_right"], cmp["only_run_right"]) == (1, 3)
+    assert cmp["ci95"][0] <= 2 / 6 <= cmp["ci95"][1]
