@@ -35,7 +35,7 @@ class RunSpec:
     task: str = "shapes-pope"
     plugins: list[str] = field(default_factory=list)
     overrides: dict[str, list[str]] = field(default_factory=dict)
-    batch_size: int = 8
+    batch_size: int = 32
     limit: int | None = None
     seed: int = 0
     max_new_tokens: int | None = None
