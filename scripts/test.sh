@@ -3,6 +3,7 @@
 # CPU torch first (a plain `torch` requirement would pull a multi-GB CUDA build); never torchvision.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1  # tests build every model and processor locally
 VENV="${HALLUFIX_VENV:-.venv-test}"
 python3 -m venv "$VENV"
 "$VENV/bin/python" -m pip install -q --upgrade pip

@@ -72,3 +72,22 @@ def test_bad_input_fails_before_loading_with_a_clear_message(args, message, caps
     assert main(args + ["--output", str(tmp_path / "x")]) == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
+
+
+def test_hooks_verb_resolves_names_shapes_and_owners(saved_model, capsys):
+    assert main(["hooks", "--model", str(saved_model), "lm.layers.1.*", "--plugins", "visual-boost",
+                 "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    names = {p["name"]: p for p in data["points"]}
+    assert set(names) == {"lm.layers.1.in", "lm.layers.1.attn.kv", "lm.layers.1.attn.scores",
+                          "lm.layers.1.attn.probs", "lm.layers.1.attn.heads"}
+    assert names["lm.layers.1.attn.scores"]["declared_by"] == ["visual-boost"]
+    assert names["lm.layers.1.attn.heads"]["shape"] == "(B, q, 4, 16)"
+    assert data["family"] == "llava" and data["num_layers"] == 4
+
+
+def test_missing_model_names_the_id_and_the_fix(capsys, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # no network in tests
+    assert main(["hooks", "--model", "some-org/not-a-cached-model"]) == 2
+    err = capsys.readouterr().err
+    assert "some-org/not-a-cached-model" in err and "--model /path/to/folder" in err

@@ -3,14 +3,13 @@ from __future__ import annotations
 
 import pytest
 import torch
-from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import repeat_kv
-from transformers.masking_utils import AttentionMaskInterface, eager_mask
 
 from hallufix import points as P
 from hallufix.config import ConfigError
 from hallufix.testing import HookRecorder, MethodContract
 from hallufix.testing.models import tiny_images, tiny_session
+from hallufix.testing.reference import generate_with_attention, layout_of
 
 FAMILIES = ("llava", "qwen2-vl", "qwen2.5-vl", "instructblip")
 SETTING = dict(alpha=14.0, beta=0.9, tau=1.0, lam=0.5, neg=0, pos=1, drift=[2, 3, 4, 5, 6, 7])
@@ -83,21 +82,10 @@ class EagerCLVA:
 
 
 def _reference(s, images, qs, dynamic, n_new):
-    inputs = s.adapter.inputs(s.processor, [[im] for im in images], qs, s.device)
-    layout = s.adapter.layout(s.model, inputs, [[im] for im in images])
+    layout = layout_of(s, images, qs)
     ref = EagerCLVA(layout.visual, layout.text, SETTING, dynamic)
-    name = f"eager-clva-{id(ref)}"
-    AttentionInterface.register(name, ref)
-    AttentionMaskInterface.register(name, eager_mask)
-    prev = s.adapter.get_text_attn_implementation(s.model)
-    s.adapter.set_text_attn_implementation(s.model, name)
-    try:
-        with torch.inference_mode():
-            out = s.model.generate(**inputs, max_new_tokens=n_new, min_new_tokens=n_new, do_sample=False,
-                                   return_dict_in_generate=True, output_logits=True)
-    finally:
-        s.adapter.set_text_attn_implementation(s.model, prev)
-    return ref, torch.stack(out.logits, 1), layout
+    logits, _, layout = generate_with_attention(s, images, qs, ref, n_new)
+    return ref, logits, layout
 
 
 @pytest.mark.parametrize("anchors", ["dynamic", "prefill"])

@@ -4,16 +4,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import repeat_kv
-from transformers.masking_utils import AttentionMaskInterface, eager_mask
 
 from hallufix.testing import MethodContract
 from hallufix.testing.models import tiny_images, tiny_session
+from hallufix.testing.reference import generate_with_attention, layout_of
 
 FAMILIES = ("llava", "qwen2-vl", "qwen2.5-vl", "instructblip")
 FUSION, POST, REVIEW, RHO, LAM = [1, 2, 3], 5, 6, 0.25, 0.1
-OVR = ["fusion_layers=1-3", f"post_layer={POST}", f"review_layer={REVIEW}", f"quantile={RHO}", f"scale={LAM}"]
+OVR = ["variant=review", "fusion_layers=1-3", f"post_layer={POST}", f"review_layer={REVIEW}", f"quantile={RHO}",
+       f"scale={LAM}"]
 
 
 class EagerContrast:
@@ -69,13 +69,9 @@ class EagerContrast:
 
 
 def _reference(s, images, qs, mode):
-    inputs = s.adapter.inputs(s.processor, [[im] for im in images], qs, s.device)
-    layout = s.adapter.layout(s.model, inputs, [[im] for im in images])
+    layout = layout_of(s, images, qs)
     ref = EagerContrast(layout.visual, layout.text, mode)
-    name = f"eager-contrast-{id(ref)}"
-    AttentionInterface.register(name, ref)
-    AttentionMaskInterface.register(name, eager_mask)
-    handle = None
+    hooks = []
     if mode == "residual":
         def pre(module, args, kwargs):
             x = args[0] if args else kwargs["hidden_states"]
@@ -85,18 +81,9 @@ def _reference(s, images, qs, mode):
                     idx = layout.visual[b].nonzero().squeeze(1)[torch.tensor(ref.masked[b])]
                     x[b, idx] *= LAM
                 return ((x,) + tuple(args[1:]), kwargs) if args else (args, {**kwargs, "hidden_states": x})
-        handle = s.model.get_decoder().layers[REVIEW].register_forward_pre_hook(pre, with_kwargs=True)
-    prev = s.adapter.get_text_attn_implementation(s.model)
-    s.adapter.set_text_attn_implementation(s.model, name)
-    try:
-        with torch.inference_mode():
-            out = s.model.generate(**inputs, max_new_tokens=3, min_new_tokens=3, do_sample=False,
-                                   return_dict_in_generate=True, output_logits=True)
-    finally:
-        s.adapter.set_text_attn_implementation(s.model, prev)
-        if handle is not None:
-            handle.remove()
-    return ref, torch.stack(out.logits, 1)
+        hooks = [(s.model.get_decoder().layers[REVIEW], pre)]
+    logits, _, _ = generate_with_attention(s, images, qs, ref, 3, pre_hooks=hooks)
+    return ref, logits
 
 
 @pytest.mark.parametrize("mode", ["attn", "kv", "residual"])
@@ -117,7 +104,7 @@ def test_matches_eager_steps(family, mode):
 def test_noop_settings_declare_nothing():
     s = tiny_session("llava", num_layers=8)
     for ovr in (["scale=1"], ["quantile=0"]):
-        assert s.start(["contrast"], {"contrast": OVR[:3] + ovr}).declarations() == {}
+        assert s.start(["contrast"], {"contrast": OVR[:4] + ovr}).declarations() == {}
 
 
 def test_crop_box_finds_planted_region():
@@ -141,7 +128,7 @@ def test_crop_box_finds_planted_region():
 def test_crop_variant_feeds_a_second_image(family):
     s = tiny_session(family, num_layers=8)
     img = tiny_images(1, size=112)[0]
-    run = s.start(["contrast"], {"contrast": OVR[:3] + ["variant=crop"]})
+    run = s.start(["contrast"], {"contrast": OVR[1:4] + ["variant=crop"]})
     out = run.generate([img], ["is there a cat ?"], max_new_tokens=2)[0]
     d = out.diagnostics["contrast"]
     x0, y0, x1, y1 = d["box"]
@@ -151,5 +138,5 @@ def test_crop_variant_feeds_a_second_image(family):
 
 class TestContrastContract(MethodContract):
     method = "contrast"
-    noop = ["scale=1"]
-    active = ["fusion_layers=0-1", "post_layer=2", "review_layer=3", "quantile=0.3"]
+    noop = ["variant=review", "scale=1"]
+    active = ["variant=review", "fusion_layers=0-1", "post_layer=2", "review_layer=3", "quantile=0.3"]

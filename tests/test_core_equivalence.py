@@ -7,14 +7,13 @@ from __future__ import annotations
 
 import pytest
 import torch
-from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import repeat_kv
-from transformers.masking_utils import AttentionMaskInterface, eager_mask
 
 from hallufix import hookimpl
 from hallufix import points as P
 from hallufix.testing import HookRecorder
 from hallufix.testing.models import QUESTIONS, tiny_images, tiny_session
+from hallufix.testing.reference import generate_with_attention
 
 FAMILIES = ("llava", "qwen2-vl", "qwen2.5-vl", "instructblip")
 W = 3.0
@@ -51,20 +50,9 @@ class ReferenceAttention:
 
 
 def run_reference(session, images, questions, ref, n_new=4):
-    s = session
-    name = f"ref{id(ref)}"
-    AttentionInterface.register(name, ref)
-    AttentionMaskInterface.register(name, eager_mask)
-    prev = s.adapter.get_text_attn_implementation(s.model)
-    inputs = s.adapter.inputs(s.processor, [[im] for im in images], questions, s.device)
-    s.adapter.set_text_attn_implementation(s.model, name)
-    try:
-        with torch.inference_mode():
-            out = s.model.generate(**inputs, max_new_tokens=n_new, min_new_tokens=n_new, do_sample=False,
-                                   return_dict_in_generate=True, output_logits=True)
-    finally:
-        s.adapter.set_text_attn_implementation(s.model, prev)
-    return out, inputs
+    """Logits ``(B, T, V)`` of greedy generation under the eager reference ``ref``."""
+    logits, _, _ = generate_with_attention(session, images, questions, ref, n_new)
+    return logits
 
 
 class VisualBias:
@@ -114,10 +102,9 @@ def test_bias_matches_eager_reweighting_on_left_padded_batch(family):
     assert inputs["attention_mask"].min() == 0, "the batch must be left padded"
     layout = s.adapter.layout(s.model, inputs, [[im] for im in images])
     ref = ReferenceAttention(layout.visual, layout.text, W, BIAS_LAYERS)
-    out, _ = run_reference(s, images, qs, ref)
-    ref_logits = torch.stack(out.logits, 1)
+    ref_logits = run_reference(s, images, qs, ref)
     for i, o in enumerate(outs):
-        assert torch.equal(o.token_ids, s.adapter.new_tokens(out.sequences, inputs)[i])
+        assert torch.equal(o.token_ids, ref_logits[i].argmax(-1))
         assert (o.logits - ref_logits[i]).abs().max() <= 1e-5
     # the intervention is real: the baseline differs
     base = s.start([]).generate(images, qs, max_new_tokens=4, min_new_tokens=4, output_logits=True)

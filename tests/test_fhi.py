@@ -3,13 +3,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import repeat_kv
-from transformers.masking_utils import AttentionMaskInterface, eager_mask
 
 from hallufix.testing import MethodContract
 from hallufix.testing.leaks import hook_snapshot
 from hallufix.testing.models import tiny_images, tiny_session
+from hallufix.testing.reference import generate_with_attention, layout_of
 
 FAMILIES = ("llava", "qwen2-vl", "qwen2.5-vl", "instructblip")
 
@@ -70,21 +69,9 @@ def _overrides(c, query_row="last", fold=False):
 
 
 def _eager(s, images, qs, c, frozen, n_new=3):
-    inputs = s.adapter.inputs(s.processor, [[im] for im in images], qs, s.device)
-    layout = s.adapter.layout(s.model, inputs, [[im] for im in images])
-    ref = EagerFHI(layout.visual, c, frozen)
-    name = f"eager-fhi-{id(ref)}"
-    AttentionInterface.register(name, ref)
-    AttentionMaskInterface.register(name, eager_mask)
-    prev = s.adapter.get_text_attn_implementation(s.model)
-    s.adapter.set_text_attn_implementation(s.model, name)
-    try:
-        with torch.inference_mode():
-            out = s.model.generate(**inputs, max_new_tokens=n_new, min_new_tokens=n_new, do_sample=False,
-                                   return_dict_in_generate=True, output_logits=True)
-    finally:
-        s.adapter.set_text_attn_implementation(s.model, prev)
-    return ref, torch.stack(out.logits, 1)
+    ref = EagerFHI(layout_of(s, images, qs).visual, c, frozen)
+    logits, _, _ = generate_with_attention(s, images, qs, ref, n_new)
+    return ref, logits
 
 
 @pytest.mark.parametrize("query_row", ["last", "prompt_last"])

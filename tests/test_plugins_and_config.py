@@ -138,3 +138,25 @@ def test_plugins_verb_json_lists_builtins():
     names = {p["name"] for p in data["plugins"]}
     assert {"clva", "ara", "contrast", "fhi"} <= names
     assert main is not None and hallufix.__version__
+
+
+def test_out_of_tree_example_is_installed_listed_and_lazy():
+    """docs/examples/hallufix-example is pip-installed by the test command (scripts/test.sh) like any third-party
+    plugin: it must be discovered through its own distribution's entry point without importing its method module."""
+    reg = pl.discover()
+    info = reg.get("visual-boost")
+    assert info.dist == "hallufix-example" and info.version == "0.1.0"
+    assert info.target == "hallufix_example.method:VisualBoost"
+    out = subprocess.run([sys.executable, "-c", "import sys; from hallufix.plugins import discover; discover(); "
+                          "print('hallufix_example.method' in sys.modules, 'torch' in sys.modules)"],
+                         capture_output=True, text=True, timeout=60)
+    assert out.stdout.split() == ["False", "False"], out.stderr
+
+
+def test_version_lists_plugins(capsys):
+    from hallufix.cli import main
+
+    assert main(["--version"]) == 0
+    text = capsys.readouterr().out
+    assert text.startswith("hallufix 0.1.0") and "plugin clva 0.1.0 from hallufix" in text
+    assert "plugin visual-boost 0.1.0 from hallufix-example" in text

@@ -1,7 +1,12 @@
-"""Loading real checkpoints (hub id or local ``save_pretrained`` folder) and their processors, offline-friendly.
+"""Loading checkpoints (a local ``save_pretrained`` folder, or a hub id already in the local Hugging Face cache) and
+their processors, without touching the network.
 
-A hub id that is not in the local cache, on a machine without internet, fails with
-:class:`ModelNotAvailableError` naming the id and how to point hallufix at a local copy.
+Resolution: a folder is used as is; a hub id is resolved to its cached snapshot folder
+(``snapshot_download(id, local_files_only=True)``). An id that is in neither place raises
+:class:`ModelNotAvailableError`, whose message names the id and how to bring a local copy (nothing is downloaded
+unless ``allow_download=True`` is passed explicitly). The model class is ``AutoModelForImageTextToText`` (the
+family class from ``config.model_type`` where Auto does not map it); the processor comes from
+:func:`hallufix.models.processors.load_processor` (image-only processor for Qwen, ``AutoProcessor`` otherwise).
 """
 from __future__ import annotations
 
@@ -10,61 +15,91 @@ from pathlib import Path
 
 import torch
 
-QWEN_TYPES = ("qwen2_vl", "qwen2_5_vl")
+#: ``config.model_type`` -> family name.
+MODEL_TYPE_FAMILY = {"llava": "llava", "qwen2_vl": "qwen2-vl", "qwen2_5_vl": "qwen2.5-vl",
+                     "instructblip": "instructblip"}
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+#: ``config.model_type`` -> model class name in ``transformers`` (fallback when Auto does not map the type).
+FAMILY_CLASSES = {"llava": "LlavaForConditionalGeneration", "qwen2_vl": "Qwen2VLForConditionalGeneration",
+                  "qwen2_5_vl": "Qwen2_5_VLForConditionalGeneration",
+                  "instructblip": "InstructBlipForConditionalGeneration"}
 
 
 class ModelNotAvailableError(RuntimeError):
-    """The model's files are neither a local folder nor in the local Hugging Face cache."""
+    """The model's files are neither a local folder nor in the local Hugging Face cache (or are incomplete)."""
 
 
-def _model_type(path: str) -> str:
-    folder = Path(path)
+def _how_to(path_or_id: str) -> str:
+    return (f"On a machine with internet run `huggingface-cli download {path_or_id} --local-dir /path/to/folder`, "
+            f"copy the folder here and pass --model /path/to/folder (or point HF_HOME at a cache that holds it).")
+
+
+def resolve_local(path_or_id: str | Path, *, allow_download: bool = False) -> Path:
+    """The local folder holding ``path_or_id``: the folder itself, or the cached hub snapshot. Raises
+    :class:`ModelNotAvailableError` when neither exists (downloads only with ``allow_download=True``)."""
+    folder = Path(path_or_id).expanduser()
     if folder.is_dir():
-        cfg = folder / "config.json"
-        if not cfg.is_file():
+        if not (folder / "config.json").is_file():
             raise ModelNotAvailableError(f"{folder} has no config.json: not a save_pretrained model folder")
-        return json.loads(cfg.read_text())["model_type"]
-    from huggingface_hub import hf_hub_download
+        return folder
+    from huggingface_hub import snapshot_download
 
     try:
-        return json.loads(Path(hf_hub_download(path, "config.json")).read_text())["model_type"]
-    except Exception as exc:
+        snap = Path(snapshot_download(str(path_or_id), local_files_only=not allow_download))
+    except Exception as exc:  # not cached (LocalEntryNotFoundError), invalid id (HFValidationError), network error
         raise ModelNotAvailableError(
-            f"model '{path}' is not available here ({type(exc).__name__}). On a machine with internet run "
-            f"`huggingface-cli download {path} --local-dir /path/to/folder`, copy the folder here and pass "
-            f"--model /path/to/folder (or set HF_HOME to a cache that holds it).") from None
+            f"model '{path_or_id}' is neither a local folder nor in the local Hugging Face cache "
+            f"({type(exc).__name__}). {_how_to(str(path_or_id))}") from None
+    if not (snap / "config.json").is_file():
+        raise ModelNotAvailableError(f"model '{path_or_id}' is only partly cached ({snap} has no config.json). "
+                                     f"{_how_to(str(path_or_id))}")
+    return snap
 
 
-def family_of(model) -> str:
-    """``llava``, ``qwen2-vl``, ``qwen2.5-vl`` or ``instructblip`` from ``config.model_type``."""
-    return {"llava": "llava", "qwen2_vl": "qwen2-vl", "qwen2_5_vl": "qwen2.5-vl",
-            "instructblip": "instructblip"}[model.config.model_type]
+def family_of(model_or_config) -> str:
+    """``llava``, ``qwen2-vl``, ``qwen2.5-vl`` or ``instructblip`` from ``config.model_type`` of a model or config."""
+    config = getattr(model_or_config, "config", model_or_config)
+    model_type = getattr(config, "model_type", None)
+    if model_type not in MODEL_TYPE_FAMILY:
+        raise ValueError(f"unsupported model_type '{model_type}'; supported: {', '.join(MODEL_TYPE_FAMILY)}")
+    return MODEL_TYPE_FAMILY[model_type]
 
 
-def load_pretrained(path_or_id: str, *, dtype: str = "auto", device: str = "cpu", attn_implementation: str = "sdpa"):
-    """``(model, processor)`` from a hub id or folder; the model in eval mode on ``device``.
+def _model_class(model_type: str):
+    import transformers
+    from transformers import AutoModelForImageTextToText
+    from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
 
-    ``dtype="auto"`` keeps the checkpoint's dtype (float32 on CPU when the checkpoint is half precision, since CPU
-    half matmuls are slow and lossy)."""
-    from transformers import AutoModelForImageTextToText, AutoProcessor
+    if model_type in MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES:
+        return AutoModelForImageTextToText
+    return getattr(transformers, FAMILY_CLASSES[model_type])
 
-    model_type = _model_type(path_or_id)
-    kwargs = {"attn_implementation": attn_implementation}
-    if dtype != "auto":
-        kwargs["dtype"] = DTYPES[dtype]
-    elif device == "cpu":
-        kwargs["dtype"] = torch.float32
+
+def load_pretrained(path_or_id: str | Path, *, dtype: str = "auto", device: str = "cpu",
+                    attn_implementation: str = "sdpa", allow_download: bool = False):
+    """``(model, processor)`` from a local folder or a cached hub id; the model in eval mode on ``device``.
+
+    ``dtype``: ``"float32"`` / ``"bfloat16"`` / ``"float16"``, or ``"auto"`` = the checkpoint's dtype, except on
+    CPU where ``"auto"`` means float32 (CPU half-precision matmuls are slow and lossy). The processor's tokenizer
+    pads on the left. Raises :class:`ModelNotAvailableError` for an unavailable id or an incomplete folder and
+    ``ValueError`` for a model type outside the four supported families."""
+    from hallufix.models.processors import load_processor
+
+    if dtype != "auto" and dtype not in DTYPES:
+        raise ValueError(f"dtype must be 'auto' or one of {', '.join(DTYPES)}, not '{dtype}'")
+    folder = resolve_local(path_or_id, allow_download=allow_download)
+    model_type = json.loads((folder / "config.json").read_text()).get("model_type")
+    if model_type not in MODEL_TYPE_FAMILY:
+        raise ValueError(f"'{path_or_id}' has model_type '{model_type}'; supported: {', '.join(MODEL_TYPE_FAMILY)}")
+    if dtype == "auto":
+        torch_dtype = torch.float32 if str(device) == "cpu" else "auto"
+    else:
+        torch_dtype = DTYPES[dtype]
     try:
-        model = AutoModelForImageTextToText.from_pretrained(path_or_id, **kwargs)
-        if model_type in QWEN_TYPES:
-            from hallufix.models.processors import load_qwen_processor
-
-            processor = load_qwen_processor(path_or_id)
-        else:
-            processor = AutoProcessor.from_pretrained(path_or_id)
-    except OSError as exc:
-        raise ModelNotAvailableError(f"could not load '{path_or_id}': {exc}. Pass --model /path/to/folder with a "
-                                     f"save_pretrained copy of the checkpoint.") from None
-    processor.tokenizer.padding_side = "left"
+        model = _model_class(model_type).from_pretrained(str(folder), dtype=torch_dtype, local_files_only=True,
+                                                         attn_implementation=attn_implementation)
+        processor = load_processor(folder, family=MODEL_TYPE_FAMILY[model_type])
+    except OSError as exc:  # missing weight / tokenizer files in the folder or cache snapshot
+        raise ModelNotAvailableError(f"could not load '{path_or_id}' from {folder}: {exc}. "
+                                     f"{_how_to(str(path_or_id))}") from None
     return model.to(device).eval(), processor

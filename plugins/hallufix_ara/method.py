@@ -19,6 +19,7 @@ import torch
 from PIL import Image
 
 import hallufix
+from hallufix.method import Method
 from hallufix import capture as C
 from hallufix import points
 from hallufix.config import parse_layers
@@ -63,13 +64,13 @@ def _js(p: np.ndarray, q: np.ndarray) -> float:
     return (kl(p, m) + kl(q, m)) / 2
 
 
-class ARA:
+class ARA(Method):
     name = "ara"
     Config = Config
 
     def __init__(self, config: Config):
-        self.config = config
-        self._generic_cache: dict = {}
+        super().__init__(config)
+        self._generic_cache: dict = {}  # generic-prompt maps per image (the optional stricter head test)
 
     @hallufix.hookimpl
     def hallufix_configure(self, model):

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import torch
 
 import hallufix
+from hallufix.method import Method
 from hallufix import capture as C
 from hallufix import points
 from hallufix.config import parse_layers
@@ -70,12 +71,9 @@ def resolve_layers(cfg: Config, num_layers: int) -> tuple[int, int, list[int]]:
     return neg, pos, drift
 
 
-class CLVA:
+class CLVA(Method):
     name = "clva"
     Config = Config
-
-    def __init__(self, config: Config):
-        self.config = config
 
     # ------------------------------------------------------------------ set-up
     @hallufix.hookimpl

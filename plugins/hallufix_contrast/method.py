@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 import hallufix
+from hallufix.method import Method
 from hallufix import capture as C
 from hallufix import points
 from hallufix.config import parse_layers
@@ -134,12 +135,9 @@ def pixel_box(cell_index: np.ndarray, cells: tuple[int, int, int, int], grid, ma
         int(min(H, math.ceil(y1)))
 
 
-class Contrast:
+class Contrast(Method):
     name = "contrast"
     Config = Config
-
-    def __init__(self, config: Config):
-        self.config = config
 
     @hallufix.hookimpl
     def hallufix_configure(self, model):

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import torch
 
 import hallufix
+from hallufix.method import Method
 from hallufix import capture as C
 from hallufix import points
 
@@ -46,12 +47,9 @@ class Config:
             raise ValueError("fold needs frozen head classes: use query_row=prompt_last or mean")
 
 
-class FHI:
+class FHI(Method):
     name = "fhi"
     Config = Config
-
-    def __init__(self, config: Config):
-        self.config = config
 
     @hallufix.hookimpl
     def hallufix_configure(self, model):

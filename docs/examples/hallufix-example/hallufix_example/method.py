@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import torch
 
 import hallufix
+from hallufix.method import Method
 from hallufix import points
 
 
@@ -21,12 +22,9 @@ class Config:
             raise ValueError(f"w must be > 0, got {self.w}")
 
 
-class VisualBoost:
+class VisualBoost(Method):
     name = "visual-boost"
     Config = Config
-
-    def __init__(self, config: Config):
-        self.config = config
 
     @hallufix.hookimpl
     def hallufix_configure(self, model):
