@@ -120,3 +120,30 @@ def test_mcnemar_and_paired_bootstrap(tmp_path):
     assert cmp["n"] == 6 and cmp["accuracy_diff"] == pytest.approx(2 / 6)
     assert (cmp["only_baseline_right"], cmp["only_run_right"]) == (1, 3)
     assert cmp["ci95"][0] <= 2 / 6 <= cmp["ci95"][1]
+
+
+@needs_data
+def test_chair_pattern_normaliser_reproduces_maxlinn_reference_and_hand_example():
+    from hallufix.scoring.chair import coco_double_words, read_synonyms
+
+    ref = json.loads((DATA / "chair" / "maxlinn_example" / "outputs.json").read_text())
+    sc = ChairScorer(read_synonyms(DATA / "chair" / "synonyms.txt"), coco_double_words(), normaliser="pattern")
+    for s in ref["sentences"]:
+        words, nodes, merged = sc.mentions(s["caption"])
+        assert nodes == s["mscoco_generated_words"]
+        assert [sc.normalise(sc.tokenize(s["caption"]))][0] == s["words"]
+    res = sc.score([(s["image_id"], s["caption"]) for s in ref["sentences"]],
+                   {s["image_id"]: set(s["mscoco_gt_words"]) for s in ref["sentences"]})
+    assert res["chair_s"] == 0.0 and res["chair_i"] == 0.0
+    assert res["recall"] / 100 == pytest.approx(ref["overall_metrics"]["Recall"])
+    gt = {1: {"person", "bus", "dog"}, 2: {"toilet", "sink"}, 3: {"tie", "person", "elephant"},
+          4: {"dining table", "pizza"}}
+    caps = ["A man and a woman stand next to a bus. A dog sits near the bench.",
+            "The bathroom has a toilet seat and a sink with two glasses of wine.",
+            "Two men wearing ties stand beside a baby elephant.",
+            "A pizza on a dining table, next to a wine glass and a cell phone."]
+    r = sc.score(list(zip([1, 2, 3, 4], caps)), gt)
+    assert (r["chair_s"], r["chair_i"], r["recall"], r["length"]) == (50.0, 25.0, 80.0, 14.0)
+    assert [d["mentions"] for d in r["details"]] == [["person", "person", "dog", "bench"], ["toilet", "sink"],
+                                                     ["person", "elephant"],
+                                                     ["pizza", "dining table", "wine glass", "cell phone"]]

@@ -49,15 +49,25 @@ def coco_double_words() -> dict[str, str]:
     return d
 
 
-_TOKEN = re.compile(r"[a-z0-9]+(?:'[a-z]+)?|[^\sa-z0-9]")
+_TOKEN = re.compile(r"[a-z0-9]+(?=n't)|n't|'(?:s|re|ve|ll|d|m)\b|[a-z0-9]+(?:-[a-z0-9]+)*|[^\sa-z0-9]")
 
 
 def simple_tokenize(text: str) -> list[str]:
-    """Words and single punctuation marks (a Treebank-like split for plain captions)."""
+    """Treebank-style split of a lower-cased caption: words, single punctuation marks, and clitics as their own
+    tokens (``child's`` -> ``child``, ``'s``; ``don't`` -> ``do``, ``n't``), as NLTK's ``word_tokenize`` does for
+    plain caption text (without needing its Punkt data)."""
     return _TOKEN.findall(text.lower())
 
 
-NORMALISERS: dict[str, Callable[[list[str]], list[str]]] = {"identity": lambda tokens: tokens}
+def _pattern(tokens: list[str]) -> list[str]:
+    from hallufix.scoring.singular import singularize
+
+    return [singularize(t) for t in tokens]
+
+
+#: ``identity``: tokens unchanged (exact for singular vocabularies such as the shapes world);
+#: ``pattern``: the original paper's singulariser applied to every token (see :mod:`hallufix.scoring.singular`).
+NORMALISERS: dict[str, Callable[[list[str]], list[str]]] = {"identity": lambda tokens: tokens, "pattern": _pattern}
 
 
 class ChairScorer:
