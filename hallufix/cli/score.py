@@ -152,7 +152,7 @@ def _mme(args) -> int:
 
 
 def _chair(args) -> int:
-    from hallufix.scoring.chair import ChairScorer, coco_double_words, read_synonyms
+    from hallufix.scoring.chair import ChairScorer, coco_double_words, coco_synonyms_path, read_synonyms
 
     if not args.gt_objects:
         raise CliError("give --gt-objects (a prebuilt {image_id: [objects]} table); building it from COCO "
@@ -162,7 +162,7 @@ def _chair(args) -> int:
         raise CliError(f"file not found: {p}")
     raw = json.loads(gzip.open(p, "rt").read() if p.suffix == ".gz" else p.read_text())
     gt = {str(k): set(v) for k, v in raw.items()}
-    syn = Path(args.synonyms) if args.synonyms else Path(__file__).resolve().parents[1] / "scoring" / "synonyms.txt"
+    syn = Path(args.synonyms) if args.synonyms else coco_synonyms_path()
     try:
         scorer = ChairScorer(read_synonyms(syn), coco_double_words(), normaliser=args.normaliser)
     except ValueError as exc:

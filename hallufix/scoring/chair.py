@@ -1,22 +1,31 @@
 """CHAIR (Rohrbach et al., 2018): object hallucination in captions, with the community's vocabulary rules.
 
-Pipeline per caption (``benchmarks.md`` §2.2): lower-case, tokenise, normalise each token, merge double words
-(``"baby elephant"`` -> elephant, ``"toilet seat"`` -> toilet, ...), drop ``seat`` when ``toilet`` is present,
-keep the tokens in the vocabulary (duplicates kept) and map them to their node words (classes).
+Pipeline per caption (``benchmarks.md`` §2.2): lower-case, tokenise (:mod:`hallufix.scoring.tokenize`),
+normalise each token, merge double words (``"baby elephant"`` -> elephant, ``"toilet seat"`` -> toilet, ...),
+drop ``seat`` when ``toilet`` is present, keep the tokens in the vocabulary (duplicates kept) and map them to
+their node words (classes).
 
 Metrics over captions: CHAIR_s (captions with a hallucinated mention / captions), CHAIR_i (hallucinated mentions /
-mentions), recall (distinct ground-truth nodes mentioned / ground-truth nodes, micro-averaged), and length (mean
-merged tokens per caption). Outputs are x100 for the three fractions, as papers print them.
+mentions), recall (distinct ground-truth nodes mentioned / ground-truth nodes, micro-averaged) — all three as
+percentages (x100, as papers print them) — and length (mean merged tokens per caption, in tokens).
 
-The scorer takes any synonym table, so the built-in shapes world is scored by the same code with its own
-vocabulary. Normalisers are pluggable (:data:`NORMALISERS`); ``identity`` is exact for vocabularies written in
-singular words (the shapes world).
+Normalisers (:data:`NORMALISERS`):
+
+* ``nltk`` — OPERA / lmms-eval: WordNet 3.0 lemmas chosen by part of speech (:mod:`hallufix.scoring.wordnet`,
+  :mod:`hallufix.scoring.postag`); ``men`` stays ``men``, ``bus`` stays ``bus``, ``ties`` -> ``tie``.
+* ``pattern`` — the original paper's singulariser (:mod:`hallufix.scoring.singular`): ``bus`` -> ``bu``,
+  ``ties`` -> ``ty``, ``men`` -> ``man``.
+* ``identity`` — tokens unchanged (exact for singular custom vocabularies such as the built-in shapes world).
+
+The scorer takes any vocabulary: :meth:`ChairScorer.coco` for COCO, or a table given as data.
 """
 from __future__ import annotations
 
-import re
+from importlib import resources
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Mapping
+
+from hallufix.scoring.tokenize import word_tokenize
 
 ANIMALS = ("bird", "cat", "dog", "horse", "sheep", "cow", "elephant", "bear", "zebra", "giraffe", "animal", "cub")
 COCO_DOUBLE_WORDS = (
@@ -26,11 +35,18 @@ COCO_DOUBLE_WORDS = (
     "potted plant", "bow tie", "laptop computer", "stove top oven", "home plate", "train track")
 
 
+def coco_synonyms_path() -> Path:
+    """The COCO synonym table shipped with hallufix (BSD-2, from LisaAnne/Hallucination; header keeps the credit)."""
+    return Path(str(resources.files("hallufix.scoring") / "data" / "synonyms.txt"))
+
+
 def read_synonyms(path: str | Path) -> dict[str, str]:
     """``synonyms.txt`` -> ``{entry: node word}``: each line split on ``", "`` exactly, first entry the node
-    (quirks kept: entries with a leading space or capitals never match)."""
+    (quirks kept: entries with a leading space or capitals never match); ``#`` lines are a header."""
     table: dict[str, str] = {}
-    for line in Path(path).read_text().splitlines():
+    for line in Path(path).read_text(encoding="utf-8").splitlines():
+        if line.startswith("#"):
+            continue
         entries = line.strip().split(", ")
         if entries and entries[0]:
             for e in entries:
@@ -49,14 +65,22 @@ def coco_double_words() -> dict[str, str]:
     return d
 
 
-_TOKEN = re.compile(r"[a-z0-9]+(?=n't)|n't|'(?:s|re|ve|ll|d|m)\b|[a-z0-9]+(?:-[a-z0-9]+)*|[^\sa-z0-9]")
-
-
-def simple_tokenize(text: str) -> list[str]:
-    """Treebank-style split of a lower-cased caption: words, single punctuation marks, and clitics as their own
-    tokens (``child's`` -> ``child``, ``'s``; ``don't`` -> ``do``, ``n't``), as NLTK's ``word_tokenize`` does for
-    plain caption text (without needing its Punkt data)."""
-    return _TOKEN.findall(text.lower())
+def vocabulary(table: Mapping[str, object]) -> dict[str, str]:
+    """``{entry: node}`` from either form: ``{entry: node}`` (string values) or ``{node: [synonyms]}`` (list,
+    tuple or set values; the node itself is always an entry)."""
+    out: dict[str, str] = {}
+    for key, value in table.items():
+        if isinstance(value, str):
+            out[key] = value
+        elif isinstance(value, (list, tuple, set, frozenset)):
+            out[key] = key
+            for syn in value:
+                if not isinstance(syn, str):
+                    raise ValueError(f"synonym of '{key}' must be a string, got {syn!r}")
+                out[syn] = key
+        else:
+            raise ValueError(f"vocabulary entry '{key}': expected a node name or a list of synonyms, got {value!r}")
+    return out
 
 
 def _pattern(tokens: list[str]) -> list[str]:
@@ -65,32 +89,60 @@ def _pattern(tokens: list[str]) -> list[str]:
     return [singularize(t) for t in tokens]
 
 
-#: ``identity``: tokens unchanged (exact for singular vocabularies such as the shapes world);
-#: ``pattern``: the original paper's singulariser applied to every token (see :mod:`hallufix.scoring.singular`).
-NORMALISERS: dict[str, Callable[[list[str]], list[str]]] = {"identity": lambda tokens: tokens, "pattern": _pattern}
+def _nltk(tokens: list[str]) -> list[str]:
+    from hallufix.scoring import wordnet
+    from hallufix.scoring.postag import wordnet_pos
+
+    wn = wordnet.load()
+    return [wn.lemmatize(t, pos) for t, pos in zip(tokens, wordnet_pos(tokens, wn))]
+
+
+#: Token-list normalisers by name (see the module docstring).
+NORMALISERS: dict[str, Callable[[list[str]], list[str]]] = {"identity": lambda tokens: list(tokens),
+                                                            "pattern": _pattern, "nltk": _nltk}
 
 
 class ChairScorer:
-    """CHAIR over a synonym table.
+    """CHAIR over a vocabulary.
 
-    :param synonyms: ``{entry: node word}`` (see :func:`read_synonyms`).
-    :param double_words: ``{"two words": node-or-word}`` merged before lookup.
+    :param synonyms: ``{entry: node}`` or ``{node: [synonyms]}`` (see :func:`vocabulary`).
+    :param double_words: ``{"two words": replacement}`` merged before lookup (a list of phrases maps each to
+        itself).
     :param normaliser: a key of :data:`NORMALISERS` or a callable over the token list.
-    :param tokenizer: callable ``str -> tokens`` (default :func:`simple_tokenize`).
+    :param tokenizer: callable ``str -> tokens`` (default :func:`hallufix.scoring.tokenize.word_tokenize`); the
+        caption is lower-cased first.
     """
 
-    def __init__(self, synonyms: dict[str, str], double_words: dict[str, str] | None = None,
-                 normaliser: str | Callable = "identity", tokenizer: Callable[[str], list[str]] = simple_tokenize):
-        self.synonyms, self.double_words = dict(synonyms), dict(double_words or {})
+    def __init__(self, synonyms: Mapping[str, object], double_words: Mapping[str, str] | Iterable[str] | None = None,
+                 normaliser: str | Callable[[list[str]], list[str]] = "identity",
+                 tokenizer: Callable[[str], list[str]] = word_tokenize):
+        self.synonyms = vocabulary(synonyms)
+        if double_words is None:
+            self.double_words: dict[str, str] = {}
+        elif isinstance(double_words, Mapping):
+            self.double_words = dict(double_words)
+        else:
+            self.double_words = {w: w for w in double_words}
         if isinstance(normaliser, str):
             if normaliser not in NORMALISERS:
-                raise ValueError(f"unknown normaliser '{normaliser}'; known: {', '.join(sorted(NORMALISERS))}")
-            normaliser = NORMALISERS[normaliser]
-        self.normalise, self.tokenize = normaliser, tokenizer
+                raise ValueError(f"unknown CHAIR normaliser '{normaliser}'; known: {', '.join(sorted(NORMALISERS))}")
+            self.normaliser_name, normaliser = normaliser, NORMALISERS[normaliser]
+        else:
+            self.normaliser_name = getattr(normaliser, "__name__", "custom")
+        self.normalise, self.tokenize = normaliser, (lambda text: tokenizer(text.lower()))
+
+    @classmethod
+    def coco(cls, normaliser: str = "nltk", synonyms: str | Path | None = None) -> "ChairScorer":
+        """The COCO scorer: the shipped ``synonyms.txt`` (or another file) and the COCO double-word table."""
+        return cls(read_synonyms(synonyms or coco_synonyms_path()), coco_double_words(), normaliser=normaliser)
+
+    def words(self, caption: str) -> list[str]:
+        """Normalised tokens of one caption (before double-word merging)."""
+        return self.normalise(self.tokenize(caption))
 
     def mentions(self, caption: str) -> tuple[list[str], list[str], list[str]]:
         """``(vocabulary words mentioned, their node words, merged tokens)`` of one caption."""
-        tokens = self.normalise(self.tokenize(caption))
+        tokens = self.words(caption)
         merged, i = [], 0
         while i < len(tokens):
             pair = f"{tokens[i]} {tokens[i + 1]}" if i + 1 < len(tokens) else None
@@ -102,17 +154,23 @@ class ChairScorer:
                 i += 1
         if "toilet" in merged and "seat" in merged:
             merged = [t for t in merged if t != "seat"]
-        words = [t for t in merged if t in self.synonyms]
-        return words, [self.synonyms[w] for w in words], merged
+        found = [t for t in merged if t in self.synonyms]
+        return found, [self.synonyms[w] for w in found], merged
 
-    def score(self, captions: Iterable[tuple[object, str]], gt: dict[object, set[str]]) -> dict:
-        """``captions``: ``(image_id, caption)``; ``gt``: ``{image_id: set of node words}`` -> CHAIR_s, CHAIR_i,
-        recall, length (fractions x100), ``n`` and per-caption details."""
+    def score(self, captions: Iterable[tuple[object, str]], gt: Mapping[object, Iterable[str]]) -> dict:
+        """Score captions against ground truth.
+
+        :param captions: ``(image_id, caption)`` pairs, one per image.
+        :param gt: ``{image_id: node words}``; an id missing from it has an empty set (every mention hallucinated).
+        :returns: ``chair_s``, ``chair_i``, ``recall`` (percent), ``length`` (tokens), ``n`` (captions),
+            ``mentions`` (count) and per-caption ``details`` (``image_id, words, mentions, hallucinated``).
+        :raises ValueError: no captions.
+        """
         n = hallucinated_caps = mentions = hallucinated = covered = gt_total = length = 0
         details = []
         for image_id, caption in captions:
-            words, nodes, merged = self.mentions(caption)
-            truth = set(gt.get(image_id, set()))
+            _, nodes, merged = self.mentions(caption)
+            truth = set(gt.get(image_id, ()))
             bad = [nd for nd in nodes if nd not in truth]
             n += 1
             hallucinated_caps += bool(bad)
@@ -121,9 +179,20 @@ class ChairScorer:
             covered += len(truth & set(nodes))
             gt_total += len(truth)
             length += len(merged)
-            details.append({"image_id": image_id, "mentions": nodes, "hallucinated": bad})
+            details.append({"image_id": image_id, "words": merged, "mentions": nodes, "hallucinated": bad})
         if n == 0:
             raise ValueError("no captions to score")
         return {"chair_s": 100 * hallucinated_caps / n, "chair_i": 100 * hallucinated / mentions if mentions else 0.0,
                 "recall": 100 * covered / gt_total if gt_total else 0.0, "length": length / n, "n": n,
                 "mentions": mentions, "details": details}
+
+    def ground_truth(self, instances: Iterable[tuple[object, str]], captions: Iterable[tuple[object, str]]
+                     ) -> dict[object, set[str]]:
+        """GT objects per image as every implementation builds them: ``instances`` ``(image_id, category
+        name)`` mapped through the vocabulary, plus the nodes this scorer finds in the human ``captions``."""
+        gt: dict[object, set[str]] = {}
+        for image_id, name in instances:
+            gt.setdefault(image_id, set()).add(self.synonyms.get(name, name))
+        for image_id, caption in captions:
+            gt.setdefault(image_id, set()).update(self.mentions(caption)[1])
+        return gt

@@ -17,7 +17,8 @@ from pathlib import Path
 from hallufix.scoring.chair import ChairScorer, coco_double_words, read_synonyms
 from hallufix.tasks.base import MetricInfo, Sample, Task, TaskError, register_task
 
-SYNONYMS = Path(__file__).resolve().parents[1] / "scoring" / "synonyms.txt"
+from hallufix.scoring.chair import coco_synonyms_path as _syn
+SYNONYMS = _syn()
 
 
 def load_gt_table(path: Path) -> dict[int, set[str]]:

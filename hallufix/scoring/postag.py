@@ -1,0 +1,51 @@
+"""A small rule-based part-of-speech guesser for captions, standing in for NLTK's averaged-perceptron tagger.
+
+The tagger model is not installable offline, and CHAIR's nltk variant only uses the tag to choose the WordNet
+part of speech for lemmatisation (J -> adjective, V -> verb, N -> noun, R -> adverb, anything else -> noun). So
+this guesser returns those four WordNet classes directly, deciding only what changes a lemma:
+
+* forms of *be*, *have* and *do* -> verb (``has`` -> have, not the noun reading ``ha``);
+* ``-ing`` words -> verb (``skiing`` -> ski, ``sitting`` -> sit) unless a determiner or possessive precedes
+  them or they are common nouns (``building``, ``ceiling``, ...);
+* ``-ed`` words -> verb (``tied`` -> tie) unless a determiner precedes them (then adjective: ``a potted plant``);
+* irregular verb forms in WordNet's ``verb.exc`` (``sat``, ``held``) -> verb unless a determiner or
+  preposition precedes them (``on the ground`` stays a noun);
+* ``-ly`` words that WordNet lists as adverbs -> adverb;
+* everything else -> noun (plural nouns and third-person verbs give the same lemma in nearly all cases).
+"""
+from __future__ import annotations
+
+from hallufix.scoring.wordnet import WordNet
+
+AUXILIARIES = frozenset({"is", "are", "was", "were", "am", "be", "been", "being", "'s", "'re", "'m",
+                         "has", "have", "had", "having", "do", "does", "did", "'ve", "'d"})
+DETERMINERS = frozenset({"a", "an", "the", "this", "that", "these", "those", "his", "her", "its", "their", "my",
+                         "our", "your", "some", "any", "each", "every", "no", "another", "'s"})
+PREPOSITIONS = frozenset({"on", "in", "at", "of", "to", "from", "by", "with", "into", "onto", "over", "under",
+                          "near", "behind", "beside", "across", "through", "above", "below", "around", "for"})
+ING_NOUNS = frozenset({"building", "ceiling", "clothing", "painting", "morning", "evening", "wedding", "thing",
+                       "something", "nothing", "anything", "everything", "ring", "king", "string", "spring",
+                       "wing", "swing", "railing", "icing", "frosting", "topping", "stuffing", "pudding",
+                       "bedding", "awning", "sibling", "duckling", "lighting", "sling", "ping", "siding",
+                       "seating", "paneling", "opening", "setting", "landing", "parking", "dressing"})
+
+
+def wordnet_pos(tokens: list[str], wn: WordNet) -> list[str]:
+    """One WordNet part of speech (``n``, ``v``, ``a``, ``r``) per token of a lower-cased caption."""
+    out = []
+    for i, tok in enumerate(tokens):
+        prev = tokens[i - 1] if i else ""
+        if tok in AUXILIARIES and tok != "'s":
+            pos = "v"
+        elif tok.endswith("ing") and len(tok) > 4 and tok.isalpha():
+            pos = "n" if prev in DETERMINERS or tok in ING_NOUNS else "v"
+        elif tok.endswith("ed") and len(tok) > 3 and tok.isalpha():
+            pos = "a" if prev in DETERMINERS else "v"
+        elif tok in wn.exceptions["v"] and tok not in wn.exceptions["n"]:
+            pos = "n" if prev in DETERMINERS or prev in PREPOSITIONS else "v"
+        elif tok.endswith("ly") and tok in wn.lemmas["r"]:
+            pos = "r"
+        else:
+            pos = "n"
+        out.append(pos)
+    return out

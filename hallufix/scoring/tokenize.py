@@ -1,0 +1,64 @@
+"""Offline stand-in for NLTK's ``word_tokenize`` on captions (no Punkt data needed).
+
+``word_tokenize`` first splits sentences with the Punkt model, then applies the Treebank-style word tokenizer to
+each sentence. Here sentences end at ``.``, ``!`` or ``?`` followed by white space, unless the word before the
+period is a common abbreviation (Punkt's English model knows those), and each sentence is tokenised with
+Treebank-style rules written from their description:
+
+* a sentence-final period, ``?``, ``!``, ``;``, ``@``, ``#``, ``$``, ``%``, ``&``, brackets and ``--`` become
+  tokens; a comma or colon becomes a token unless a digit follows (``1,000`` and ``3:30`` stay whole);
+  ``...`` is one token;
+* double quotes become ``\\`\\``` (opening) and ``''`` (closing);
+* clitics split off: ``child's`` -> ``child`` ``'s``; ``don't`` -> ``do`` ``n't``; ``'ll 're 've 'm 'd``;
+  ``cannot`` -> ``can`` ``not``;
+* hyphens, slashes and inner periods are kept (``t-shirt``, ``black/white``, ``3.5``).
+
+Input is expected lower-cased (every CHAIR implementation lower-cases first).
+"""
+from __future__ import annotations
+
+import re
+
+#: Words Punkt's English model treats as abbreviations (no sentence break after their period).
+ABBREVIATIONS = frozenset({"mr", "mrs", "ms", "dr", "st", "vs", "etc", "e.g", "i.e", "u.s", "jr", "sr", "prof",
+                           "inc", "co", "ltd", "mt", "ft", "approx"})
+
+_SENT_END = re.compile(r"(?<=[.!?])\s+")
+_RULES = [(re.compile(p), r) for p, r in (
+    (r'^ "', " `` "), (r"([ (\[{<])(\"|'{2})", r"\1 `` "),                     # opening quotes
+    (r"([:,])([^\d])", r" \1 \2"), (r"([:,])$", r" \1 "),                      # , and : unless a digit follows
+    (r"\.{2,}", r" \g<0> "), (r"[;@#$%&]", r" \g<0> "),
+    (r'([^.])(\.)([\])}>"\']*)\s*$', r"\1 \2\3 "),                              # sentence-final period
+    (r"[?!]", r" \g<0> "), (r"([^'])' ", r"\1 ' "),
+    (r"[\]\[(){}<>]", r" \g<0> "), (r"--", r" -- "),
+    (r'"', " '' "), (r"(\S)('')", r"\1 \2 "),                                 # closing quotes
+    (r"([^' ])('s|'m|'d|') ", r"\1 \2 "), (r"([^' ])('ll|'re|'ve|n't) ", r"\1 \2 "),
+    (r"\b(can)(not)\b", r" \1 \2 "), (r"\b(gon)(na)\b", r" \1 \2 "), (r"\b(got)(ta)\b", r" \1 \2 "),
+    (r"\b(wan)(na)(?=\s)", r" \1 \2 "), (r"\b(gim)(me)\b", r" \1 \2 "), (r"\b(lem)(me)\b", r" \1 \2 "),
+)]
+
+
+def split_sentences(text: str) -> list[str]:
+    """Sentences of ``text``: a break after ``.``/``!``/``?`` + white space, not after a known abbreviation."""
+    out: list[str] = []
+    for piece in _SENT_END.split(text.strip()):
+        prev = out[-1] if out else None
+        if prev is not None and prev.endswith(".") and prev[:-1].rsplit(None, 1)[-1:] \
+                and prev[:-1].rsplit(None, 1)[-1] in ABBREVIATIONS:
+            out[-1] = f"{prev} {piece}"
+        else:
+            out.append(piece)
+    return [s for s in out if s]
+
+
+def tokenize_sentence(sentence: str) -> list[str]:
+    """Treebank-style tokens of one sentence."""
+    s = f" {sentence.strip()} "
+    for pattern, repl in _RULES:
+        s = pattern.sub(repl, s)
+    return s.split()
+
+
+def word_tokenize(text: str) -> list[str]:
+    """Tokens of a (lower-cased) caption: sentences split, then Treebank-style rules per sentence."""
+    return [t for sent in split_sentences(text) for t in tokenize_sentence(sent)]
