@@ -49,7 +49,8 @@ def test_real_classes_and_shapes(tiny):
     assert type(model).__name__ == CLASSES[family]
     assert not model.training and next(model.parameters()).dtype == torch.float32
     text = model.config.get_text_config()
-    assert (text.num_hidden_layers, text.hidden_size, text.num_attention_heads, text.num_key_value_heads) == (4, 64, 4, 2)
+    dims = (text.num_hidden_layers, text.hidden_size, text.num_attention_heads, text.num_key_value_heads)
+    assert dims == (4, 64, 4, 2)
     assert text._attn_implementation == "sdpa"
     tok = processor.tokenizer
     assert text.vocab_size >= len(tok) and tok.padding_side == "left"
@@ -192,3 +193,19 @@ def test_family_of_rejects_unknown():
 def test_unknown_family():
     with pytest.raises(ValueError, match="tiny families"):
         build_tiny("gpt2")
+
+
+def test_instructblip_qformer_text_stays_right_padded(tmp_path):
+    """A checkpoint whose LM tokenizer saved padding_side="left" must not left-pad the Q-Former text as well."""
+    import json
+
+    from hallufix.models.processors import load_processor
+
+    folder = save_tiny("instructblip", tmp_path)
+    cfg_file = folder / "tokenizer_config.json"
+    cfg_file.write_text(json.dumps(dict(json.loads(cfg_file.read_text()), padding_side="left")))
+    processor = load_processor(folder)
+    batch = _inputs(processor, QUESTIONS)
+    assert processor.tokenizer.padding_side == "left" and batch["attention_mask"][0, 8] == 0
+    qmask = batch["qformer_attention_mask"]
+    assert qmask[0, 0] == 1 and qmask[0, -1] == 0

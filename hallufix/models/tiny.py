@@ -6,9 +6,22 @@
 bitwise identical for the same ``seed``, and the family's real processor. ``save_tiny`` writes the standard
 ``save_pretrained`` layout, which :func:`hallufix.models.loading.load_pretrained` reads like any checkpoint.
 
-Default shapes (4 decoder layers, hidden 64, 4 query heads over 2 KV heads, 56 px images) give 16 visual tokens
-for LLaVA (4x4 grid), 4 for Qwen at 56 px (2x2 after the merge; larger images give more), 8 query tokens for
-InstructBLIP; each model builds in well under a second.
+Defaults (4 decoder layers, hidden 64, 4 query heads over 2 KV heads -> head_dim 16, 56 px images):
+
+============  =======================================  =================================================
+family        visual tokens per 56 px image            where they sit in ``input_ids``
+============  =======================================  =================================================
+llava         16 = (56 // 14)**2 (CLS dropped)         after ``USER: `` (``<image>`` expanded in place)
+qwen2-vl      4  = grid_thw (1, 4, 4) // 2**2          between ``<|vision_start|>`` and ``<|vision_end|>``
+qwen2.5-vl    4  (same processor)                      same
+instructblip  8  = ``num_query_tokens``                positions ``[0, 8)`` of every row, *before* BOS and
+                                                       before any left padding
+============  =======================================  =================================================
+
+Qwen images are resized to between ``image_size**2`` and ``4 * image_size**2`` pixels (multiples of 28), so
+larger or non-square images give more tokens (e.g. 300x400 -> grid (1, 6, 8) -> 12 tokens). Vision towers: CLIP
+(LLaVA, 2 layers, width 32), Qwen2-VL ViT (depth 2, width 32), Qwen2.5-VL windowed ViT (depth 4, width 32,
+full attention in blocks 1 and 3), BLIP ViT + Q-Former (2 layers each, width 32).
 """
 from __future__ import annotations
 
@@ -18,17 +31,22 @@ from pathlib import Path
 import torch
 
 TINY_FAMILIES = ("llava", "qwen2-vl", "qwen2.5-vl", "instructblip")
+NUM_QUERY_TOKENS = 8
+PATCH = 14
 
 _WORDS = ("is there a an the cat dog bird car person in on of image picture photo what colour color large small "
           "object left right side top bottom describe how many are please yes no one two three four red green "
-          "blue yellow white black circle square star and with answer question single word phrase using").split()
+          "blue yellow white black circle square star and with answer question single word phrase using "
+          "USER ASSISTANT user assistant").split()
 _SPECIALS = ["<pad>", "<s>", "</s>", "<unk>", "<image>", "<|vision_start|>", "<|vision_end|>", "<|image_pad|>",
              "<|video_pad|>", "<|im_start|>", "<|im_end|>"]
 
 
 @lru_cache(maxsize=None)
 def _bpe_json() -> str:
-    """A byte-level BPE tokenizer trained once per process on a fixed corpus (deterministic), as JSON."""
+    """A byte-level BPE tokenizer (vocab 400, ids 0..10 = ``_SPECIALS`` in order: pad 0, BOS 1, EOS 2, unk 3,
+    ``<image>`` 4, ...) trained once per process on a fixed word corpus (lower-case
+    question words plus the chat roles); deterministic across processes."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
     tok = Tokenizer(models.BPE(unk_token="<unk>"))
@@ -44,8 +62,10 @@ def _bpe_json() -> str:
 
 
 def build_tokenizer(family: str):
-    """A ``PreTrainedTokenizerFast`` for ``family`` (left padding; Qwen's special tokens named; InstructBLIP's
-    LM tokenizer deliberately has no ``image_token`` attribute, see transformers.md G6)."""
+    """A fresh ``PreTrainedTokenizerFast`` for ``family`` over the cached BPE, padding on the left.
+
+    LLaVA names ``image_token``; Qwen names image/video/vision-start/end tokens; InstructBLIP's LM tokenizer
+    deliberately has *no* ``image_token`` attribute (transformers.md G6: the processor adds ``<image>`` itself)."""
     from tokenizers import Tokenizer
     from transformers import PreTrainedTokenizerFast
 
@@ -55,6 +75,11 @@ def build_tokenizer(family: str):
     elif family.startswith("qwen"):
         extra = {"image_token": "<|image_pad|>", "video_token": "<|video_pad|>",
                  "vision_start_token": "<|vision_start|>", "vision_end_token": "<|vision_end|>"}
+    if family != "instructblip":
+        # As an init kwarg, the padding side is saved with the tokenizer. Not for InstructBLIP: its processor
+        # forwards the LM tokenizer's init kwargs to the Q-Former tokenizer too, and a left-padded Q-Former text
+        # shifts its absolute positions (batched != single results).
+        extra["padding_side"] = "left"
     tok = PreTrainedTokenizerFast(tokenizer_object=Tokenizer.from_str(_bpe_json()), bos_token="<s>",
                                   eos_token="</s>", pad_token="<pad>", unk_token="<unk>", **extra)
     tok.padding_side = "left"
@@ -62,29 +87,36 @@ def build_tokenizer(family: str):
 
 
 def _text_config(tok, num_layers, hidden_size, num_heads, num_kv_heads, intermediate_size, vocab_size, **extra):
+    """LM config dict; ids and ``vocab_size >= len(tok)`` read from the tokenizer *after* the processor exists."""
+    kv = num_kv_heads or max(1, num_heads // 2)
+    if hidden_size % num_heads or num_heads % kv:
+        raise ValueError(f"hidden_size {hidden_size} / num_heads {num_heads} / num_kv_heads {kv} do not divide")
     return dict(vocab_size=max(vocab_size or 0, len(tok)), hidden_size=hidden_size,
                 intermediate_size=intermediate_size or 2 * hidden_size, num_hidden_layers=num_layers,
-                num_attention_heads=num_heads, num_key_value_heads=num_kv_heads or max(1, num_heads // 2),
-                max_position_embeddings=4096, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
-                pad_token_id=tok.pad_token_id, **extra)
+                num_attention_heads=num_heads, num_key_value_heads=kv, max_position_embeddings=4096,
+                bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+                **extra)
 
 
 def build_tiny(family: str, *, num_layers: int = 4, hidden_size: int = 64, num_heads: int = 4,
                num_kv_heads: int | None = None, intermediate_size: int | None = None, image_size: int = 56,
                vocab_size: int | None = None, seed: int = 0):
-    """A tiny random model of ``family`` and its processor: see the module docstring."""
+    """``(model, processor)``: a tiny random model of ``family`` (one of :data:`TINY_FAMILIES`), float32, SDPA,
+    eval mode, and its real processor with a chat template.
+
+    ``num_kv_heads`` defaults to ``num_heads // 2`` (GQA in every family: 4 query heads over 2 KV heads);
+    pass ``num_kv_heads=num_heads`` for plain multi-head attention. ``image_size`` is the vision tower's input
+    (LLaVA / InstructBLIP) or the Qwen minimum pixel side; ``vocab_size`` only raises the LM vocab above the
+    tokenizer's 400. Weights depend only on ``seed`` (global RNG state is saved and restored)."""
     if family not in TINY_FAMILIES:
         raise ValueError(f"unknown family '{family}'; tiny families: {', '.join(TINY_FAMILIES)}")
     builder = {"llava": _llava, "qwen2-vl": _qwen2, "qwen2.5-vl": _qwen25, "instructblip": _instructblip}[family]
-    state = torch.random.get_rng_state()
-    torch.manual_seed(seed)
-    try:
-        model, processor = builder(num_layers=num_layers, hidden_size=hidden_size, num_heads=num_heads,
-                                   num_kv_heads=num_kv_heads, intermediate_size=intermediate_size,
-                                   image_size=image_size, vocab_size=vocab_size)
-    finally:
-        torch.random.set_rng_state(state)
-    return model.eval(), processor
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model, processor = builder(image_size, num_layers=num_layers, hidden_size=hidden_size,
+                                   num_heads=num_heads, num_kv_heads=num_kv_heads,
+                                   intermediate_size=intermediate_size, vocab_size=vocab_size)
+    return model.to(torch.float32).eval(), processor
 
 
 def _llava(image_size, **shape):
@@ -96,16 +128,26 @@ def _llava(image_size, **shape):
     tok = build_tokenizer("llava")
     ip = LlavaImageProcessorPil(size={"shortest_edge": image_size},
                                 crop_size={"height": image_size, "width": image_size})
-    proc = LlavaProcessor(image_processor=ip, tokenizer=tok, patch_size=14, vision_feature_select_strategy="default",
+    proc = LlavaProcessor(image_processor=ip, tokenizer=tok, patch_size=PATCH, vision_feature_select_strategy="default",
                           num_additional_image_tokens=1, chat_template=LLAVA_TEMPLATE)
-    n = (image_size // 14) ** 2
+    tok = proc.tokenizer
     cfg = LlavaConfig(vision_config=dict(model_type="clip_vision_model", hidden_size=32, intermediate_size=64,
                                          num_hidden_layers=2, num_attention_heads=2, image_size=image_size,
-                                         patch_size=14, projection_dim=32),
+                                         patch_size=PATCH, projection_dim=32),
                       text_config=dict(model_type="llama", **_text_config(tok, **shape)),
-                      image_token_index=tok.convert_tokens_to_ids("<image>"), image_seq_length=n,
-                      vision_feature_layer=-2, vision_feature_select_strategy="default")
-    return LlavaForConditionalGeneration._from_config(cfg, attn_implementation="sdpa"), proc
+                      image_token_index=tok.convert_tokens_to_ids("<image>"),
+                      image_seq_length=(image_size // PATCH) ** 2, vision_feature_layer=-2,
+                      vision_feature_select_strategy="default")
+    return LlavaForConditionalGeneration._from_config(cfg, attn_implementation="sdpa", dtype=torch.float32), proc
+
+
+def _mrope_section(head_dim: int) -> list[int]:
+    """t/h/w rotary split summing to ``head_dim // 2``: h = w = ``head_dim // 4``, t = the rest (16 -> [0, 4, 4]).
+
+    Kept as first shipped (other tests' random-weight expectations depend on it); a single image has a constant
+    temporal index, so an empty t section changes nothing structural."""
+    quarter = head_dim // 4
+    return [head_dim // 2 - 2 * quarter, quarter, quarter]
 
 
 def _qwen_common(image_size, shape):
@@ -113,72 +155,78 @@ def _qwen_common(image_size, shape):
 
     from hallufix.models.processors import QWEN_TEMPLATE, Qwen2VLImageOnlyProcessor
 
-    tok = build_tokenizer("qwen")
     ip = Qwen2VLImageProcessorPil(size={"shortest_edge": image_size * image_size,
                                         "longest_edge": 4 * image_size * image_size},
-                                  patch_size=14, temporal_patch_size=2, merge_size=2)
-    proc = Qwen2VLImageOnlyProcessor(image_processor=ip, tokenizer=tok, chat_template=QWEN_TEMPLATE)
-    head_dim = shape["hidden_size"] // shape["num_heads"]
-    quarter = head_dim // 4
-    rope = dict(rope_type="default", mrope_section=[head_dim // 2 - 2 * quarter, quarter, quarter],
+                                  patch_size=PATCH, temporal_patch_size=2, merge_size=2)
+    proc = Qwen2VLImageOnlyProcessor(image_processor=ip, tokenizer=build_tokenizer("qwen"),
+                                     chat_template=QWEN_TEMPLATE)
+    tok = proc.tokenizer
+    rope = dict(rope_type="default", mrope_section=_mrope_section(shape["hidden_size"] // shape["num_heads"]),
                 rope_theta=1e4)
     text = _text_config(tok, **shape, rope_parameters=rope)
     ids = dict(image_token_id=tok.convert_tokens_to_ids("<|image_pad|>"),
                video_token_id=tok.convert_tokens_to_ids("<|video_pad|>"),
                vision_start_token_id=tok.convert_tokens_to_ids("<|vision_start|>"),
                vision_end_token_id=tok.convert_tokens_to_ids("<|vision_end|>"))
-    return tok, proc, text, ids
+    return proc, text, ids
 
 
 def _qwen2(image_size, **shape):
     from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration
 
-    tok, proc, text, ids = _qwen_common(image_size, shape)
-    cfg = Qwen2VLConfig(text_config=text, vision_config=dict(depth=2, embed_dim=32, hidden_size=shape["hidden_size"],
-                                                             num_heads=2, mlp_ratio=2, patch_size=14,
-                                                             spatial_merge_size=2, temporal_patch_size=2), **ids)
-    return Qwen2VLForConditionalGeneration._from_config(cfg, attn_implementation="sdpa"), proc
+    proc, text, ids = _qwen_common(image_size, shape)
+    # Qwen2-VL vision: embed_dim = ViT width, hidden_size = merger output = LM width.
+    vision = dict(depth=2, embed_dim=32, hidden_size=shape["hidden_size"], num_heads=2, mlp_ratio=2,
+                  patch_size=PATCH, spatial_merge_size=2, temporal_patch_size=2)
+    cfg = Qwen2VLConfig(text_config=text, vision_config=vision, **ids)
+    return Qwen2VLForConditionalGeneration._from_config(cfg, attn_implementation="sdpa", dtype=torch.float32), proc
 
 
 def _qwen25(image_size, **shape):
     from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
-    tok, proc, text, ids = _qwen_common(image_size, shape)
-    cfg = Qwen2_5_VLConfig(text_config=text,
-                           vision_config=dict(depth=4, hidden_size=32, intermediate_size=64, num_heads=2,
-                                              out_hidden_size=shape["hidden_size"], patch_size=14,
-                                              spatial_merge_size=2, temporal_patch_size=2, window_size=56,
-                                              fullatt_block_indexes=[1, 3]), **ids)
-    return Qwen2_5_VLForConditionalGeneration._from_config(cfg, attn_implementation="sdpa"), proc
+    proc, text, ids = _qwen_common(image_size, shape)
+    # Qwen2.5-VL vision: hidden_size = ViT width, out_hidden_size = LM width.
+    vision = dict(depth=4, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=shape["hidden_size"],
+                  patch_size=PATCH, spatial_merge_size=2, temporal_patch_size=2, window_size=56,
+                  fullatt_block_indexes=[1, 3])
+    cfg = Qwen2_5_VLConfig(text_config=text, vision_config=vision, **ids)
+    return Qwen2_5_VLForConditionalGeneration._from_config(cfg, attn_implementation="sdpa",
+                                                           dtype=torch.float32), proc
 
 
 def _instructblip(image_size, **shape):
+    from tokenizers import Tokenizer
     from transformers import (InstructBlipConfig, InstructBlipForConditionalGeneration, InstructBlipProcessor,
                               PreTrainedTokenizerFast)
     from transformers.models.blip.image_processing_pil_blip import BlipImageProcessorPil
-    from tokenizers import Tokenizer
 
     from hallufix.models.processors import INSTRUCTBLIP_TEMPLATE
 
-    tok = build_tokenizer("instructblip")
+    # Stand-in for the BERT Q-Former tokenizer: same BPE, no BOS/EOS needed.
     qtok = PreTrainedTokenizerFast(tokenizer_object=Tokenizer.from_str(_bpe_json()), pad_token="<pad>",
                                    unk_token="<unk>")
     ip = BlipImageProcessorPil(size={"height": image_size, "width": image_size})
-    proc = InstructBlipProcessor(image_processor=ip, tokenizer=tok, qformer_tokenizer=qtok, num_query_tokens=8,
-                                 chat_template=INSTRUCTBLIP_TEMPLATE)
-    image_id = proc.tokenizer.convert_tokens_to_ids("<image>")
+    proc = InstructBlipProcessor(image_processor=ip, tokenizer=build_tokenizer("instructblip"),
+                                 qformer_tokenizer=qtok, num_query_tokens=NUM_QUERY_TOKENS)
+    proc.chat_template = INSTRUCTBLIP_TEMPLATE  # InstructBlipProcessor.__init__ drops a chat_template kwarg
+    tok = proc.tokenizer  # now holds the processor's <image> AddedToken (G6): read ids only from here on
     cfg = InstructBlipConfig(vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                                num_attention_heads=2, image_size=image_size, patch_size=14),
+                                                num_attention_heads=2, image_size=image_size, patch_size=PATCH),
                              qformer_config=dict(vocab_size=len(qtok), hidden_size=32, num_hidden_layers=2,
                                                  num_attention_heads=2, intermediate_size=64,
-                                                 max_position_embeddings=128, cross_attention_frequency=1),
-                             text_config=dict(model_type="llama", **_text_config(proc.tokenizer, **shape)),
-                             num_query_tokens=8, image_token_index=image_id)
-    return InstructBlipForConditionalGeneration._from_config(cfg, attn_implementation="sdpa"), proc
+                                                 max_position_embeddings=128, cross_attention_frequency=1,
+                                                 pad_token_id=qtok.pad_token_id),
+                             text_config=dict(model_type="llama", **_text_config(tok, **shape)),
+                             num_query_tokens=NUM_QUERY_TOKENS, image_token_index=tok.convert_tokens_to_ids("<image>"))
+    return InstructBlipForConditionalGeneration._from_config(cfg, attn_implementation="sdpa",
+                                                             dtype=torch.float32), proc
 
 
 def save_tiny(family: str, path: str | Path, **kw) -> Path:
-    """Build and save model + processor in the ``save_pretrained`` layout; returns ``path``."""
+    """Build ``build_tiny(family, **kw)`` and save model + processor into ``path`` (``save_pretrained`` layout:
+    ``config.json``, ``model.safetensors``, ``generation_config.json``, ``processor_config.json``, tokenizer files,
+    ``chat_template.jinja``, and ``qformer_tokenizer/`` for InstructBLIP); returns ``path``."""
     model, processor = build_tiny(family, **kw)
     path = Path(path)
     model.save_pretrained(path)
