@@ -132,7 +132,8 @@ class Interceptor:
         emb = kwargs.get("inputs_embeds")
         ids = kwargs.get("input_ids", args[0] if args else None)
         q_len = emb.shape[1] if emb is not None else ids.shape[1]
-        past = kwargs.get("past_key_values")
+        # the language model's cache argument: ``cache`` since transformers 5.24, ``past_key_values`` before
+        past = kwargs.get("cache", kwargs.get("past_key_values"))
         offset = int(past.get_seq_length()) if past is not None else 0
         phase = "prefill" if offset == 0 else "decode"
         if phase == "prefill":
