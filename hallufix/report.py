@@ -1,8 +1,13 @@
 """Reports over run directories: a tidy long table, CSV / Markdown / LaTeX, and paired comparisons with the baseline.
 
-Long table columns: ``run, model, methods, task, split, metric, value, n, seed`` plus one ``cfg.<key>`` column per
-swept key. Ablation tables are pivots of it. Paired comparison (yes/no tasks): per sample matched by id, the
-difference in accuracy, a McNemar exact p-value and a paired bootstrap 95% interval.
+Long table (:func:`build_table`): one row per (run, split, metric) with columns ``run, model, methods, task,
+split, metric, value, n, seed`` plus one ``cfg.<key>`` column per swept key; ablation tables are pivots of it.
+
+Comparison (:func:`compare_to_baseline`): every run against the baseline run of the same model and task (the run
+whose ``methods`` list is empty), per metric: baseline value, value and difference (run - baseline), and whether
+that is better given the metric's direction. For yes/no tasks the ``accuracy`` rows also carry a paired test on
+the samples matched by ``id`` in the two runs' ``samples.jsonl``: exact two-sided McNemar p-value and a paired
+bootstrap 95% interval of the accuracy difference (:func:`paired_comparison`). No torch.
 """
 from __future__ import annotations
 
@@ -13,104 +18,203 @@ from pathlib import Path
 
 import pandas as pd
 
+BASE_COLUMNS = ["run", "model", "methods", "task", "split", "metric", "value", "n", "seed"]
+
+
+class ReportError(ValueError):
+    """A run directory that cannot be read: names the directory and what is wrong."""
+
 
 def load_run(run_dir: str | Path) -> dict:
+    """``results.json`` of a run directory (:class:`ReportError` if missing or malformed)."""
     path = Path(run_dir) / "results.json"
     if not path.is_file():
-        raise FileNotFoundError(f"{run_dir} has no results.json (an unfinished run? rerun it to finish)")
-    return json.loads(path.read_text())
+        raise ReportError(f"{run_dir} has no results.json (an unfinished run? rerun it to finish)")
+    try:
+        res = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise ReportError(f"{path}:{exc.lineno}: malformed JSON ({exc.msg})") from None
+    missing = [k for k in ("model", "methods", "task", "metrics") if k not in res]
+    if missing:
+        raise ReportError(f"{path}: missing keys {missing} (schema_version {res.get('schema_version')})")
+    return res
+
+
+def run_name(run_dir: str | Path, res: dict) -> str:
+    return str(res.get("run_id") or Path(run_dir).name)
+
+
+def methods_label(res: dict) -> str:
+    """``clva+ara`` (stack order), or ``baseline`` for a run without methods."""
+    return "+".join(m["name"] for m in res["methods"]) or "baseline"
 
 
 def build_table(run_dirs: list[str | Path]) -> pd.DataFrame:
-    """The tidy long table of every metric of every run."""
-    rows = []
+    """The tidy long table of every metric of every run (see the module docstring)."""
+    rows, cfg_keys = [], set()
     for d in run_dirs:
         res = load_run(d)
-        methods = "+".join(m["name"] for m in res["methods"]) or "baseline"
+        swept = res.get("swept") or {}
+        cfg_keys.update(swept)
         for split, metrics in res["metrics"].items():
             for metric, m in metrics.items():
-                row = {"run": Path(d).name, "model": res["model"]["id"], "methods": methods,
-                       "task": res["task"]["name"], "split": split, "metric": metric, "value": m["value"],
-                       "higher_is_better": m.get("higher_is_better"), "n": m.get("n"), "seed": res.get("seed")}
-                for k, v in (res.get("swept") or {}).items():
-                    row[f"cfg.{k}"] = v
+                row = {"run": run_name(d, res), "model": res["model"].get("id"), "methods": methods_label(res),
+                       "task": res["task"].get("name"), "split": split, "metric": metric,
+                       "value": m["value"] if isinstance(m, dict) else m,
+                       "n": m.get("n") if isinstance(m, dict) else None, "seed": res.get("seed")}
+                row.update({f"cfg.{k}": v for k, v in swept.items()})
                 rows.append(row)
-    return pd.DataFrame(rows)
+    columns = BASE_COLUMNS + [f"cfg.{k}" for k in sorted(cfg_keys)]
+    return pd.DataFrame(rows, columns=columns)
 
 
 def pivot(df: pd.DataFrame) -> pd.DataFrame:
-    """Runs as columns, (task, split, metric) as rows."""
-    return df.pivot_table(index=["task", "split", "metric"], columns="run", values="value", aggfunc="first")
+    """Runs as columns, ``(task, split, metric)`` as rows (the paper-table view)."""
+    return df.pivot_table(index=["task", "split", "metric"], columns="run", values="value", aggfunc="first",
+                          sort=False)
 
 
-def write_tables(df: pd.DataFrame, out_dir: str | Path, formats=("csv", "md", "latex")) -> list[Path]:
-    """``metrics.csv`` (long), ``metrics.md`` and ``metrics.tex`` (pivot)."""
+def to_latex(table: pd.DataFrame) -> str:
+    """A booktabs LaTeX table, 4 decimals, special characters (``_``, ``%``, ...) escaped."""
+    styler = table.style.format(precision=4, na_rep="--", escape="latex")
+    styler = styler.format_index(escape="latex", axis=0).format_index(escape="latex", axis=1)
+    return styler.to_latex(hrules=True)
+
+
+def write_tables(df: pd.DataFrame, out_dir: str | Path, formats=("csv", "md", "latex"),
+                 comparison: pd.DataFrame | None = None) -> list[Path]:
+    """Write ``metrics.csv`` (long table), ``metrics.md`` and ``metrics.tex`` (pivot) for the chosen ``formats``,
+    and ``comparison.{csv,md,tex}`` when a non-empty ``comparison`` is given. Returns the written paths."""
+    unknown = set(formats) - {"csv", "md", "latex"}
+    if unknown:
+        raise ReportError(f"unknown report formats {sorted(unknown)}; known: csv, md, latex")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     written = []
-    if "csv" in formats:
-        df.to_csv(out / "metrics.csv", index=False)
-        written.append(out / "metrics.csv")
-    table = pivot(df)
-    if "md" in formats:
-        (out / "metrics.md").write_text(table.to_markdown(floatfmt=".4f") + "\n")
-        written.append(out / "metrics.md")
-    if "latex" in formats:
-        (out / "metrics.tex").write_text(table.style.format(precision=4).to_latex(hrules=True) + "\n")
-        written.append(out / "metrics.tex")
+    tables = [("metrics", df, pivot(df))]
+    if comparison is not None and not comparison.empty:
+        tables.append(("comparison", comparison, comparison.set_index(["run", "task", "split", "metric"])))
+    for stem, long, wide in tables:
+        if "csv" in formats:
+            long.to_csv(out / f"{stem}.csv", index=False)
+            written.append(out / f"{stem}.csv")
+        if "md" in formats:
+            (out / f"{stem}.md").write_text(wide.to_markdown(floatfmt=".4f") + "\n")
+            written.append(out / f"{stem}.md")
+        if "latex" in formats:
+            (out / f"{stem}.tex").write_text(to_latex(wide))
+            written.append(out / f"{stem}.tex")
     return written
 
 
-def _samples(run_dir) -> dict[str, dict]:
+def read_samples(run_dir: str | Path) -> dict[str, dict]:
+    """``{id: record}`` from a run's ``samples.jsonl`` (the last record wins for a repeated id)."""
+    path = Path(run_dir) / "samples.jsonl"
+    if not path.is_file():
+        raise ReportError(f"{run_dir} has no samples.jsonl")
     recs = {}
-    for line in (Path(run_dir) / "samples.jsonl").read_text().splitlines():
+    for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
         if line.strip():
-            r = json.loads(line)
-            recs[r["id"]] = r
+            try:
+                r = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise ReportError(f"{path}:{i}: malformed JSON line ({exc.msg})") from None
+            recs[str(r["id"])] = r
     return recs
 
 
 def mcnemar_exact(b: int, c: int) -> float:
-    """Two-sided exact McNemar p-value for ``b`` and ``c`` discordant pairs."""
+    """Two-sided exact McNemar p-value for ``b`` and ``c`` discordant pairs: ``min(1, 2 * P(X <= min(b, c)))``
+    with ``X ~ Binomial(b + c, 1/2)``."""
     n = b + c
     if n == 0:
         return 1.0
-    k = min(b, c)
-    tail = sum(math.comb(n, i) for i in range(k + 1)) / 2 ** n
+    tail = sum(math.comb(n, i) for i in range(min(b, c) + 1)) / 2 ** n
     return min(1.0, 2 * tail)
 
 
-def paired_comparison(baseline_dir, run_dir, n_boot: int = 2000, seed: int = 0) -> dict:
-    """Accuracy difference (run - baseline) on samples matched by id, McNemar exact p and bootstrap 95% CI."""
-    a, b = _samples(baseline_dir), _samples(run_dir)
-    ids = sorted(set(a) & set(b))
-    pairs = [(str(a[i]["parsed"]).lower() == str(a[i]["answer"]).lower(),
-              str(b[i]["parsed"]).lower() == str(b[i]["answer"]).lower()) for i in ids if a[i].get("answer")]
+def is_yes_no(records) -> bool:
+    answers = [str(r.get("answer")).strip().lower() for r in records]
+    return bool(answers) and all(a in ("yes", "no") for a in answers)
+
+
+def _correct(r: dict) -> bool:
+    return str(r.get("parsed")).strip().lower() == str(r.get("answer")).strip().lower()
+
+
+def paired_comparison(baseline_dir, run_dir, n_boot: int = 2000, seed: int = 0, split: str | None = None) -> dict:
+    """Accuracy of ``run_dir`` vs ``baseline_dir`` on the samples both hold (matched by ``id``; only ``split`` if
+    given, ``None``/``"all"`` = every sample), for records with a gold answer.
+
+    :returns: ``{}`` when nothing matches, else ``n`` (pairs), ``accuracy_baseline``, ``accuracy_run``,
+        ``accuracy_diff`` (run - baseline, fraction), ``only_baseline_right``, ``only_run_right``, ``mcnemar_p``
+        (exact, two-sided) and ``ci95`` (paired bootstrap percentile interval of the difference, ``n_boot``
+        resamples, deterministic for a ``seed``).
+    """
+    a, b = read_samples(baseline_dir), read_samples(run_dir)
+    ids = [i for i in sorted(set(a) & set(b)) if a[i].get("answer") is not None
+           and (split in (None, "all") or a[i].get("split") == split)]
+    pairs = [(_correct(a[i]), _correct(b[i])) for i in ids]
     if not pairs:
         return {}
     n = len(pairs)
-    diff = (sum(y for _, y in pairs) - sum(x for x, _ in pairs)) / n
+    base_acc, run_acc = sum(x for x, _ in pairs) / n, sum(y for _, y in pairs) / n
     only_base = sum(x and not y for x, y in pairs)
     only_run = sum(y and not x for x, y in pairs)
+    deltas = [int(y) - int(x) for x, y in pairs]
     rng = random.Random(seed)
-    boots = sorted(sum(pairs[j][1] - pairs[j][0] for j in (rng.randrange(n) for _ in range(n))) / n
-                   for _ in range(n_boot))
-    return {"n": n, "accuracy_diff": diff, "mcnemar_p": mcnemar_exact(only_base, only_run),
+    boots = sorted(sum(deltas[rng.randrange(n)] for _ in range(n)) / n for _ in range(n_boot))
+    lo, hi = boots[int(math.floor(0.025 * (n_boot - 1)))], boots[int(math.ceil(0.975 * (n_boot - 1)))]
+    return {"n": n, "accuracy_baseline": base_acc, "accuracy_run": run_acc, "accuracy_diff": run_acc - base_acc,
             "only_baseline_right": only_base, "only_run_right": only_run,
-            "ci95": [boots[int(0.025 * n_boot)], boots[int(0.975 * n_boot) - 1]]}
+            "mcnemar_p": mcnemar_exact(only_base, only_run), "ci95": [lo, hi]}
 
 
-def comparisons(run_dirs: list[str | Path]) -> pd.DataFrame:
-    """Every run against the baseline run (the one with no methods) of the same task."""
+def compare_to_baseline(run_dirs: list[str | Path], n_boot: int = 2000, seed: int = 0) -> pd.DataFrame:
+    """Per metric, every run against the baseline of its model and task (see the module docstring).
+
+    Columns: ``run, methods, model, task, split, metric, baseline, value, diff, higher_is_better, better``, and for
+    yes/no tasks' ``accuracy`` rows ``n_paired, mcnemar_p, ci95_low, ci95_high`` (NaN elsewhere). Empty when no
+    run has a baseline.
+    """
     runs = {str(d): load_run(d) for d in run_dirs}
-    base = {r["task"]["name"]: d for d, r in runs.items() if not r["methods"]}
+    baselines: dict[tuple, str] = {}
+    for d, r in runs.items():
+        if not r["methods"]:
+            baselines.setdefault((r["model"].get("id"), r["task"].get("name")), d)
     rows = []
     for d, r in runs.items():
-        if not r["methods"] or r["task"]["name"] not in base:
+        key = (r["model"].get("id"), r["task"].get("name"))
+        if not r["methods"] or key not in baselines:
             continue
-        cmp = paired_comparison(base[r["task"]["name"]], d)
-        if cmp:
-            rows.append({"run": Path(d).name, "task": r["task"]["name"], **{k: v for k, v in cmp.items()
-                                                                            if k != "ci95"},
-                         "ci95_low": cmp["ci95"][0], "ci95_high": cmp["ci95"][1]})
+        base_dir = baselines[key]
+        base = runs[base_dir]["metrics"]
+        yes_no = None
+        for split, metrics in r["metrics"].items():
+            for metric, m in metrics.items():
+                if metric not in base.get(split, {}):
+                    continue
+                b = base[split][metric]
+                value, bval = m["value"], b["value"]
+                hib = m.get("higher_is_better")
+                diff = value - bval if value is not None and bval is not None else None
+                row = {"run": run_name(d, r), "methods": methods_label(r), "model": key[0], "task": key[1],
+                       "split": split, "metric": metric, "baseline": bval, "value": value, "diff": diff,
+                       "higher_is_better": hib,
+                       "better": None if hib is None or diff is None or diff == 0 else (diff > 0) == bool(hib),
+                       "n_paired": None, "mcnemar_p": None, "ci95_low": None, "ci95_high": None}
+                if metric == "accuracy":
+                    if yes_no is None:
+                        yes_no = (Path(d, "samples.jsonl").is_file() and Path(base_dir, "samples.jsonl").is_file()
+                                  and is_yes_no(read_samples(base_dir).values()))
+                    if yes_no:
+                        cmp = paired_comparison(base_dir, d, n_boot=n_boot, seed=seed, split=split)
+                        if cmp:
+                            row.update(n_paired=cmp["n"], mcnemar_p=cmp["mcnemar_p"], ci95_low=cmp["ci95"][0],
+                                       ci95_high=cmp["ci95"][1])
+                rows.append(row)
     return pd.DataFrame(rows)
+
+
+#: Former name of :func:`compare_to_baseline`.
+comparisons = compare_to_baseline

@@ -1,11 +1,14 @@
 """CHAIR on COCO: captions of COCO val2014 images scored against object ground truth (``benchmarks.md`` §2).
 
-``--task chair:GT`` where GT is a prebuilt ``{image_id: [objects]}`` JSON(.gz) table or a folder holding COCO 2014
-``instances_*2014.json`` and ``captions_*2014.json`` (train + val, as every implementation does: objects from the
-instance annotations through the synonym table, plus the objects the human captions mention). Images come from
-``task.image_root`` as ``COCO_val2014_<id:012d>.jpg``; ``task.images`` limits the evaluated ids (a file with one
-id per line; default: ``task.n`` ids drawn with ``task.seed``). Prompt and generation budget follow the papers:
-"Please describe this image in detail." with ``max_new_tokens`` 512 (the 64-token setting is ``task.max_new_tokens=64``).
+``--task chair:GT`` where GT is a prebuilt ``{image_id: [objects]}`` JSON or JSON.gz table, or a folder holding
+COCO 2014 ``instances_*2014.json`` and ``captions_*2014.json`` (train + val, as every implementation uses: objects
+from the instance annotations through the synonym table, plus the objects the human captions mention under the
+chosen normaliser).
+
+Options: ``image_root`` (images as ``COCO_val2014_<id:012d>.jpg``), ``images`` (a file of image ids, one per
+line; else ``n`` ids (500) drawn with ``seed`` (42) from the ground-truth ids), ``prompt`` ("Please describe this
+image in detail."), ``max_new_tokens`` (512; the papers' short setting is 64), ``normaliser`` (``nltk``, the
+OPERA / lmms-eval variant and default; ``pattern``, the original paper's).
 """
 from __future__ import annotations
 
@@ -14,77 +17,110 @@ import json
 import random
 from pathlib import Path
 
-from hallufix.scoring.chair import ChairScorer, coco_double_words, read_synonyms
+from hallufix.scoring.chair import ChairScorer
 from hallufix.tasks.base import MetricInfo, Sample, Task, TaskError, register_task
 
-from hallufix.scoring.chair import coco_synonyms_path as _syn
-SYNONYMS = _syn()
+DEFAULT_PROMPT = "Please describe this image in detail."
 
 
-def load_gt_table(path: Path) -> dict[int, set[str]]:
+def load_gt_table(path: str | Path) -> dict[int, set[str]]:
+    """A prebuilt ``{image_id: [objects]}`` JSON(.gz) table, keys as ints."""
+    path = Path(path)
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rt") as f:
-        raw = json.load(f)
-    return {int(k): set(v) for k, v in raw.items()}
+    try:
+        with opener(path, "rt", encoding="utf-8") as f:
+            raw = json.load(f)
+    except (OSError, json.JSONDecodeError) as exc:
+        raise TaskError(f"{path}: not a JSON object table of image ids to objects ({exc})") from None
+    if not isinstance(raw, dict):
+        raise TaskError(f"{path}: expected a JSON object {{image_id: [objects]}}")
+    try:
+        return {int(k): set(v) for k, v in raw.items()}
+    except (TypeError, ValueError):
+        raise TaskError(f"{path}: keys must be image ids and values lists of object names") from None
 
 
-def build_gt_from_coco(folder: Path, scorer: ChairScorer) -> dict[int, set[str]]:
-    """Objects per image from COCO instances (category names through the synonym table) and captions."""
-    gt: dict[int, set[str]] = {}
-    inst = sorted(folder.glob("instances_*2014.json"))
-    caps = sorted(folder.glob("captions_*2014.json"))
-    if not inst or not caps:
-        raise TaskError(f"{folder} needs COCO 2014 instances_*2014.json and captions_*2014.json files")
-    for f in inst:
-        data = json.loads(f.read_text())
+def coco_files(folder: str | Path) -> tuple[list[Path], list[Path]]:
+    """``(instances files, captions files)`` of COCO 2014 in ``folder`` (or its ``annotations/``)."""
+    folder = Path(folder)
+    for d in (folder, folder / "annotations"):
+        inst, caps = sorted(d.glob("instances_*2014.json")), sorted(d.glob("captions_*2014.json"))
+        if inst and caps:
+            return inst, caps
+    raise TaskError(f"{folder} needs COCO 2014 instances_*2014.json and captions_*2014.json files "
+                    f"(train2014 + val2014, from the COCO annotations archive)")
+
+
+def build_gt_from_coco(folder: str | Path, scorer: ChairScorer) -> dict[int, set[str]]:
+    """Objects per image from COCO instance annotations (category names through the vocabulary) and captions."""
+    inst_files, cap_files = coco_files(folder)
+    instances, captions = [], []
+    for f in inst_files:
+        data = json.loads(f.read_text(encoding="utf-8"))
         names = {c["id"]: c["name"] for c in data["categories"]}
-        for a in data["annotations"]:
-            name = names[a["category_id"]]
-            gt.setdefault(a["image_id"], set()).add(scorer.synonyms.get(name, name))
-    for f in caps:
-        for a in json.loads(f.read_text())["annotations"]:
-            gt.setdefault(a["image_id"], set()).update(scorer.mentions(a["caption"])[1])
-    return gt
+        instances += [(a["image_id"], names[a["category_id"]]) for a in data["annotations"]]
+    for f in cap_files:
+        captions += [(a["image_id"], a["caption"]) for a in json.loads(f.read_text(encoding="utf-8"))["annotations"]]
+    return scorer.ground_truth(instances, captions)
+
+
+def load_gt(path: str | Path, scorer: ChairScorer) -> dict[int, set[str]]:
+    """A prebuilt table (file) or COCO annotation folder -> ``{image_id: objects}``."""
+    p = Path(path)
+    if p.is_file():
+        return load_gt_table(p)
+    if p.is_dir():
+        return build_gt_from_coco(p, scorer)
+    raise TaskError(f"CHAIR ground truth not found: {p}")
 
 
 @register_task("chair")
 class Chair(Task):
+    """Captioning; scored with CHAIR_s, CHAIR_i, recall (percent, x100) and length (tokens) in ``"all"``."""
+
     name = "chair"
     metrics = (MetricInfo("chair_s", False), MetricInfo("chair_i", False), MetricInfo("recall", True),
-               MetricInfo("length", None))
+               MetricInfo("length", None), MetricInfo("n", None))
 
-    def __init__(self, path: str, image_root: str = ".", prompt: str = "Please describe this image in detail.",
-                 max_new_tokens: int = 512, n: int = 500, seed: int = 42, images: str = "",
-                 normaliser: str = "identity"):
+    def __init__(self, path: str, image_root: str = ".", prompt: str = DEFAULT_PROMPT, max_new_tokens: int = 512,
+                 n: int = 500, seed: int = 42, images: str = "", normaliser: str = "nltk"):
         self.path, self.image_root, self.prompt = Path(path), Path(image_root), prompt
         self.max_new_tokens, self.n, self.seed, self.images_file = int(max_new_tokens), int(n), int(seed), images
-        self.scorer = ChairScorer(read_synonyms(SYNONYMS), coco_double_words(), normaliser=normaliser)
-        self._gt = None
+        try:
+            self.scorer = ChairScorer.coco(normaliser)
+        except ValueError as exc:
+            raise TaskError(str(exc)) from None
+        self._gt: dict[int, set[str]] | None = None
 
     @property
     def gt(self) -> dict[int, set[str]]:
         if self._gt is None:
-            if self.path.is_file():
-                self._gt = load_gt_table(self.path)
-            elif self.path.is_dir():
-                self._gt = build_gt_from_coco(self.path, self.scorer)
-            else:
-                raise TaskError(f"CHAIR ground truth not found: {self.path}")
+            self._gt = load_gt(self.path, self.scorer)
         return self._gt
 
-    def samples(self):
+    def image_ids(self) -> list[int]:
         if self.images_file:
-            ids = [int(x) for x in Path(self.images_file).read_text().split()]
-        else:
-            ids = sorted(self.gt)
-            random.Random(self.seed).shuffle(ids)
-            ids = sorted(ids[: self.n])
+            f = Path(self.images_file)
+            if not f.is_file():
+                raise TaskError(f"CHAIR image id list not found: {f}")
+            try:
+                return [int(x) for x in f.read_text().split()]
+            except ValueError:
+                raise TaskError(f"{f}: expected integer COCO image ids, one per line") from None
+        ids = sorted(self.gt)
+        random.Random(self.seed).shuffle(ids)
+        return sorted(ids[: self.n])
+
+    def samples(self) -> list[Sample]:
+        ids = self.image_ids()
+        if not ids:
+            raise TaskError(f"no CHAIR images selected from {self.path}")
         return [Sample(id=str(i), question=self.prompt, image=str(self.image_root / f"COCO_val2014_{i:012d}.jpg"),
                        meta={"image_id": i}) for i in ids]
 
-    def parse(self, sample, text):
+    def parse(self, sample: Sample, text: str) -> str:
         return text
 
-    def score(self, records):
-        res = self.scorer.score([(r["meta"]["image_id"], r["parsed"]) for r in records], self.gt)
-        return {"all": {k: res[k] for k in ("chair_s", "chair_i", "recall", "length")}}
+    def score(self, records) -> dict[str, dict[str, float]]:
+        res = self.scorer.score([(int(r["meta"]["image_id"]), r["parsed"]) for r in records], self.gt)
+        return {"all": {k: res[k] for k in ("chair_s", "chair_i", "recall", "length", "n")}}

@@ -1,24 +1,31 @@
 """A generic task for custom data: ``--task jsonl:PATH``, one ``{"image", "question"[, "answer"]}`` per line.
 
-Image paths are relative to the file's folder unless absolute. With yes/no answers the POPE metrics are computed;
-with other answers, exact match (case-insensitive, trimmed); without answers, outputs are only recorded.
+Optional keys: ``id`` (default: the line number) and ``split`` (default ``all``). Image paths are relative to the
+file's folder unless absolute; a missing image raises :class:`TaskError` naming it when the sample is loaded.
+Scoring: when every answer is yes/no, the POPE metrics (accuracy, precision, recall, F1, yes-ratio, counts; the
+answer parsed with ``parser``, default the official POPE rule) per split and over ``all``; otherwise exact match
+(case-insensitive, trimmed). Without answers, outputs are only recorded. A malformed line raises
+:class:`TaskError` with file and line number; a file without samples too.
 """
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-from hallufix.scoring.pope import parse_yes_no, pope_metrics
+from hallufix.scoring.pope import PARSERS, parse_yes_no, pope_metrics
 from hallufix.tasks.base import MetricInfo, Sample, Task, TaskError, register_task
 
 
 @register_task("jsonl")
 class JsonlTask(Task):
     name = "jsonl"
-    metrics = (MetricInfo("accuracy", True), MetricInfo("exact_match", True), MetricInfo("f1", True),
-               MetricInfo("yes_ratio", None))
+    metrics = (MetricInfo("accuracy", True), MetricInfo("precision", True), MetricInfo("recall", True),
+               MetricInfo("f1", True), MetricInfo("exact_match", True), MetricInfo("yes_ratio", None),
+               *(MetricInfo(c, None) for c in ("tp", "fp", "tn", "fn", "n")))
 
     def __init__(self, path: str, max_new_tokens: int = 16, parser: str = "pope"):
+        if parser not in PARSERS:
+            raise TaskError(f"unknown yes/no parser '{parser}'; known: {', '.join(PARSERS)}")
         self.path, self.max_new_tokens, self.parser = Path(path), int(max_new_tokens), parser
 
     def samples(self):
@@ -43,11 +50,11 @@ class JsonlTask(Task):
         return out
 
     def _yes_no(self, records) -> bool:
-        return all(str(r["answer"]).lower() in ("yes", "no") for r in records)
+        return all(str(r["answer"]).strip().lower() in ("yes", "no") for r in records)
 
     def parse(self, sample, text):
-        if sample.answer is not None and str(sample.answer).lower() in ("yes", "no"):
-            return parse_yes_no(text, self.parser, label=str(sample.answer).lower())
+        if sample.answer is not None and str(sample.answer).strip().lower() in ("yes", "no"):
+            return parse_yes_no(text, self.parser, label=str(sample.answer).strip().lower())
         return text.strip()
 
     def score(self, records):
@@ -58,9 +65,14 @@ class JsonlTask(Task):
             out = {}
             for split in sorted({r["split"] for r in scored}):
                 rs = [r for r in scored if r["split"] == split]
-                out[split] = pope_metrics([str(r["answer"]).lower() for r in rs], [r["parsed"] for r in rs])
-            out.setdefault("all", pope_metrics([str(r["answer"]).lower() for r in scored],
-                                               [r["parsed"] for r in scored]))
+                out[split] = pope_metrics([str(r["answer"]).strip().lower() for r in rs], [r["parsed"] for r in rs])
+            out["all"] = pope_metrics([str(r["answer"]).strip().lower() for r in scored], [r["parsed"] for r in scored])
             return out
-        em = sum(str(r["parsed"]).strip().lower() == str(r["answer"]).strip().lower() for r in scored) / len(scored)
-        return {"all": {"exact_match": em}}
+
+        def em(rs):
+            hits = sum(str(r["parsed"]).strip().lower() == str(r["answer"]).strip().lower() for r in rs)
+            return {"exact_match": hits / len(rs), "n": len(rs)}
+
+        out = {split: em([r for r in scored if r["split"] == split]) for split in sorted({r["split"] for r in scored})}
+        out["all"] = em(scored)
+        return out
