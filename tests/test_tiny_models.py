@@ -171,13 +171,27 @@ def test_missing_model_raises(tmp_path):
     from hallufix.models.loading import ModelNotAvailableError, load_pretrained
 
     with pytest.raises(ModelNotAvailableError) as info:
-        load_pretrained("some-org/not-cached-model")
+        load_pretrained("some-org/not-cached-model", allow_download=False)
     assert isinstance(info.value, RuntimeError)
     message = str(info.value)
     assert "some-org/not-cached-model" in message and "--model /path/to/folder" in message
     assert "huggingface-cli download some-org/not-cached-model" in message
     with pytest.raises(ModelNotAvailableError, match="no config.json"):
         load_pretrained(str(tmp_path))
+
+
+def test_hub_downloads_follow_the_offline_setting(monkeypatch):
+    """Like ``from_pretrained``: a hub id downloads unless HF_HUB_OFFLINE is set; an explicit choice wins."""
+    from huggingface_hub import constants
+
+    from hallufix.models.loading import downloads_allowed
+
+    monkeypatch.setattr(constants, "is_offline_mode", lambda: True, raising=False)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    assert downloads_allowed(None) is False and downloads_allowed(True) is True
+    monkeypatch.setattr(constants, "is_offline_mode", lambda: False, raising=False)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    assert downloads_allowed(None) is True and downloads_allowed(False) is False
 
 
 def test_family_of_rejects_unknown():

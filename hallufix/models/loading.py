@@ -1,10 +1,11 @@
 """Loading checkpoints (a local ``save_pretrained`` folder, or a hub id already in the local Hugging Face cache) and
 their processors, without touching the network.
 
-Resolution: a folder is used as is; a hub id is resolved to its cached snapshot folder
-(``snapshot_download(id, local_files_only=True)``). An id that is in neither place raises
-:class:`ModelNotAvailableError`, whose message names the id and how to bring a local copy (nothing is downloaded
-unless ``allow_download=True`` is passed explicitly). The model class is ``AutoModelForImageTextToText`` (the
+Resolution: a folder is used as is; a hub id is resolved to its snapshot folder with ``snapshot_download``:
+from the local cache only when ``allow_download`` is false, downloading what is missing when it is true. Its
+default (``None``) follows the environment like ``from_pretrained`` does: download unless ``HF_HUB_OFFLINE`` is
+set (tests and CI set it, so they never touch the network). An id that cannot be resolved raises
+:class:`ModelNotAvailableError`, whose message names the id and how to bring a local copy. The model class is ``AutoModelForImageTextToText`` (the
 family class from ``config.model_type`` where Auto does not map it); the processor comes from
 :func:`hallufix.models.processors.load_processor` (image-only processor for Qwen, ``AutoProcessor`` otherwise).
 """
@@ -34,9 +35,18 @@ def _how_to(path_or_id: str) -> str:
             f"copy the folder here and pass --model /path/to/folder (or point HF_HOME at a cache that holds it).")
 
 
-def resolve_local(path_or_id: str | Path, *, allow_download: bool = False) -> Path:
-    """The local folder holding ``path_or_id``: the folder itself, or the cached hub snapshot. Raises
-    :class:`ModelNotAvailableError` when neither exists (downloads only with ``allow_download=True``)."""
+def downloads_allowed(allow_download: bool | None) -> bool:
+    """``allow_download`` if given, else true unless the environment sets ``HF_HUB_OFFLINE``."""
+    if allow_download is not None:
+        return bool(allow_download)
+    from huggingface_hub import constants
+
+    return not constants.is_offline_mode() if hasattr(constants, "is_offline_mode") else not constants.HF_HUB_OFFLINE
+
+
+def resolve_local(path_or_id: str | Path, *, allow_download: bool | None = None) -> Path:
+    """The local folder holding ``path_or_id``: the folder itself, or the hub snapshot (see the module docstring
+    for when it downloads). Raises :class:`ModelNotAvailableError` when it cannot be had."""
     folder = Path(path_or_id).expanduser()
     if folder.is_dir():
         if not (folder / "config.json").is_file():
@@ -45,7 +55,7 @@ def resolve_local(path_or_id: str | Path, *, allow_download: bool = False) -> Pa
     from huggingface_hub import snapshot_download
 
     try:
-        snap = Path(snapshot_download(str(path_or_id), local_files_only=not allow_download))
+        snap = Path(snapshot_download(str(path_or_id), local_files_only=not downloads_allowed(allow_download)))
     except Exception as exc:  # not cached (LocalEntryNotFoundError), invalid id (HFValidationError), network error
         raise ModelNotAvailableError(
             f"model '{path_or_id}' is neither a local folder nor in the local Hugging Face cache "
@@ -76,7 +86,7 @@ def _model_class(model_type: str):
 
 
 def load_pretrained(path_or_id: str | Path, *, dtype: str = "auto", device: str = "cpu",
-                    attn_implementation: str = "sdpa", allow_download: bool = False):
+                    attn_implementation: str = "sdpa", allow_download: bool | None = None):
     """``(model, processor)`` from a local folder or a cached hub id; the model in eval mode on ``device``.
 
     ``dtype``: ``"float32"`` / ``"bfloat16"`` / ``"float16"``, or ``"auto"`` = the checkpoint's dtype, except on
