@@ -147,3 +147,40 @@ def test_chair_pattern_normaliser_reproduces_maxlinn_reference_and_hand_example(
     assert [d["mentions"] for d in r["details"]] == [["person", "person", "dog", "bench"], ["toilet", "sink"],
                                                      ["person", "elephant"],
                                                      ["pizza", "dining table", "wine glass", "cell phone"]]
+
+
+def _wordnet_installed() -> bool:
+    from hallufix.scoring.wordnet import WordNetMissing, find_wordnet
+
+    try:
+        find_wordnet()
+    except WordNetMissing:
+        return False
+    return True
+
+
+needs_wordnet = pytest.mark.skipif(not _wordnet_installed(),
+                                   reason="WordNet 3.0 files absent: apt-get install wordnet-base (scripts/test.sh does)")
+
+
+@needs_data
+@needs_wordnet
+def test_chair_nltk_normaliser_reproduces_the_hand_example_and_its_quirks():
+    """benchmarks.md §2.5 (c), nltk row: bus and ties are kept (WordNet lemmas), "men" is not lemmatised (both
+    "men" and "man" are WordNet nouns), so image 3 loses its person; CHAIR_I 3/13, recall 9/10."""
+    from hallufix.scoring.chair import coco_double_words, read_synonyms
+
+    sc = ChairScorer(read_synonyms(DATA / "chair" / "synonyms.txt"), coco_double_words(), normaliser="nltk")
+    gt = {1: {"person", "bus", "dog"}, 2: {"toilet", "sink"}, 3: {"tie", "person", "elephant"},
+          4: {"dining table", "pizza"}}
+    caps = ["A man and a woman stand next to a bus. A dog sits near the bench.",
+            "The bathroom has a toilet seat and a sink with two glasses of wine.",
+            "Two men wearing ties stand beside a baby elephant.",
+            "A pizza on a dining table, next to a wine glass and a cell phone."]
+    r = sc.score(list(zip([1, 2, 3, 4], caps)), gt)
+    assert (r["chair_s"], r["recall"], r["length"]) == (50.0, 90.0, 14.0)
+    assert r["chair_i"] == pytest.approx(100 * 3 / 13)
+    assert [d["mentions"] for d in r["details"]] == [["person", "person", "bus", "dog", "bench"], ["toilet", "sink"],
+                                                     ["tie", "elephant"],
+                                                     ["pizza", "dining table", "wine glass", "cell phone"]]
+    assert sc.normalise(["men", "ties", "buses", "glasses"]) == ["men", "tie", "bus", "glass"]
