@@ -184,3 +184,31 @@ def test_chair_nltk_normaliser_reproduces_the_hand_example_and_its_quirks():
                                                      ["tie", "elephant"],
                                                      ["pizza", "dining table", "wine glass", "cell phone"]]
     assert sc.normalise(["men", "ties", "buses", "glasses"]) == ["men", "tie", "bus", "glass"]
+
+
+@needs_data
+def test_mme_llava_jsonl_answers_join_to_the_same_scores(tmp_path, capsys):
+    """LLaVA's answer JSONL + question JSONL (image ``<subtask>/<file>``, the LLaVA suffix on the prompt, answers in
+    another order) joins on (category, image, question) like convert_answer_to_mme.py: the same totals as the
+    eval_tool folder."""
+    import random as _random
+
+    m = DATA / "mme"
+    questions, answers, qid = [], [], 0
+    for f in sorted((m / "lavin_predictions").glob("*.txt")):
+        for line in f.read_text().splitlines():
+            image, question, _gt, response = line.split("\t")
+            questions.append({"question_id": qid, "image": f"{f.stem}/{image}", "category": f.stem,
+                              "text": question + "\nAnswer the question using a single word or phrase."})
+            answers.append({"question_id": qid, "prompt": question, "text": response, "model_id": "lavin"})
+            qid += 1
+    _random.Random(0).shuffle(answers)
+    (tmp_path / "q.jsonl").write_text("".join(json.dumps(q) + "\n" for q in questions))
+    (tmp_path / "a.jsonl").write_text("".join(json.dumps(a) + "\n" for a in answers))
+    assert main(["score", "mme", "--ground-truth", str(m / "ground_truth"), "--answers", str(tmp_path / "a.jsonl"),
+                 "--questions", str(tmp_path / "q.jsonl"), "--json"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert round(res["perception"], 4) == 963.6114 and round(res["cognition"], 4) == 249.6429
+    assert main(["score", "mme", "--ground-truth", str(m / "ground_truth"), "--answers",
+                 str(tmp_path / "a.jsonl")]) != 0
+    assert "--questions" in capsys.readouterr().err
