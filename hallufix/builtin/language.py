@@ -12,7 +12,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from hallufix.builtin.world import CLASSES, NUMBERS, PARTNERS, RGB, Scene, caption, vocabulary
+from hallufix.builtin.world import CLASSES, COLOURS, NUMBERS, PARTNERS, RGB, Scene, caption, vocabulary
 
 COLOUR_NAMES = tuple(sorted(RGB))
 
@@ -54,18 +54,31 @@ def position_question(cls: str, side: str) -> str:
     return f"is the {cls} on the {side} side of the image ?"
 
 
-def training_turns(scene: Scene, rng: random.Random, n: int = 6) -> list[QA]:
-    """``n`` questions about one scene: balanced existence questions (negatives drawn uniformly from absent classes:
-    the hallucination pressure comes from the scene statistics, not from the question sampler), one caption, and
-    colour / count / position questions."""
+def colour_twins(scene: Scene) -> list[str]:
+    """Absent classes that have the colour of a present object (``diamond`` when a red ``circle`` is present)."""
+    colours = {o.colour for o in scene.objects}
+    return [c for c in CLASSES if c not in scene.classes and COLOURS[c] in colours]
+
+
+def training_turns(scene: Scene, rng: random.Random, n: int = 6, twin_negatives: float = 0.0) -> list[QA]:
+    """``n`` questions about one scene: balanced existence questions, one caption, and colour / count / position
+    questions.
+
+    Existence negatives are drawn uniformly from the absent classes (the hallucination pressure comes from the scene
+    statistics, not from the question sampler), except that with probability ``twin_negatives`` a negative asks
+    about an absent colour twin of a present object instead (when there is one): hard negatives that a model
+    answering from colour alone gets wrong. At 0 no extra random number is drawn, so the stream is unchanged."""
     present = sorted(scene.classes)
     absent = [c for c in CLASSES if c not in scene.classes]
+    twins = colour_twins(scene) if twin_negatives else []
     out: list[QA] = []
     for _ in range(n):
         r = rng.random()
         if r < 0.5:
             if rng.random() < 0.5:
                 out.append(QA(exist_question(rng.choice(present)), "yes", "exist"))
+            elif twins and rng.random() < twin_negatives:
+                out.append(QA(exist_question(rng.choice(twins)), "no", "exist"))
             else:
                 out.append(QA(exist_question(rng.choice(absent)), "no", "exist"))
         elif r < 0.65:
@@ -105,7 +118,7 @@ def build_tokenizer():
     tok.decoder = decoders.WordPiece(prefix="##")
     tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", vocab["<s>"])])
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
-                                   unk_token="<unk>", image_token="<image>")
+                                   unk_token="<unk>", image_token="<image>", padding_side="left")
     fast.padding_side = "left"
     return fast
 

@@ -45,13 +45,14 @@ def encode_turns(tok, turns: list[QA], image_token_id: int) -> tuple[list[int], 
     return ids, labels
 
 
-def make_batch(tok, image_processor, rng: random.Random, size: int, turns: int, image_token_id: int) -> dict:
-    """A right-padded training batch of ``size`` scenes."""
+def make_batch(tok, image_processor, rng: random.Random, size: int, turns: int, image_token_id: int,
+               twin_negatives: float = 0.0) -> dict:
+    """A right-padded training batch of ``size`` scenes (``twin_negatives``: see ``training_turns``)."""
     seqs, images = [], []
     for _ in range(size):
         scene = sample_scene(random.Random(TRAIN_SEED_OFFSET + rng.randrange(10**9)))
         images.append(render(scene))
-        seqs.append(encode_turns(tok, training_turns(scene, rng, turns), image_token_id))
+        seqs.append(encode_turns(tok, training_turns(scene, rng, turns, twin_negatives), image_token_id))
     L = max(len(s[0]) for s in seqs)
     input_ids = torch.full((size, L), tok.pad_token_id, dtype=torch.long)
     labels = torch.full((size, L), -100, dtype=torch.long)
@@ -117,8 +118,11 @@ def git_commit() -> str | None:
 
 def train(steps: int, seed: int, output: Path, threads: int, batch: int = 32, turns: int = 6, peak_lr: float = 2e-3,
           warmup: int = 200, log_every: int = 50, save_every: int = 500, eval_every: int = 500,
-          progress: bool = True, command: str = "") -> dict:
-    """Run the schedule; returns the training record (also written to ``output/training.json``)."""
+          progress: bool = True, command: str = "", init: Path | None = None, twin_negatives: float = 0.0) -> dict:
+    """Run the schedule; returns the training record (also written to ``output/training.json``).
+
+    ``init``: a folder written by an earlier run to continue from (a second stage with its own seed, steps and
+    schedule); its ``training.json`` is kept under ``"previous"`` in the new record."""
     from tqdm import tqdm
 
     torch.set_num_threads(threads)
@@ -127,7 +131,12 @@ def train(steps: int, seed: int, output: Path, threads: int, batch: int = 32, tu
     torch.use_deterministic_algorithms(True, warn_only=True)
     processor = build_processor()
     tok = processor.tokenizer
-    model = build_model(tok, seed=seed)
+    if init is not None:
+        from transformers import LlavaForConditionalGeneration
+
+        model = LlavaForConditionalGeneration.from_pretrained(init, attn_implementation="sdpa")
+    else:
+        model = build_model(tok, seed=seed)
     model.train()
     image_token_id = model.config.image_token_id
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
@@ -138,16 +147,20 @@ def train(steps: int, seed: int, output: Path, threads: int, batch: int = 32, tu
     output.mkdir(parents=True, exist_ok=True)
     log = (output / "train.log").open("a")
     record = {"command": command, "git_commit": git_commit(), "seed": seed, "steps": steps, "batch": batch,
-              "turns": turns, "peak_lr": peak_lr, "threads": threads, "params": sum(p.numel() for p in
-                                                                                    model.parameters()),
+              "turns": turns, "peak_lr": peak_lr, "warmup": warmup, "twin_negatives": twin_negatives,
+              "threads": threads, "params": sum(p.numel() for p in model.parameters()),
               "losses": [], "quick_existence_accuracy": []}
+    if init is not None:
+        record["init"] = str(init)
+        previous = Path(init) / "training.json"
+        record["previous"] = json.loads(previous.read_text()) if previous.is_file() else None
     t0 = time.time()
     bar = tqdm(range(steps), desc="training", disable=not progress)
     running = None
     for step in bar:
         for g in opt.param_groups:
             g["lr"] = lr_at(step, steps, peak_lr, warmup)
-        data = make_batch(tok, processor.image_processor, rng, batch, turns, image_token_id)
+        data = make_batch(tok, processor.image_processor, rng, batch, turns, image_token_id, twin_negatives)
         loss = model(**data).loss
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -187,12 +200,19 @@ def main(argv=None) -> int:
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--save-every", type=int, default=500)
     ap.add_argument("--eval-every", type=int, default=500)
+    ap.add_argument("--peak-lr", type=float, default=2e-3)
+    ap.add_argument("--warmup", type=int, default=200)
+    ap.add_argument("--init", type=Path, default=None, help="continue from this folder (a later stage)")
+    ap.add_argument("--twin-negatives", type=float, default=0.0,
+                    help="share of existence negatives asking about an absent colour twin of a present object")
     ap.add_argument("--quiet", action="store_true")
     args = ap.parse_args(argv)
     command = "python -m hallufix.builtin.train " + " ".join(argv if argv is not None else sys.argv[1:])
-    rec = train(args.steps, args.seed, args.output, args.threads, batch=args.batch, save_every=args.save_every,
-                eval_every=args.eval_every, progress=not args.quiet, command=command.strip())
-    print(json.dumps({k: v for k, v in rec.items() if k != "losses"}, indent=1))
+    rec = train(args.steps, args.seed, args.output, args.threads, batch=args.batch, peak_lr=args.peak_lr,
+                warmup=args.warmup, save_every=args.save_every, eval_every=args.eval_every,
+                progress=not args.quiet, command=command.strip(), init=args.init,
+                twin_negatives=args.twin_negatives)
+    print(json.dumps({k: v for k, v in rec.items() if k not in ("losses", "previous")}, indent=1))
     return 0
 
 
