@@ -61,7 +61,7 @@ def head_matrix(phi: np.ndarray, upper: np.ndarray, lower: np.ndarray, path: Pat
                 ax.text(h, layer, "-", ha="center", va="center", color="red", fontsize=12, weight="bold")
     ax.set_xlabel("head")
     ax.set_ylabel("layer (0-based)")
-    ax.set_title(title or "visual attention intensity (+ sensitive, - insensitive: mean ± λ·std)")
+    ax.set_title(title or "visual attention intensity\n+ sensitive, − insensitive (mean ± λ·std per layer)", fontsize=9)
     fig.colorbar(im, ax=ax, label="mean visual mass over text rows")
     fig.tight_layout()
     fig.savefig(path, dpi=110)

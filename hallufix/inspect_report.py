@@ -76,7 +76,9 @@ def write_inspection(session, images, questions, out: Path, plugins=(), override
         for i in range(L):
             w.writerow([i, float(hi[i]), float(lo[i])] + a.phi[i].tolist())
     figures.head_matrix(a.phi.numpy(), hi.numpy(), lo.numpy(), out / "head_matrix.png")
-    _write_maps(a, view, draw, out, "maps", "method off")
+    # averaged maps are drawn over the first image: say so in the title
+    shown = "" if len(images) == 1 else f" (mean over {len(images)} samples, drawn on the first image)"
+    _write_maps(a, view, draw, out, "maps", "method off" + shown)
     _write_curves(a, out, "curves", "method off")
     lines = [f"# Attention inspection: {session.info.name} ({session.info.family})", "",
              f"{len(images)} sample(s){' (averaged)' if len(images) > 1 else ''}; first question: "
@@ -90,7 +92,7 @@ def write_inspection(session, images, questions, out: Path, plugins=(), override
     if plugins:
         on, diags = analyse(session, images, questions, plugins, overrides, lambda_vis=lambda_vis)
         b = average(on) if len(on) > 1 else on[0]
-        _write_maps(b, view, draw, out, "maps_on", f"with {'+'.join(map(str, plugins))}")
+        _write_maps(b, view, draw, out, "maps_on", f"with {'+'.join(map(str, plugins))}" + shown)
         _write_curves(b, out, "curves_on", f"with {'+'.join(map(str, plugins))}")
         (out / "diagnostics.json").write_text(json.dumps(diags, indent=1, default=str))
         lines += [f"## With {' + '.join(map(str, plugins))}", "", "![](maps_on.png)", "", "![](curves_on.png)", "",

@@ -40,7 +40,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    # key=value overrides may sit anywhere among the options (`--plugins clva clva.alpha=10 --task T task.x=1`);
+    # argparse only collects the first run of positionals, so the rest are added here
+    if extra and hasattr(args, "overrides") and all("=" in e and not e.startswith("-") for e in extra):
+        args.overrides = list(args.overrides or []) + extra
+    elif extra:
+        parser.parse_args(argv)  # the usual error message and exit status for what is really unrecognised
     try:
         if args.version:
             from hallufix.cli._version import print_versions
