@@ -67,11 +67,20 @@ def test_ablation_grid_cells_and_latex_report(saved_model, jsonl_task, tmp_path,
     (["run", "--plugins", "visual-boost", "visual-boost.ww=2"], "unknown config key 'ww'"),
     (["run", "--task", "pop"], "unknown task 'pop'"),
     (["run", "--plugins", "visual-boost", "bach_size=2"], "Did you mean 'batch_size'"),
+    # overrides after a later option are still read as overrides (not "unrecognized arguments")
+    (["run", "--plugins", "visual-boost", "visual-boost.w=2", "--task", "shapes-pope", "visual-boost.ww=2"],
+     "unknown config key 'ww'"),
 ])
 def test_bad_input_fails_before_loading_with_a_clear_message(args, message, capsys, tmp_path):
     assert main(args + ["--output", str(tmp_path / "x")]) == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
+
+
+def test_unknown_option_is_still_an_argparse_error(capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["run", "--plugins", "clva", "--bogus"])
+    assert info.value.code == 2 and "--bogus" in capsys.readouterr().err
 
 
 def test_hooks_verb_resolves_names_shapes_and_owners(saved_model, capsys):
