@@ -15,6 +15,11 @@ Cases: built-in core cases (``none``, ``bias-half``, ``probe-2``) and one YAML f
 ``benchmarks/cases/`` (``case``, ``plugins``, ``overrides``, ``target``, optional ``max_new_tokens``).
 Output: a table, or with ``--json`` one JSON object per case per line:
 ``{"case", "ratio", "baseline_s", "case_s", "target", "rounds", "device", "shape"}``.
+
+``--memory`` adds peak memory: each case (and the baseline) runs one generate in a fresh child process; on CUDA
+the peak is ``torch.cuda.max_memory_allocated`` (bytes), on CPU the child's peak resident set size (``ru_maxrss``,
+weights and libraries included, as a GPU peak includes the weights). Keys ``peak_mb``, ``baseline_peak_mb``,
+``memory_ratio``.
 """
 from __future__ import annotations
 
@@ -122,8 +127,12 @@ def main(argv=None) -> int:
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (1: least noisy on shared machines)")
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--memory", action="store_true", help="also measure peak memory per case (child processes)")
+    ap.add_argument("--memory-child", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.memory_child is not None:
+        return memory_child(args)
 
     session = build_session(args.shape, args.device, args.dtype)
     cases = load_cases(args.cases.split(",") if args.cases else None)
@@ -166,6 +175,9 @@ def main(argv=None) -> int:
                 timings[name]["base"].append(got["base"])
                 timings[name]["case"].append(got["case"])
                 timings[name]["ratio"].append(got["case"] / got["base"])
+    peaks = {}
+    if args.memory:
+        peaks = {n: peak_memory_mb(args, n) for n in ["<baseline>", *cases]}
     rows = []
     for name in cases:
         t = timings[name]
@@ -175,6 +187,9 @@ def main(argv=None) -> int:
                      "rounds": args.rounds, "max_new_tokens": int(cases[name].get("max_new_tokens")
                                                                   or args.max_new_tokens),
                      "device": args.device, "shape": args.shape, "dtype": args.dtype, "threads": args.threads})
+        if peaks:
+            rows[-1].update(peak_mb=peaks[name], baseline_peak_mb=peaks["<baseline>"],
+                            memory_ratio=round(peaks[name] / peaks["<baseline>"], 4))
     if args.json:
         for r in rows:
             print(json.dumps(r))
@@ -183,8 +198,48 @@ def main(argv=None) -> int:
         for r in rows:
             tgt = "-" if r["target"] is None else f"{r['target']:.2f}"
             flag = "" if r["target"] is None or r["ratio"] <= r["target"] else "  (over target)"
+            mem = f"  memory x{r['memory_ratio']:.3f}" if "memory_ratio" in r else ""
             print(f"{r['case']:<12} {r['ratio']:>7.3f} {tgt:>7} {r['baseline_s']:>11.3f} {r['case_s']:>9.3f}  "
-                  f"{r['max_new_tokens']}{flag}")
+                  f"{r['max_new_tokens']}{flag}{mem}")
+    return 0
+
+
+def peak_memory_mb(args, name: str) -> float:
+    """Peak memory (MB) of one generate of case ``name`` (``<baseline>``: plain generate) in a fresh process."""
+    import subprocess
+
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--memory-child", name, "--device", args.device,
+           "--shape", args.shape, "--dtype", args.dtype, "--threads", str(args.threads),
+           "--max-new-tokens", str(args.max_new_tokens)]
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+    return float(out.strip().splitlines()[-1])
+
+
+def memory_child(args) -> int:
+    """Child of :func:`peak_memory_mb`: build, run one generate, print the peak in MB."""
+    import resource
+
+    session = build_session(args.shape, args.device, args.dtype)
+    image, question = _image(), "is there a red circle in the upper left part of the image ? answer yes or no ."
+    name = args.memory_child
+    if args.device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+    if name == "<baseline>":
+        inputs = session.adapter.inputs(session.processor, [[image]], [question], session.device)
+        with torch.inference_mode():
+            session.model.generate(**inputs, max_new_tokens=args.max_new_tokens,
+                                   min_new_tokens=args.max_new_tokens, do_sample=False)
+    else:
+        c = load_cases([name])[name]
+        n_new = int(c.get("max_new_tokens") or args.max_new_tokens)
+        stack = [p() if isinstance(p, type) else p for p in c.get("plugins", [])]
+        session.start(stack, c.get("overrides") or {}).generate([image], [question], max_new_tokens=n_new,
+                                                                 min_new_tokens=n_new)
+    if args.device.startswith("cuda"):
+        peak = torch.cuda.max_memory_allocated() / 2**20
+    else:
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    print(round(peak, 1))
     return 0
 
 

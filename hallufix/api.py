@@ -11,6 +11,8 @@ installed around each ``generate`` call and removed afterwards (also on errors).
 """
 from __future__ import annotations
 
+import inspect
+
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -179,8 +181,23 @@ class MethodRun:
         rows = [[im] + (extra_images[i] if extra_images else []) for i, im in enumerate(images)]
         inputs = s.adapter.inputs(s.processor, rows, questions, s.device)
         layout = s.adapter.layout(s.model, inputs, rows)
-        with torch.inference_mode(), Interceptor(s.model, s.adapter, table, pm, layout, s.info, {}):
-            s.model(**inputs, use_cache=True)
+        # the analysis needs attention, not the vocabulary: logits for the last position only (over a 600-token
+        # LLaVA prompt the full LM head costs as much as the decoder layers)
+        extra = {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(s.model.forward).parameters else {}
+        # ... and no layer after the last one asked for: the forward stops there (a forward hook on that decoder
+        # layer raises, the exception is caught here; nothing else depends on the rest of this prefill)
+        stop = None
+        if rec.layers:
+            stop = s.adapter.decoder_layers(s.model)[max(rec.layers)].register_forward_hook(_stop_capture)
+        try:
+            with torch.inference_mode(), Interceptor(s.model, s.adapter, table, pm, layout, s.info, {}):
+                try:
+                    s.model(**inputs, use_cache=True, **extra)
+                except _CaptureDone:
+                    pass
+        finally:
+            if stop is not None:
+                stop.remove()
         rec.result.layout = layout
         if qformer_attention:
             if not hasattr(s.adapter, "qformer_cross_attention"):
@@ -189,6 +206,14 @@ class MethodRun:
                 rec.result.extras["qformer_xattn"] = s.adapter.qformer_cross_attention(s.model, inputs)
             rec.result.extras["patch_grid"] = s.adapter.patch_grid(s.model)
         return rec.result
+
+
+class _CaptureDone(Exception):
+    """Raised after the last decoder layer an analysis prefill needs (see :meth:`MethodRun.capture`)."""
+
+
+def _stop_capture(module, args, output):
+    raise _CaptureDone
 
 
 class _Recorder:

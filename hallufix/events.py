@@ -24,10 +24,18 @@ class ForwardInfo:
     step: int
     q_len: int
     kv_offset: int
+    #: per-forward memo of role masks shared by every layer's events (filled lazily; read-only tensors)
+    memo: dict = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def positions(self) -> torch.Tensor:
         return torch.arange(self.kv_offset, self.kv_offset + self.q_len)
+
+    def shared(self, key, make):
+        """``make()`` once per forward under ``key``; later layers of the same forward get the same tensor."""
+        if key not in self.memo:
+            self.memo[key] = make()
+        return self.memo[key]
 
 
 @dataclass
@@ -58,12 +66,13 @@ class LayerEvent:
     @cached_property
     def text_rows(self) -> torch.Tensor:
         """``(B, q)`` bool: instruction / generated query rows (CLVA's ``T_txt``)."""
-        return self.layout.text_rows(self.positions)
+        return self.forward.shared(("text_rows", id(self.layout)), lambda: self.layout.text_rows(self.positions))
 
     @cached_property
     def visual_rows(self) -> torch.Tensor:
         """``(B, q)`` bool: query rows that are visual tokens (prefill only)."""
-        return self.layout.visual_rows(self.positions)
+        return self.forward.shared(("visual_rows", id(self.layout)),
+                                   lambda: self.layout.visual_rows(self.positions))
 
     @property
     def kv_len(self) -> int:

@@ -83,12 +83,18 @@ class TokenLayout:
         return self.input_ids.shape[1]
 
     def visual_keys(self, kv_len: int) -> torch.Tensor:
-        """``(B, kv_len)`` bool: key columns that are visual tokens (generated keys are never visual)."""
-        P = self.prompt_len
-        if kv_len <= P:
-            return self.visual[:, :kv_len]
-        pad = torch.zeros(self.batch_size, kv_len - P, dtype=torch.bool, device=self.visual.device)
-        return torch.cat([self.visual, pad], dim=1)
+        """``(B, kv_len)`` bool: key columns that are visual tokens (generated keys are never visual).
+
+        Memoised per ``kv_len`` (every declared layer of a forward asks for the same one); treat it as read-only."""
+        memo = self.__dict__.setdefault("_visual_keys_memo", {})
+        if kv_len not in memo:
+            P = self.prompt_len
+            if kv_len <= P:
+                memo[kv_len] = self.visual[:, :kv_len]
+            else:
+                pad = torch.zeros(self.batch_size, kv_len - P, dtype=torch.bool, device=self.visual.device)
+                memo[kv_len] = torch.cat([self.visual, pad], dim=1)
+        return memo[kv_len]
 
     def _roles_at(self, role: torch.Tensor, positions: torch.Tensor, generated: bool) -> torch.Tensor:
         P = self.prompt_len

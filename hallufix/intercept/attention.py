@@ -100,7 +100,9 @@ def run_layer(st, plan, module, query, key, value, attention_mask, scaling, drop
         biased |= rows.any(0)
 
     def bias_rows(rows_idx):
-        mask = row_mask(attention_mask, rows_idx, q_len, kv_len, query.dtype)
+        # the causal/padding part is the same at every layer of this forward: built once, shared
+        key = ("row_mask", id(attention_mask), kv_len, query.dtype, tuple(rows_idx.tolist()))
+        mask = fwd.shared(key, lambda: row_mask(attention_mask, rows_idx, q_len, kv_len, query.dtype))
         for col_bias, rows in terms:
             sel = rows[:, rows_idx].to(query.dtype)[:, None, :, None]  # (B, 1, R, 1)
             mask = mask + sel * col_bias[:, :, None, :].to(query.dtype)
@@ -140,11 +142,12 @@ def run_layer(st, plan, module, query, key, value, attention_mask, scaling, drop
         st.count_path(layer, "rows")
     if bool(custom.any()):
         rows_c = custom.nonzero().squeeze(1)
-        v_rep = repeat_kv(value, n_rep)
-        out_c = F.scaled_dot_product_attention(query[:, :, rows_c], repeat_kv(key, n_rep), v_rep,
-                                               attn_mask=bias_rows(rows_c), scale=scaling)
+        # grouped-query heads are expanded inside the kernel (enable_gqa), not copied with repeat_kv
+        out_c = F.scaled_dot_product_attention(query[:, :, rows_c], key, value, attn_mask=bias_rows(rows_c),
+                                               scale=scaling, enable_gqa=n_rep > 1)
         if probs_ev is not None and probs_ev.edited:
             # rows whose probabilities a method replaced: exactly P @ V
+            v_rep = repeat_kv(value, n_rep)
             pos = torch.full((q_len,), -1, dtype=torch.long, device=query.device)
             pos[rows_c] = torch.arange(rows_c.numel(), device=query.device)
             out_c[:, :, pos[probs_ev.rows]] = torch.matmul(probs_ev.probs.to(v_rep.dtype), v_rep)

@@ -93,6 +93,7 @@ class CLVA(Method):
         self.phi_sum: dict[int, torch.Tensor] = {}
         self.phi_n: dict[int, torch.Tensor] = {}
         self.z = {"pos": None, "neg": None}
+        self._z_version, self._bias_cache = 0, None
         self.maps = {"pos": None, "neg": None}
         self.heads = {}
         self.diag_prefill = None
@@ -127,12 +128,25 @@ class CLVA(Method):
             z = C.zscore_mask(m, c.tau, eps=c.eps)  # Eq. 8-9
             z = z & heads.any(1, keepdim=True)
             self.z[kind], self.maps[kind], self.heads[kind] = z, m, heads
+            self._z_version += 1
         if event.forward.phase == "prefill" and all(v is not None for v in self.z.values()):
             self.diag_prefill = self._counts()
 
     # ------------------------------------------------------------------ re-anchoring (drift layers)
     @hallufix.hookimpl
     def hallufix_attn_bias(self, event):
+        # one bias per forward: every drift layer of a forward sees the same anchors and key length, so it is
+        # computed at the first drift layer and reused (keyed by the anchors' version and the key length)
+        key = (self._z_version, event.kv_len)
+        if self._bias_cache is None or self._bias_cache[0] != key:
+            self._bias_cache = (key, self._anchor_bias(event.visual_keys))
+        bias = self._bias_cache[1]
+        if bias is not None:
+            event.add(bias)
+
+    def _anchor_bias(self, visual_keys: torch.Tensor) -> torch.Tensor | None:
+        """``(B, 1, kv)`` additive logit bias log(1 + alpha Zpos - beta Zneg) on the visual keys (Eq. 10-11 in
+        logit space; a factor clamped at 0 masks the key), or ``None`` when no row has an anchor token."""
         c = self.config
         zpos, zneg = self.z["pos"], self.z["neg"]
         a, b = (-c.alpha, -c.beta) if c.reverse else (c.alpha, c.beta)
@@ -142,10 +156,10 @@ class CLVA(Method):
         if c.use_neg:
             w = w - b * zneg.float()
         if bool((w == 1).all()):
-            return  # no anchor token in any row: nothing to re-weight
-        log_w = torch.log(w.clamp(min=0))  # Eq. 10-11 in logit space; w = 0 masks the key
-        bias = C.scatter_visual(log_w, event.visual_keys, fill=0.0)  # (B, kv)
-        event.add(bias.to(event.visual_keys.device)[:, None, :])
+            return None  # no anchor token in any row: nothing to re-weight
+        log_w = torch.log(w.clamp(min=0))
+        bias = C.scatter_visual(log_w, visual_keys, fill=0.0)  # (B, kv)
+        return bias.to(visual_keys.device)[:, None, :]
 
     # ------------------------------------------------------------------ diagnostics
     def _counts(self) -> list[dict]:
