@@ -117,7 +117,8 @@ def run_layer(st, plan, module, query, key, value, attention_mask, scaling, drop
         if "last" in kinds:
             probe[-1] = True
         if "text" in kinds:
-            probe |= st.layout.text_rows(fwd.positions.to(query.device)).any(0)
+            probe |= fwd.shared(("text_rows_any", id(st.layout)),
+                                lambda: st.layout.text_rows(fwd.positions.to(query.device)).any(0))
         rows_p = probe.nonzero().squeeze(1)
         if rows_p.numel():
             scores = torch.matmul(query[:, :, rows_p], repeat_kv(key, n_rep).transpose(-1, -2)) * scaling
@@ -129,8 +130,17 @@ def run_layer(st, plan, module, query, key, value, attention_mask, scaling, drop
                 raise RuntimeError(f"layer {layer}: a method edited attention probabilities without declaring "
                                    f"attn_probs(..., edits=True)")
 
+    edited = probs_ev is not None and probs_ev.edited
+    if q_len == 1 and terms and not edited:
+        # a decode step whose single row is biased: one SDPA call with the float mask, no row bookkeeping
+        row0 = fwd.shared(("row0", query.device), lambda: torch.zeros(1, dtype=torch.long, device=query.device))
+        out = F.scaled_dot_product_attention(query, key, value, attn_mask=bias_rows(row0), scale=scaling,
+                                             enable_gqa=n_rep > 1).transpose(1, 2).contiguous()
+        st.count_path(layer, "rows")
+        return _heads(st, plan, layer, heads_caller, out, ev_kw), None
+
     custom = biased.clone()
-    if probs_ev is not None and probs_ev.edited:
+    if edited:
         custom[probs_ev.rows] = True
 
     out = None
@@ -158,12 +168,17 @@ def run_layer(st, plan, module, query, key, value, attention_mask, scaling, drop
             out = out.clone()
             out[:, rows_c] = out_c
 
-    if heads_caller is not None:
-        ev = HeadsEvent(out, fold=lambda g: st.fold_head_gains(layer, g), **ev_kw)
-        heads_caller(event=ev)
-        out = ev.output
-        st.fired(plan.names["heads"])
-    return out, None
+    return _heads(st, plan, layer, heads_caller, out, ev_kw), None
+
+
+def _heads(st, plan, layer, heads_caller, out, ev_kw):
+    """Per-head outputs ``(B, q, H, D)`` through the layer's ``heads`` hook, if it has one."""
+    if heads_caller is None:
+        return out
+    ev = HeadsEvent(out, fold=lambda g: st.fold_head_gains(layer, g), **ev_kw)
+    heads_caller(event=ev)
+    st.fired(plan.names["heads"])
+    return ev.output
 
 
 def register() -> None:
