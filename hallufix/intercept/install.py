@@ -106,8 +106,7 @@ class Interceptor:
             h.remove()
         self._handles.clear()
         for param, original in reversed(self._folds):
-            with torch.no_grad():
-                param.copy_(original)
+            param.data = original  # the untouched original tensor comes back: bit-exact, no copy
         self._folds.clear()
         if self._prev_impl is not None:
             self.adapter.set_text_attn_implementation(self.model, self._prev_impl)
@@ -170,14 +169,16 @@ class Interceptor:
         """Scale ``o_proj``'s input columns of each head at ``layer`` by ``gains`` ``(H,)`` until the call ends.
 
         Exactly equals multiplying the per-head outputs before ``o_proj`` (``W_O diag(g ⊗ 1_D)``); the weight is
-        restored bit-exactly on exit. Costs nothing per forward afterwards.
+        restored bit-exactly on exit (the original tensor is kept, not written). Costs nothing per forward afterwards.
         """
         o_proj = self.adapter.o_proj(self.adapter.decoder_layers(self.model)[layer])
         weight = o_proj.weight
-        self._folds.append((weight, weight.detach().clone()))
         H, D = self.info.num_heads, self.info.head_dim
         col = gains.to(weight.dtype).repeat_interleave(D)
         if col.numel() != H * D or weight.shape[1] != H * D:
             raise ValueError(f"layer {layer}: gains must be (H={H},)")
+        # the parameter points at a scaled copy until the call ends; the original tensor is never written, so
+        # restoring is a pointer swap (one pass over the weight instead of clone + scale + copy back)
+        self._folds.append((weight, weight.data))
         with torch.no_grad():
-            weight.mul_(col[None, :])
+            weight.data = weight.data * col[None, :]

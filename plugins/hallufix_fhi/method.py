@@ -70,6 +70,7 @@ class FHI(Method):
         self.sv: dict[int, torch.Tensor] = {}
         self.gains: dict[int, torch.Tensor] = {}
         self.folded: set[int] = set()
+        self.idle: set[int] = set()  # layers whose frozen gains are all 1
         self.selected = {"prefill": {}, "last": {}}
         self.stats: dict[int, dict] = {}
 
@@ -95,8 +96,8 @@ class FHI(Method):
     @hallufix.hookimpl
     def hallufix_attn_heads(self, event):
         layer, phase = event.layer, event.forward.phase
-        if layer in self.folded:
-            return  # the gains live in o_proj for the rest of this generation
+        if layer in self.folded or layer in self.idle:
+            return  # the gains live in o_proj (or are all 1) for the rest of this generation
         if phase == "prefill" or self.config.query_row == "last":
             gains, perc, reas = self._gains(layer)
             self.gains[layer] = gains
@@ -105,6 +106,10 @@ class FHI(Method):
                                           "reasoning": reas[b].nonzero().flatten().tolist()}
                                          for b in range(gains.shape[0])]
         gains = self.gains[layer]
+        if bool((gains == 1).all()):
+            if phase == "prefill" and self.config.query_row != "last":
+                self.idle.add(layer)  # no head selected in any row: nothing to apply for this generation
+            return
         if self.config.fold and phase == "prefill" and bool((gains == gains[:1]).all()):
             event.fold(gains[0])  # one gain vector for the batch: exact, zero work per later step
             self.folded.add(layer)
