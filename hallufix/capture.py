@@ -24,13 +24,20 @@ def visual_mass_lse(scores: torch.Tensor, visual_keys: torch.Tensor) -> torch.Te
     return torch.exp(torch.logsumexp(vis, -1) - torch.logsumexp(scores, -1))
 
 
-def gather_visual(rows: torch.Tensor, visual_keys: torch.Tensor) -> torch.Tensor:
-    """Columns of the visual keys: ``rows (B, ..., kv)`` -> ``(B, ..., n)``; every batch row must hold ``n``."""
+def visual_index(visual_keys: torch.Tensor) -> torch.Tensor:
+    """``(B, n)`` key indices of the visual tokens of ``visual_keys (B, kv)``; every batch row must hold ``n``.
+    Visual tokens sit in the prompt, so the index of the prompt's mask stays valid at every decode step."""
     counts = visual_keys.sum(1)
     if not bool((counts == counts[0]).all()):
         raise ValueError("batch rows have different numbers of visual tokens")
-    n = int(counts[0])
-    idx = visual_keys.nonzero()[:, 1].view(visual_keys.shape[0], n)
+    return visual_keys.nonzero()[:, 1].view(visual_keys.shape[0], int(counts[0]))
+
+
+def gather_visual(rows: torch.Tensor, visual_keys: torch.Tensor, index: torch.Tensor | None = None) -> torch.Tensor:
+    """Columns of the visual keys: ``rows (B, ..., kv)`` -> ``(B, ..., n)``; every batch row must hold ``n``.
+    ``index``: :func:`visual_index` of the same batch, when the caller keeps it (saves recomputing it)."""
+    idx = visual_index(visual_keys) if index is None else index
+    n = idx.shape[1]
     shape = rows.shape[:-1] + (n,)
     idx = idx.view(idx.shape[0], *([1] * (rows.dim() - 2)), n).expand(shape)
     return torch.gather(rows, -1, idx)

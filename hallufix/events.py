@@ -118,8 +118,12 @@ class BiasEvent(LayerEvent):
         if column_bias.shape[-1] != self.kv_len or column_bias.shape[0] != self.layout.batch_size:
             raise ValueError(f"layer {self.layer}: bias must be (B={self.layout.batch_size}, 1|H, kv={self.kv_len}),"
                              f" got {tuple(column_bias.shape)}")
-        rows = self.text_rows if rows is None else rows
-        if rows.any():
+        if rows is None:  # the text rows: the same tensor for every layer of this forward
+            rows = self.text_rows
+            nonempty = self.forward.shared(("text_rows_nonempty", id(self.layout)), lambda: bool(rows.any()))
+        else:
+            nonempty = bool(rows.any())
+        if nonempty:
             self.terms.append((column_bias, rows))
 
 

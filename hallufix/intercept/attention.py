@@ -95,9 +95,6 @@ def run_layer(st, plan, module, query, key, value, attention_mask, scaling, drop
         st.fired(plan.names["bias"])
 
     n_rep = module.num_key_value_groups
-    biased = torch.zeros(q_len, dtype=torch.bool, device=query.device)
-    for _, rows in terms:
-        biased |= rows.any(0)
 
     def bias_rows(rows_idx):
         # the causal/padding part is the same at every layer of this forward: built once, shared
@@ -139,7 +136,9 @@ def run_layer(st, plan, module, query, key, value, attention_mask, scaling, drop
         st.count_path(layer, "rows")
         return _heads(st, plan, layer, heads_caller, out, ev_kw), None
 
-    custom = biased.clone()
+    custom = torch.zeros(q_len, dtype=torch.bool, device=query.device)  # rows recomputed with a float mask
+    for _, rows in terms:
+        custom |= rows.any(0)
     if edited:
         custom[probs_ev.rows] = True
 

@@ -94,6 +94,7 @@ class CLVA(Method):
         self.phi_n: dict[int, torch.Tensor] = {}
         self.z = {"pos": None, "neg": None}
         self._z_version, self._bias_cache = 0, None
+        self._vis_idx = None  # (B, n) visual key indices of this batch (prompt positions: valid at every step)
         self.maps = {"pos": None, "neg": None}
         self.heads = {}
         self.diag_prefill = None
@@ -113,7 +114,9 @@ class CLVA(Method):
             self.phi_sum[layer], self.phi_n[layer] = s, n
         phi = self.phi_sum[layer] / self.phi_n[layer].clamp(min=1)[:, None]  # Eq. 1
         mu, sd = phi.mean(1, keepdim=True), phi.std(1, unbiased=False, keepdim=True)
-        last = C.gather_visual(event.last().float(), vis)  # (B, H, n)
+        if self._vis_idx is None:
+            self._vis_idx = C.visual_index(vis)
+        last = C.gather_visual(event.last().float(), vis, index=self._vis_idx)  # (B, H, n)
         for kind, anchor_layer in (("pos", self.pos), ("neg", self.neg)):
             if layer != anchor_layer:
                 continue
