@@ -62,6 +62,8 @@ class TokenLayout:
     visual: torch.Tensor
     text: torch.Tensor
     grids: list[list[tuple[int, int] | None]] = field(default_factory=list)
+    #: :meth:`visual_keys` per key length (not part of the layout's identity)
+    _visual_keys_memo: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     @classmethod
     def from_inputs(cls, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, image_token_id: int,
@@ -86,7 +88,7 @@ class TokenLayout:
         """``(B, kv_len)`` bool: key columns that are visual tokens (generated keys are never visual).
 
         Memoised per ``kv_len`` (every declared layer of a forward asks for the same one); treat it as read-only."""
-        memo = self.__dict__.setdefault("_visual_keys_memo", {})
+        memo = self._visual_keys_memo
         if kv_len not in memo:
             P = self.prompt_len
             if kv_len <= P:

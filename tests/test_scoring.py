@@ -1,4 +1,5 @@
-"""Scoring exactly as published: real reference files in ../shared/data and the worked examples of benchmarks.md."""
+"""Scoring exactly as published (MME, CHAIR, paired comparisons): real reference files in ../shared/data and the
+worked examples of benchmarks.md. POPE has its own file, test_scoring_pope.py."""
 from __future__ import annotations
 
 import json
@@ -9,53 +10,17 @@ import pytest
 from hallufix.cli import main
 from hallufix.scoring.chair import ChairScorer
 from hallufix.scoring.mme import parse_mme, subtask_score
-from hallufix.scoring.pope import parse_yes_no, pope_metrics
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 needs_data = pytest.mark.skipif(not DATA.is_dir(), reason=f"benchmark data folder {DATA} is absent")
 
-LABELS = ["yes"] * 4 + ["no"] * 6
-ANSWERS = ["Yes", "Yes, there is.", "No", "There is no cat.", "No", "no", "Yes", "I don't know.", "No.", "NO"]
-
-
-@pytest.mark.parametrize("parser, tp_fp_tn_fn, acc, prec, rec, f1, yes", [
-    ("pope", (2, 3, 3, 2), 0.5, 0.4, 0.5, 0.4444, 0.5),
-    ("opera", (2, 1, 5, 2), 0.7, 0.6667, 0.5, 0.5714, 0.3),
-    ("vcd", (2, 1, 5, 2), 0.7, 0.6667, 0.5, 0.5714, 0.3),
-])
-def test_pope_worked_example(parser, tp_fp_tn_fn, acc, prec, rec, f1, yes):
-    preds = [parse_yes_no(a, parser, label=l) for a, l in zip(ANSWERS, LABELS)]
-    m = pope_metrics(LABELS, preds)
-    assert (m["tp"], m["fp"], m["tn"], m["fn"]) == tp_fp_tn_fn
-    assert (round(m["accuracy"], 4), round(m["precision"], 4), round(m["recall"], 4), round(m["f1"], 4),
-            round(m["yes_ratio"], 4)) == (acc, prec, rec, f1, yes)
-
-
-def test_pope_lmms_eval_exact_match_and_zero_division():
-    preds = [parse_yes_no(a, "lmms-eval") for a in ANSWERS]
-    m = pope_metrics(LABELS, preds)
-    assert m["accuracy"] == 0.4 and m["precision"] == 0.5 and m["recall"] == 0.5
-    z = pope_metrics(["yes", "no"], ["no", "no"])
-    assert z["precision"] == 0.0 and z["f1"] == 0.0 and z["tp"] == 0 and z["fn"] == 1
-    assert parse_yes_no("NO") == "yes" and parse_yes_no("no\n") == "yes" and parse_yes_no("") == "yes"
-    assert parse_yes_no("Yes. There is no cat.", "opera") == "no"
-
-
-@needs_data
-def test_llava15_13b_official_pope_answers(capsys):
-    p = DATA / "pope"
-    assert main(["score", "pope", "--questions", str(p / "coco_llava15"), "--questions",
-                 str(p / "llava15_reference" / "llava_pope_test.jsonl"), "--answers",
-                 str(p / "llava15_reference" / "llava-v1.5-13b_answers.jsonl"), "--json"]) == 0
-    res = json.loads(capsys.readouterr().out)
-    assert round(res["mean_f1"], 6) == 0.859469
-    want = {"adversarial": (1182, 117, 1383, 318), "popular": (1182, 59, 1441, 318), "random": (1182, 31, 1379, 318)}
-    for split, counts in want.items():
-        m = res[split]
-        assert (m["tp"], m["fp"], m["tn"], m["fn"]) == counts
-        assert set(m) >= {"accuracy", "precision", "recall", "f1", "yes_ratio", "n"}
-    assert round(res["adversarial"]["yes_ratio"], 6) == 0.433
-
+# benchmarks.md §2.5 (c): the hand-checkable CHAIR example (ground truth per image, one caption per image)
+HAND_GT = {1: {"person", "bus", "dog"}, 2: {"toilet", "sink"}, 3: {"tie", "person", "elephant"},
+           4: {"dining table", "pizza"}}
+HAND_CAPTIONS = ["A man and a woman stand next to a bus. A dog sits near the bench.",
+                 "The bathroom has a toilet seat and a sink with two glasses of wine.",
+                 "Two men wearing ties stand beside a baby elephant.",
+                 "A pizza on a dining table, next to a wine glass and a cell phone."]
 
 @needs_data
 def test_lavin_mme_predictions(capsys):
@@ -94,17 +59,6 @@ def test_chair_core_rules():
     assert res["recall"] == pytest.approx(100.0)
 
 
-def test_score_bad_input_is_clear(tmp_path, capsys):
-    bad = tmp_path / "answers.jsonl"
-    bad.write_text('{"question_id": 1, "text": "Yes"}\n{"question_id": 2, "text": \n')
-    labels = tmp_path / "coco_pope_random.json"
-    labels.write_text('{"question_id": 1, "image": "x.jpg", "text": "Is there a cat?", "label": "yes"}\n')
-    assert main(["score", "pope", "--questions", str(labels), "--answers", str(bad)]) == 2
-    assert f"{bad}:2" in capsys.readouterr().err
-    assert main(["score", "pope", "--questions", str(labels), "--answers", str(bad), "--parser", "x"]) == 2
-    assert "known: pope, opera, vcd, lmms-eval" in capsys.readouterr().err
-
-
 def test_mcnemar_and_paired_bootstrap(tmp_path):
     from hallufix.report import mcnemar_exact, paired_comparison
 
@@ -136,13 +90,7 @@ def test_chair_pattern_normaliser_reproduces_maxlinn_reference_and_hand_example(
                    {s["image_id"]: set(s["mscoco_gt_words"]) for s in ref["sentences"]})
     assert res["chair_s"] == 0.0 and res["chair_i"] == 0.0
     assert res["recall"] / 100 == pytest.approx(ref["overall_metrics"]["Recall"])
-    gt = {1: {"person", "bus", "dog"}, 2: {"toilet", "sink"}, 3: {"tie", "person", "elephant"},
-          4: {"dining table", "pizza"}}
-    caps = ["A man and a woman stand next to a bus. A dog sits near the bench.",
-            "The bathroom has a toilet seat and a sink with two glasses of wine.",
-            "Two men wearing ties stand beside a baby elephant.",
-            "A pizza on a dining table, next to a wine glass and a cell phone."]
-    r = sc.score(list(zip([1, 2, 3, 4], caps)), gt)
+    r = sc.score(list(zip(HAND_GT, HAND_CAPTIONS)), HAND_GT)
     assert (r["chair_s"], r["chair_i"], r["recall"], r["length"]) == (50.0, 25.0, 80.0, 14.0)
     assert [d["mentions"] for d in r["details"]] == [["person", "person", "dog", "bench"], ["toilet", "sink"],
                                                      ["person", "elephant"],
@@ -171,13 +119,7 @@ def test_chair_nltk_normaliser_reproduces_the_hand_example_and_its_quirks():
     from hallufix.scoring.chair import coco_double_words, read_synonyms
 
     sc = ChairScorer(read_synonyms(DATA / "chair" / "synonyms.txt"), coco_double_words(), normaliser="nltk")
-    gt = {1: {"person", "bus", "dog"}, 2: {"toilet", "sink"}, 3: {"tie", "person", "elephant"},
-          4: {"dining table", "pizza"}}
-    caps = ["A man and a woman stand next to a bus. A dog sits near the bench.",
-            "The bathroom has a toilet seat and a sink with two glasses of wine.",
-            "Two men wearing ties stand beside a baby elephant.",
-            "A pizza on a dining table, next to a wine glass and a cell phone."]
-    r = sc.score(list(zip([1, 2, 3, 4], caps)), gt)
+    r = sc.score(list(zip(HAND_GT, HAND_CAPTIONS)), HAND_GT)
     assert (r["chair_s"], r["recall"], r["length"]) == (50.0, 90.0, 14.0)
     assert r["chair_i"] == pytest.approx(100 * 3 / 13)
     assert [d["mentions"] for d in r["details"]] == [["person", "person", "bus", "dog", "bench"], ["toilet", "sink"],
