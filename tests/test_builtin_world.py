@@ -7,8 +7,8 @@ from collections import Counter
 
 import pytest
 
-from hallufix.builtin.world import (CLASSES, COLOURS, IMAGE_SIZE, MAX_OBJECTS, PARTNERS, RANKING, caption, render,
-                                    sample_scene, vocabulary)
+from hallufix.builtin.world import (CLASSES, COLOURS, IMAGE_SIZE, MAX_OBJECTS, MAX_SIZE, MIN_SIZE, PARTNERS, RANKING,
+                                    caption, render, sample_scene, vocabulary)
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +31,7 @@ def test_scenes_are_well_formed(scenes):
         assert len(s.classes) == len(s.objects)  # each class at most once
         for o in s.objects:
             x0, y0, x1, y1 = o.box
-            assert 0 <= x0 < x1 <= IMAGE_SIZE and 0 <= y0 < y1 <= IMAGE_SIZE and 11 <= x1 - x0 <= 22
+            assert 0 <= x0 < x1 <= IMAGE_SIZE and 0 <= y0 < y1 <= IMAGE_SIZE and MIN_SIZE <= x1 - x0 <= MAX_SIZE
             assert o.colour == COLOURS[o.cls]
     img = render(scenes[0])
     assert img.size == (IMAGE_SIZE, IMAGE_SIZE) and img.mode == "RGB"
@@ -42,6 +42,10 @@ def test_class_list_and_shared_colours():
     assert 12 <= len(CLASSES) <= 16 and sorted(RANKING) == sorted(CLASSES)
     per_colour = Counter(COLOURS.values())
     assert sum(n == 2 for n in per_colour.values()) >= 3  # several colours name two classes
+    # a partner is never a colour twin (a yes to an absent partner must come from co-occurrence, not colour), and the
+    # two most popular classes have a colour of their own (else POPE's popular negatives would often be twins)
+    assert all(COLOURS[c] != COLOURS[p] for c, p in PARTNERS.items())
+    assert all(per_colour[COLOURS[c]] == 1 for c in RANKING[:2])
 
 
 def test_popular_classes_follow_the_zipf_ranking(scenes):

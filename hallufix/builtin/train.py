@@ -118,7 +118,7 @@ def git_commit() -> str | None:
 
 def train(steps: int, seed: int, output: Path, threads: int, batch: int = 32, turns: int = 6, peak_lr: float = 2e-3,
           warmup: int = 200, log_every: int = 50, save_every: int = 500, eval_every: int = 500,
-          progress: bool = True, command: str = "", init: Path | None = None, twin_negatives: float = 0.0) -> dict:
+          progress: bool = True, command: str = "", init: Path | None = None, twin_negatives: float = 0.25) -> dict:
     """Run the schedule; returns the training record (also written to ``output/training.json``).
 
     ``init``: a folder written by an earlier run to continue from (a second stage with its own seed, steps and
@@ -193,7 +193,7 @@ def train(steps: int, seed: int, output: Path, threads: int, batch: int = 32, tu
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description="Train the built-in shapes-world LLaVA (CPU, deterministic).")
-    ap.add_argument("--steps", type=int, default=4000)
+    ap.add_argument("--steps", type=int, default=6000)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--output", type=Path, default=DEFAULT_OUTPUT)
     ap.add_argument("--threads", type=int, default=2)
@@ -203,7 +203,7 @@ def main(argv=None) -> int:
     ap.add_argument("--peak-lr", type=float, default=2e-3)
     ap.add_argument("--warmup", type=int, default=200)
     ap.add_argument("--init", type=Path, default=None, help="continue from this folder (a later stage)")
-    ap.add_argument("--twin-negatives", type=float, default=0.0,
+    ap.add_argument("--twin-negatives", type=float, default=0.25,
                     help="share of existence negatives asking about an absent colour twin of a present object")
     ap.add_argument("--quiet", action="store_true")
     args = ap.parse_args(argv)

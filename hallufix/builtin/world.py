@@ -1,17 +1,21 @@
-"""The synthetic shapes world: seeded scenes of 1-4 coloured shapes on a tinted, noisy 64x64 background.
+"""The synthetic shapes world: seeded scenes of 1-4 coloured shapes (12-22 px) on a tinted, noisy 64x64 background.
 
 Object statistics create hallucination pressure like COCO's:
 
 * **popular classes**: seed classes are drawn with Zipf-like popularity (exponent 0.8, over a fixed shuffled
   ranking, so list order is not popularity);
-* **co-occurrence**: five symmetric partner pairs; each seed's partner joins the scene with probability 0.65.
+* **co-occurrence**: five symmetric partner pairs; each seed's partner joins the scene with probability 0.75.
   Pairs join a fairly popular class with a rare one (ranks 2-11, 3-10, 4-9, 5-8, 6-7); the two most popular
   classes have no partner. A partner inherits frequency from its class, so pairing the top classes would make
   their partners as frequent as they are; this way POPE's *popular* negatives (the most frequent absent classes)
   and *adversarial* negatives (absent partners of present classes) almost never coincide (0.1% of scenes).
 
-Every class has one colour; several colours are shared by two classes, so colour alone does not name a class.
-No torch here.
+Every class has one colour; three colours are shared by two classes each ("colour twins": red circle and red
+cross, blue square and blue moon, green triangle and green bar), so colour alone does not name those classes. The
+twins pair silhouettes that differ at 8-pixel patch resolution (a filled blob with a thin or hollow shape), and no
+twin pair is a partner pair, so a "yes" to an absent partner is co-occurrence, not colour. (An earlier world shared
+all six colours between pairs of similar blobs; its model said "yes" to 54% of absent colour twins, which hid the
+co-occurrence effect: docs/builtin-model.md.) No torch here.
 """
 from __future__ import annotations
 
@@ -24,17 +28,19 @@ from PIL import Image, ImageDraw
 IMAGE_SIZE = 64
 CLASSES = ("circle", "square", "triangle", "star", "cross", "diamond", "ring", "hexagon", "bar", "moon", "heart",
            "arrow")
-COLOURS = {"circle": "red", "square": "blue", "triangle": "green", "star": "yellow", "cross": "purple",
-           "diamond": "red", "ring": "blue", "hexagon": "orange", "bar": "green", "moon": "yellow",
-           "heart": "purple", "arrow": "orange"}
+COLOURS = {"circle": "red", "cross": "red", "square": "blue", "moon": "blue", "triangle": "green", "bar": "green",
+           "star": "yellow", "ring": "cyan", "heart": "purple", "hexagon": "orange", "diamond": "pink",
+           "arrow": "brown"}
 RGB = {"red": (215, 40, 40), "blue": (40, 70, 215), "green": (30, 160, 60), "yellow": (225, 200, 30),
-       "purple": (140, 50, 170), "orange": (240, 130, 20)}
+       "purple": (140, 50, 170), "orange": (240, 130, 20), "pink": (240, 110, 190), "brown": (125, 75, 30),
+       "cyan": (20, 180, 195)}
 #: popularity ranking (0 = most popular); a fixed shuffle of CLASSES
 RANKING = ("star", "ring", "cross", "square", "heart", "circle", "arrow", "moon", "diamond", "bar", "hexagon",
            "triangle")
 ZIPF_EXPONENT = 0.8
-PARTNER_PROB = 0.65
+PARTNER_PROB = 0.75
 MAX_OBJECTS = 4
+MIN_SIZE, MAX_SIZE = 12, 22
 #: partner pairs by popularity rank (the top two classes are unpaired)
 PAIR_RANKS = ((2, 11), (3, 10), (4, 9), (5, 8), (6, 7))
 PARTNERS = {**{RANKING[a]: RANKING[b] for a, b in PAIR_RANKS}, **{RANKING[b]: RANKING[a] for a, b in PAIR_RANKS}}
@@ -82,8 +88,8 @@ def popularity() -> np.ndarray:
 
 
 def sample_scene(rng: random.Random) -> Scene:
-    """Draw 1-3 seed classes by popularity, add each seed's partner with probability 0.65, cap at 4, place them
-    without overlap (size 11-22 px)."""
+    """Draw 1-3 seed classes by popularity, add each seed's partner with probability ``PARTNER_PROB``, cap at 4,
+    place them without overlap (size ``MIN_SIZE``-``MAX_SIZE`` px)."""
     probs = popularity()
     n_seeds = rng.choice((1, 1, 2, 2, 3))
     seeds: list[str] = []
@@ -100,7 +106,7 @@ def sample_scene(rng: random.Random) -> Scene:
     objects: list[Obj] = []
     for c in classes:
         for _ in range(100):
-            s = rng.randint(11, 22)
+            s = rng.randint(MIN_SIZE, MAX_SIZE)
             x0, y0 = rng.randint(1, IMAGE_SIZE - s - 1), rng.randint(1, IMAGE_SIZE - s - 1)
             box = (x0, y0, x0 + s, y0 + s)
             if all(_apart(box, o.box) for o in objects):
