@@ -43,11 +43,13 @@ def gather_visual(rows: torch.Tensor, visual_keys: torch.Tensor, index: torch.Te
     return torch.gather(rows, -1, idx)
 
 
-def scatter_visual(values: torch.Tensor, visual_keys: torch.Tensor, fill: float = 0.0) -> torch.Tensor:
-    """Inverse of :func:`gather_visual`: ``values (B, ..., n)`` placed into ``(B, ..., kv)`` at the visual keys."""
+def scatter_visual(values: torch.Tensor, visual_keys: torch.Tensor, fill: float = 0.0,
+                   index: torch.Tensor | None = None) -> torch.Tensor:
+    """Inverse of :func:`gather_visual`: ``values (B, ..., n)`` placed into ``(B, ..., kv)`` at the visual keys.
+    ``index``: :func:`visual_index` of the same batch, when the caller keeps it."""
     B, kv = visual_keys.shape
     n = values.shape[-1]
-    idx = visual_keys.nonzero()[:, 1].view(B, n)
+    idx = visual_keys.nonzero()[:, 1].view(B, n) if index is None else index
     out = torch.full(values.shape[:-1] + (kv,), fill, dtype=values.dtype, device=values.device)
     idx = idx.view(B, *([1] * (values.dim() - 2)), n).expand(values.shape)
     return out.scatter(-1, idx, values)

@@ -157,6 +157,8 @@ class ProbsEvent(LayerEvent):
 
     def last(self) -> torch.Tensor:
         """``(B, H, kv)``: the last query row (final prompt token at prefill, the new token at decode)."""
+        if self.forward.q_len == 1:  # a decode step: the probed row is the single row
+            return self._probs[:, :, 0]
         idx = (self.rows == self.forward.q_len - 1).nonzero()
         if idx.numel() == 0:
             raise LookupError(f"layer {self.layer}: the last row was not probed; declare rows='last'")

@@ -100,8 +100,12 @@ def test_static_fold_equals_frozen_scaling_and_restores_weights(family):
     folded = run.generate(images, qs, max_new_tokens=4, min_new_tokens=4, output_logits=True)[0]
     scaled = s.start(["fhi"], {"fhi": _overrides(c, "prompt_last")}).generate(
         images, qs, max_new_tokens=4, min_new_tokens=4, output_logits=True)[0]
-    assert folded.diagnostics["fhi"]["folded_layers"]
+    folded_layers = folded.diagnostics["fhi"]["folded_layers"]
+    assert folded_layers
     assert (folded.logits - scaled.logits).abs().max() <= 1e-5
+    # a folded layer's decode steps take the plain kernel: its heads hook ran at prefill only (1 of 4 forwards)
+    fired = run.hook_stats["fired"]
+    assert all(fired[f"lm.layers.{layer}.attn.heads"] == 1 for layer in folded_layers), fired
     assert hook_snapshot(s.model) == before  # o_proj weights restored bit-exactly
 
 

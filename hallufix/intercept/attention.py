@@ -38,7 +38,7 @@ def hallufix_attention(module, query, key, value, attention_mask, scaling=None, 
     """``AttentionInterface`` signature: ``query (B, H, q, D)``, ``key/value (B, Hkv, kv, D)``, mask ``None``
     (no padding), bool ``(B, 1, q, kv)`` or additive float. Returns ``(output (B, q, H, D), None)``."""
     st = ACTIVE.get()
-    plan = st.plans.get(id(module)) if st is not None else None
+    plan = st.plans[st.forward.phase].get(id(module)) if st is not None else None
     if plan is None:
         if st is not None:
             st.count_path(getattr(module, "layer_idx", -1), "sdpa")
@@ -74,10 +74,7 @@ def run_layer(st, plan, module, query, key, value, attention_mask, scaling, drop
         out, _ = sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout,
                                         **kwargs)
         st.count_path(layer, "sdpa")
-        ev = HeadsEvent(out, fold=lambda g: st.fold_head_gains(layer, g), **ev_kw)
-        heads_caller(event=ev)
-        st.fired(plan.names["heads"])
-        return ev.output, None
+        return _heads(st, plan, module, heads_caller, out, ev_kw), None
 
     kv_caller = plan.callers.get(("kv", phase))
     if kv_caller is not None:
@@ -96,30 +93,49 @@ def run_layer(st, plan, module, query, key, value, attention_mask, scaling, drop
 
     n_rep = module.num_key_value_groups
 
-    def bias_rows(rows_idx):
-        # the causal/padding part is the same at every layer of this forward: built once, shared
-        key = ("row_mask", id(attention_mask), kv_len, query.dtype, tuple(rows_idx.tolist()))
+    # a decode step has one query row, the new token: it is the last row, a text row, and every row
+    single = phase == "decode" and q_len == 1
+    row0 = fwd.shared(("row0", query.device), lambda: torch.zeros(1, dtype=torch.long, device=query.device)) \
+        if single else None
+
+    def bias_rows(rows_idx, rows_key):
+        """Float mask ``(B|1, 1, R, kv)`` of the rows ``rows_idx``: causal/padding plus this layer's bias terms.
+        Layers of one forward usually share both (the mask object, one bias tensor per method), so the sum is built
+        once per forward and reused; the memo holds the terms, so their ids cannot be reused within the forward."""
+        key = ("row_mask", id(attention_mask), kv_len, query.dtype, rows_key)
         mask = fwd.shared(key, lambda: row_mask(attention_mask, rows_idx, q_len, kv_len, query.dtype))
-        for col_bias, rows in terms:
-            sel = rows[:, rows_idx].to(query.dtype)[:, None, :, None]  # (B, 1, R, 1)
-            mask = mask + sel * col_bias[:, :, None, :].to(query.dtype)
-        return mask
+        if not terms:
+            return mask
+
+        def biased():
+            m = mask
+            for col_bias, rows in terms:
+                sel = rows[:, rows_idx].to(query.dtype)[:, None, :, None]  # (B, 1, R, 1)
+                m = m + sel * col_bias[:, :, None, :].to(query.dtype)
+            return list(terms), m
+
+        return fwd.shared(key + (tuple((id(b), id(r)) for b, r in terms),), biased)[1]
 
     probs_ev = None
     kinds = plan.probe_rows.get(phase)
     if kinds:
-        probe = torch.zeros(q_len, dtype=torch.bool, device=query.device)
-        if "all" in kinds:
-            probe[:] = True
-        if "last" in kinds:
-            probe[-1] = True
-        if "text" in kinds:
-            probe |= fwd.shared(("text_rows_any", id(st.layout)),
-                                lambda: st.layout.text_rows(fwd.positions.to(query.device)).any(0))
-        rows_p = probe.nonzero().squeeze(1)
+        if single:
+            rows_p, rows_key = row0, "row0"
+        else:
+            probe = torch.zeros(q_len, dtype=torch.bool, device=query.device)
+            if "all" in kinds:
+                probe[:] = True
+            if "last" in kinds:
+                probe[-1] = True
+            if "text" in kinds:
+                probe |= fwd.shared(("text_rows_any", id(st.layout)),
+                                    lambda: st.layout.text_rows(fwd.positions.to(query.device)).any(0))
+            rows_p = probe.nonzero().squeeze(1)
+            rows_key = tuple(rows_p.tolist())
         if rows_p.numel():
-            scores = torch.matmul(query[:, :, rows_p], repeat_kv(key, n_rep).transpose(-1, -2)) * scaling
-            probs = torch.softmax((scores + bias_rows(rows_p)).float(), dim=-1).to(query.dtype)
+            q_rows = query if single else query[:, :, rows_p]
+            scores = torch.matmul(q_rows, repeat_kv(key, n_rep).transpose(-1, -2)) * scaling
+            probs = torch.softmax((scores + bias_rows(rows_p, rows_key)).float(), dim=-1).to(query.dtype)
             probs_ev = ProbsEvent(probs, rows_p, **ev_kw)
             plan.callers[("probs", phase)](event=probs_ev)
             st.fired(plan.names["probs"])
@@ -128,13 +144,18 @@ def run_layer(st, plan, module, query, key, value, attention_mask, scaling, drop
                                    f"attn_probs(..., edits=True)")
 
     edited = probs_ev is not None and probs_ev.edited
-    if q_len == 1 and terms and not edited:
-        # a decode step whose single row is biased: one SDPA call with the float mask, no row bookkeeping
-        row0 = fwd.shared(("row0", query.device), lambda: torch.zeros(1, dtype=torch.long, device=query.device))
-        out = F.scaled_dot_product_attention(query, key, value, attn_mask=bias_rows(row0), scale=scaling,
-                                             enable_gqa=n_rep > 1).transpose(1, 2).contiguous()
-        st.count_path(layer, "rows")
-        return _heads(st, plan, layer, heads_caller, out, ev_kw), None
+    if single and not edited:
+        if terms:
+            # the single row is biased: one SDPA call with the float mask, no row bookkeeping
+            out = F.scaled_dot_product_attention(query, key, value, attn_mask=bias_rows(row0, "row0"),
+                                                 scale=scaling, enable_gqa=n_rep > 1).transpose(1, 2).contiguous()
+            st.count_path(layer, "rows")
+        else:
+            # probes only read: the fused kernel as usual
+            out, _ = sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling,
+                                            dropout=dropout, **kwargs)
+            st.count_path(layer, "sdpa")
+        return _heads(st, plan, module, heads_caller, out, ev_kw), None
 
     custom = torch.zeros(q_len, dtype=torch.bool, device=query.device)  # rows recomputed with a float mask
     for _, rows in terms:
@@ -152,7 +173,8 @@ def run_layer(st, plan, module, query, key, value, attention_mask, scaling, drop
     if bool(custom.any()):
         rows_c = custom.nonzero().squeeze(1)
         # grouped-query heads are expanded inside the kernel (enable_gqa), not copied with repeat_kv
-        out_c = F.scaled_dot_product_attention(query[:, :, rows_c], key, value, attn_mask=bias_rows(rows_c),
+        out_c = F.scaled_dot_product_attention(query[:, :, rows_c], key, value,
+                                               attn_mask=bias_rows(rows_c, tuple(rows_c.tolist())),
                                                scale=scaling, enable_gqa=n_rep > 1)
         if probs_ev is not None and probs_ev.edited:
             # rows whose probabilities a method replaced: exactly P @ V
@@ -167,16 +189,20 @@ def run_layer(st, plan, module, query, key, value, attention_mask, scaling, drop
             out = out.clone()
             out[:, rows_c] = out_c
 
-    return _heads(st, plan, layer, heads_caller, out, ev_kw), None
+    return _heads(st, plan, module, heads_caller, out, ev_kw), None
 
 
-def _heads(st, plan, layer, heads_caller, out, ev_kw):
-    """Per-head outputs ``(B, q, H, D)`` through the layer's ``heads`` hook, if it has one."""
+def _heads(st, plan, module, heads_caller, out, ev_kw):
+    """Per-head outputs ``(B, q, H, D)`` through the layer's ``heads`` hook, if it has one. A prefill hook that
+    folded its gains into ``o_proj`` releases the layer's decode steps (:meth:`Interceptor.release_folded`)."""
     if heads_caller is None:
         return out
+    layer = plan.layer
     ev = HeadsEvent(out, fold=lambda g: st.fold_head_gains(layer, g), **ev_kw)
     heads_caller(event=ev)
     st.fired(plan.names["heads"])
+    if layer in st.folded_layers and st.forward.phase == "prefill":
+        st.release_folded(layer, module)
     return ev.output
 
 

@@ -22,6 +22,7 @@ HOOK_OF_KIND = {
     "heads": "hallufix_attn_heads",
     "logits": "hallufix_logits",
 }
+ATTENTION_KINDS = frozenset({"kv", "bias", "probs", "heads"})
 
 
 @dataclass
@@ -77,6 +78,12 @@ class HookTable:
             for phase in PHASES:
                 kinds = {k for (k, ph) in plan.callers if ph == phase}
                 plan.heads_only[phase] = kinds == {"heads"}
+
+    def attention_layers(self, phase: str) -> dict[int, LayerPlan]:
+        """``{layer: plan}`` of the layers with an attention-level hook (kv / bias / probs / heads) in ``phase``;
+        every other layer runs transformers' own SDPA function in that phase."""
+        return {i: plan for i, plan in self.layers.items()
+                if any(ph == phase and k in ATTENTION_KINDS for (k, ph) in plan.callers)}
 
     def _plan(self, layer: int) -> LayerPlan:
         if layer not in self.layers:

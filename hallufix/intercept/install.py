@@ -54,7 +54,9 @@ class Interceptor:
         self.counts: Counter = Counter()
         self.paths: Counter = Counter()
         self.phases_run: set[str] = set()
-        self.plans: dict[int, object] = {}
+        #: per phase, ``{id(self_attn module): LayerPlan}`` of the layers with attention work in that phase
+        self.plans: dict[str, dict[int, object]] = {"prefill": {}, "decode": {}}
+        self.folded_layers: set[int] = set()
         self._handles: list = []
         self._prev_impl = None
         self._folds: list[tuple[torch.nn.Parameter, torch.Tensor]] = []
@@ -87,8 +89,9 @@ class Interceptor:
         kinds = self.table.kinds()
         if kinds & {"kv", "bias", "probs", "heads"}:
             attn.register()
-            self.plans = {id(layers[i].self_attn): plan for i, plan in self.table.layers.items()
-                          if {k for (k, _) in plan.callers} & {"kv", "bias", "probs", "heads"}}
+            self.plans = {phase: {id(layers[i].self_attn): plan
+                                  for i, plan in self.table.attention_layers(phase).items()}
+                          for phase in ("prefill", "decode")}
             self._prev_impl = self.adapter.get_text_attn_implementation(self.model)
             self.adapter.set_text_attn_implementation(self.model, attn.ATTN_NAME)
         text_model = self.adapter.text_model(self.model)
@@ -182,3 +185,17 @@ class Interceptor:
         self._folds.append((weight, weight.data))
         with torch.no_grad():
             weight.data = weight.data * col[None, :]
+        self.folded_layers.add(layer)
+
+    def release_folded(self, layer: int, module) -> None:
+        """After a prefill ``heads`` hook folded its gains at ``layer``: when that layer's only decode work is the
+        ``heads`` hook of the same single method that ran at prefill, decode steps skip the layer entirely
+        (transformers' SDPA, no event): the fold already applies the gains, as :meth:`HeadsEvent.fold` promises."""
+        plan = self.table.layers[layer]
+        decode_kinds = {k for (k, ph) in plan.callers if ph == "decode"}
+        pre, dec = plan.callers.get(("heads", "prefill")), plan.callers.get(("heads", "decode"))
+        if decode_kinds != {"heads"} or pre is None or dec is None:
+            return
+        pre_impls, dec_impls = pre.get_hookimpls(), dec.get_hookimpls()
+        if len(dec_impls) == 1 and len(pre_impls) == 1 and dec_impls[0].plugin is pre_impls[0].plugin:
+            self.plans["decode"].pop(id(module), None)

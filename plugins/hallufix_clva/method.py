@@ -113,7 +113,7 @@ class CLVA(Method):
         else:
             self.phi_sum[layer], self.phi_n[layer] = s, n
         phi = self.phi_sum[layer] / self.phi_n[layer].clamp(min=1)[:, None]  # Eq. 1
-        mu, sd = phi.mean(1, keepdim=True), phi.std(1, unbiased=False, keepdim=True)
+        sd, mu = torch.std_mean(phi, 1, correction=0, keepdim=True)
         if self._vis_idx is None:
             self._vis_idx = C.visual_index(vis)
         last = C.gather_visual(event.last().float(), vis, index=self._vis_idx)  # (B, H, n)
@@ -161,7 +161,7 @@ class CLVA(Method):
         if bool((w == 1).all()):
             return None  # no anchor token in any row: nothing to re-weight
         log_w = torch.log(w.clamp(min=0))
-        bias = C.scatter_visual(log_w, visual_keys, fill=0.0)  # (B, kv)
+        bias = C.scatter_visual(log_w, visual_keys, fill=0.0, index=self._vis_idx)  # (B, kv)
         return bias.to(visual_keys.device)[:, None, :]
 
     # ------------------------------------------------------------------ diagnostics
