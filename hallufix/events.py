@@ -188,7 +188,9 @@ class HeadsEvent(LayerEvent):
         """Fold gains ``(H,)`` into ``o_proj`` for the rest of this generation (exact, restored afterwards).
 
         ``o_proj`` runs right after this hook, so the fold already applies to this forward's output (do not also
-        :meth:`scale`). Use for gains frozen at prefill: later forwards need no hook at all."""
+        :meth:`scale`). Use for gains frozen at prefill: later forwards need no hook at all, and when the folding
+        method is the layer's only decode-time hook there, decode steps skip the layer's hook entirely (the method
+        is not called again at this layer in this generation)."""
         self._fold(gains)
 
     def scale(self, gains: torch.Tensor) -> None:

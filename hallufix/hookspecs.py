@@ -129,6 +129,8 @@ def hallufix_attn_bias(event):
         text rows). Biases of all methods add. Rows that receive no bias stay on the fused causal SDPA path;
         biased rows run SDPA with a float mask. ``-inf`` entries mask a key (keep at least one key per row).
     Equivalence: adding ``log w_j`` equals multiplying post-softmax ``A[i, j]`` by ``w_j`` and renormalising.
+    Declared with ``per_forward=True``, the hook runs once per forward (at the first of its layers) and its terms
+    apply at every declared layer: for biases that depend on the forward only, not on the layer.
     """
 
 

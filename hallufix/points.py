@@ -57,6 +57,9 @@ class HookPoint:
         phases: the phases the point is active in (``prefill``, ``decode``).
         edits: for ``probs``: whether the plugin may replace the probabilities (the layer's output rows are then
             recomputed from them as ``P @ V``).
+        per_forward: for ``bias``: the bias does not depend on the layer, only on the forward (e.g. anchors measured
+            earlier in the same forward); the hook is then called once per forward, at the first of these layers the
+            forward reaches, and its terms are reused at the others.
     """
 
     kind: str
@@ -64,6 +67,7 @@ class HookPoint:
     rows: str = "last"
     phases: frozenset = PHASES
     edits: bool = False
+    per_forward: bool = False
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -111,9 +115,11 @@ def _layers(layers: int | Iterable[int]) -> list[int]:
     return [layers] if isinstance(layers, int) else sorted(set(int(i) for i in layers))
 
 
-def attn_bias(layers, *, phases=PHASES) -> list[HookPoint]:
-    """Declare an additive pre-softmax bias at ``layers`` (keeps SDPA for rows without bias)."""
-    return [HookPoint("bias", i, phases=frozenset(phases)) for i in _layers(layers)]
+def attn_bias(layers, *, phases=PHASES, per_forward: bool = False) -> list[HookPoint]:
+    """Declare an additive pre-softmax bias at ``layers`` (keeps SDPA for rows without bias). ``per_forward``: the
+    same bias at every one of these layers within a forward, so the hook runs once per forward (see
+    :class:`HookPoint`)."""
+    return [HookPoint("bias", i, phases=frozenset(phases), per_forward=per_forward) for i in _layers(layers)]
 
 
 def attn_probs(layers, *, rows: str = "last", phases=PHASES, edits: bool = False) -> list[HookPoint]:

@@ -60,15 +60,17 @@ class VisualBias:
 
     name = "test-bias"
 
-    def __init__(self, layers, w):
-        self.layers, self.w = layers, w
+    def __init__(self, layers, w, per_forward=False, name="test-bias"):
+        self.layers, self.w, self.per_forward, self.name = layers, w, per_forward, name
+        self.calls = 0
 
     @hookimpl
     def hallufix_configure(self, model):
-        return P.attn_bias(self.layers)
+        return P.attn_bias(self.layers, per_forward=self.per_forward)
 
     @hookimpl
     def hallufix_attn_bias(self, event):
+        self.calls += 1
         event.add(torch.where(event.visual_keys, torch.log(torch.tensor(self.w)), 0.0))
 
 
@@ -113,6 +115,51 @@ def test_bias_matches_eager_reweighting_on_left_padded_batch(family):
     paths = run.hook_stats["paths"]
     assert paths.get("0:sdpa", 0) >= 1 and "0:rows" not in paths
     assert paths.get("1:sdpa+rows", 0) == 1 and paths.get("1:rows", 0) == 3  # prefill, then 3 decode steps
+
+
+@pytest.mark.parametrize("family", ["llava", "qwen2-vl"])
+def test_per_forward_bias_is_computed_once_per_forward_and_applied_at_every_layer(family):
+    s = tiny_session(family)
+    images, qs = _batch(2)
+    shared = VisualBias(BIAS_LAYERS, W, per_forward=True)
+    run = s.start([shared])
+    outs = run.generate(images, qs, max_new_tokens=4, min_new_tokens=4, output_logits=True)
+    assert shared.calls == 4  # prefill + 3 decode steps, not once per layer
+    assert all(run.hook_stats["fired"][f"lm.layers.{i}.attn.scores"] == 4 for i in BIAS_LAYERS)
+    inputs = s.adapter.inputs(s.processor, [[im] for im in images], qs, s.device)
+    layout = s.adapter.layout(s.model, inputs, [[im] for im in images])
+    ref_logits = run_reference(s, images, qs, ReferenceAttention(layout.visual, layout.text, W, BIAS_LAYERS))
+    for i, o in enumerate(outs):
+        assert (o.logits - ref_logits[i]).abs().max() <= 1e-5
+    # stacked with a per-layer bias on one of its layers: that layer calls both (no sharing there), and the sum of
+    # both biases equals the reference with the product of the weights
+    per_forward, per_layer = VisualBias(BIAS_LAYERS, W, per_forward=True), VisualBias([2], 2.0, name="test-bias-2")
+    outs2 = s.start([per_forward, per_layer]).generate(images, qs, max_new_tokens=4, min_new_tokens=4,
+                                                       output_logits=True)
+    assert per_forward.calls == 8 and per_layer.calls == 4  # per forward: once for layer 1, once more at layer 2
+    ref = ReferenceAttention(layout.visual, layout.text, W, [1])
+    ref2 = _TwoWeights(ref, {2: W * 2.0})
+    ref2_logits = run_reference(s, images, qs, ref2)
+    for i, o in enumerate(outs2):
+        assert (o.logits - ref2_logits[i]).abs().max() <= 1e-5
+
+
+class _TwoWeights:
+    """A :class:`ReferenceAttention` whose weight differs per layer (``{layer: w}`` overrides)."""
+
+    def __init__(self, base, weights):
+        self.base, self.weights = base, weights
+
+    def __call__(self, module, *args, **kw):
+        w = self.weights.get(module.layer_idx)
+        if w is None:
+            return self.base(module, *args, **kw)
+        old_w, old_layers = self.base.w, self.base.layers
+        self.base.w, self.base.layers = w, {module.layer_idx}
+        try:
+            return self.base(module, *args, **kw)
+        finally:
+            self.base.w, self.base.layers = old_w, old_layers
 
 
 @pytest.mark.parametrize("family", FAMILIES)

@@ -86,9 +86,14 @@ def run_layer(st, plan, module, query, key, value, attention_mask, scaling, drop
     terms = []
     bias_caller = plan.callers.get(("bias", phase))
     if bias_caller is not None:
-        ev = BiasEvent(**ev_kw)
-        bias_caller(event=ev)
-        terms = ev.terms
+        def collect():
+            ev = BiasEvent(**ev_kw)
+            bias_caller(event=ev)
+            return ev.terms
+
+        shared = plan.bias_shared.get(phase)
+        # per_forward biases: one call per forward, its terms reused by the layers with the same methods
+        terms = collect() if shared is None else fwd.shared(shared, collect)
         st.fired(plan.names["bias"])
 
     n_rep = module.num_key_value_groups

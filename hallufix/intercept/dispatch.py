@@ -34,6 +34,9 @@ class LayerPlan:
     probe_rows: dict = field(default_factory=lambda: defaultdict(set))  # phase -> {"last", "text", "all"}
     names: dict = field(default_factory=dict)  # (kind) -> canonical name
     heads_only: dict = field(default_factory=dict)  # phase -> True when heads is the only kind in that phase
+    #: phase -> the owners' key when every bias method at this layer declared ``per_forward`` (terms shared by the
+    #: layers with the same owners within a forward), else absent
+    bias_shared: dict = field(default_factory=dict)
 
 
 class HookTable:
@@ -63,8 +66,12 @@ class HookTable:
                 if plugin not in {i.plugin for i in getattr(pm.hook, hook).get_hookimpls()}:
                     name = getattr(plugin, "name", type(plugin).__name__)
                     raise ValueError(f"method '{name}' declared {p.name} but does not implement {hook}")
+        per_forward = {(plugin, p.layer, ph) for plugin, pts in declared.items() for p in pts
+                       if p.kind == "bias" and p.per_forward for ph in p.phases}
         everyone = list(declared)
         for (kind, layer, phase), who in owners.items():
+            if kind == "bias" and all((w, layer, phase) in per_forward for w in who):
+                self._plan(layer).bias_shared[phase] = ("bias_terms", phase, tuple(id(w) for w in who))
             caller = pm.subset_hook_caller(HOOK_OF_KIND[kind], remove_plugins=[x for x in everyone if x not in who])
             if layer is None:
                 self.global_callers[(kind, phase)] = caller

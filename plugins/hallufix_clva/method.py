@@ -86,7 +86,7 @@ class CLVA(Method):
         self.neg, self.pos, self.drift = resolve_layers(c, model.num_layers)
         probe_phases = {"prefill", "decode"} if c.anchors == "dynamic" else {"prefill"}
         return (points.attn_probs(sorted({self.neg, self.pos}), rows="text", phases=probe_phases)
-                + points.attn_bias(self.drift))
+                + points.attn_bias(self.drift, per_forward=True))
 
     @hallufix.hookimpl
     def hallufix_batch_start(self, batch):
@@ -104,19 +104,25 @@ class CLVA(Method):
     def hallufix_attn_probs(self, event):
         c, layer = self.config, event.layer
         vis = event.visual_keys
-        mass = C.visual_mass(event.probs.float(), vis)  # (B, H, R)
-        text = event.row_mask("text").float()  # (B, R)
-        s, n = (mass * text[:, None]).sum(-1), text.sum(-1)  # (B, H), (B,)
+        if self._vis_idx is None:
+            self._vis_idx = C.visual_index(vis)
+        if event.forward.q_len == 1:
+            # a decode step: one row, the new token (a text row); its visual columns give both the mass and the map
+            last = C.gather_visual(event.probs[:, :, 0].float(), vis, index=self._vis_idx)  # (B, H, n)
+            s, n = last.sum(-1), 1  # (B, H)
+        else:
+            mass = C.visual_mass(event.probs.float(), vis)  # (B, H, R)
+            text = event.row_mask("text").float()  # (B, R)
+            s, n = (mass * text[:, None]).sum(-1), text.sum(-1)  # (B, H), (B,)
+            last = C.gather_visual(event.last().float(), vis, index=self._vis_idx)  # (B, H, n)
         if layer in self.phi_sum:
             self.phi_sum[layer] = self.phi_sum[layer] + s
             self.phi_n[layer] = self.phi_n[layer] + n
         else:
-            self.phi_sum[layer], self.phi_n[layer] = s, n
+            self.phi_sum[layer] = s
+            self.phi_n[layer] = torch.full_like(s[:, 0], float(n)) if isinstance(n, int) else n
         phi = self.phi_sum[layer] / self.phi_n[layer].clamp(min=1)[:, None]  # Eq. 1
         sd, mu = torch.std_mean(phi, 1, correction=0, keepdim=True)
-        if self._vis_idx is None:
-            self._vis_idx = C.visual_index(vis)
-        last = C.gather_visual(event.last().float(), vis, index=self._vis_idx)  # (B, H, n)
         for kind, anchor_layer in (("pos", self.pos), ("neg", self.neg)):
             if layer != anchor_layer:
                 continue
@@ -138,8 +144,9 @@ class CLVA(Method):
     # ------------------------------------------------------------------ re-anchoring (drift layers)
     @hallufix.hookimpl
     def hallufix_attn_bias(self, event):
-        # one bias per forward: every drift layer of a forward sees the same anchors and key length, so it is
-        # computed at the first drift layer and reused (keyed by the anchors' version and the key length)
+        # one bias per forward: every drift layer of a forward sees the same anchors and key length (declared
+        # per_forward, so the core calls this once per forward); the cache also serves stacks in which another
+        # method's bias shares a drift layer (then this is called at every such layer)
         key = (self._z_version, event.kv_len)
         if self._bias_cache is None or self._bias_cache[0] != key:
             self._bias_cache = (key, self._anchor_bias(event.visual_keys))
