@@ -79,8 +79,11 @@ def entropy(p: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
 
 def zscore(x: torch.Tensor, dim: int = -1, eps: float = 1e-6, unbiased: bool = False) -> torch.Tensor:
     """``(x - mean) / (std + eps)`` along ``dim`` (population std by default)."""
-    mu = x.mean(dim, keepdim=True)
-    sd = x.std(dim, keepdim=True, unbiased=unbiased) if x.shape[dim] > 1 else torch.zeros_like(mu)
+    if x.shape[dim] > 1:
+        sd, mu = torch.std_mean(x, dim, correction=int(unbiased), keepdim=True)
+    else:
+        mu = x.mean(dim, keepdim=True)
+        sd = torch.zeros_like(mu)
     return (x - mu) / (sd + eps)
 
 

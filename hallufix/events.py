@@ -180,18 +180,25 @@ class ProbsEvent(LayerEvent):
 class HeadsEvent(LayerEvent):
     """``lm.layers.{i}.attn.heads``: ``output`` ``(B, q, H, D)``; :meth:`scale` multiplies per-head gains."""
 
-    def __init__(self, output: torch.Tensor, fold: Callable[[torch.Tensor], None] | None = None, **kw):
+    def __init__(self, output: torch.Tensor, fold: Callable[[torch.Tensor], None] | None = None,
+                 done: Callable[[], None] | None = None, **kw):
         super().__init__(**kw)
-        self.output, self._fold = output, fold
+        self.output, self._fold, self._done = output, fold, done
 
     def fold(self, gains: torch.Tensor) -> None:
         """Fold gains ``(H,)`` into ``o_proj`` for the rest of this generation (exact, restored afterwards).
 
         ``o_proj`` runs right after this hook, so the fold already applies to this forward's output (do not also
-        :meth:`scale`). Use for gains frozen at prefill: later forwards need no hook at all, and when the folding
-        method is the layer's only decode-time hook there, decode steps skip the layer's hook entirely (the method
-        is not called again at this layer in this generation)."""
+        :meth:`scale`). Use for gains frozen at prefill: later forwards need no hook at all. Folding implies
+        :meth:`done`."""
         self._fold(gains)
+
+    def done(self) -> None:
+        """Say at prefill that this method needs no further call at this layer in this generation (e.g. its gains
+        are all 1). When it is the layer's only decode-time hook, decode steps then skip the layer's hook entirely;
+        otherwise the method is still called and must keep returning early itself."""
+        if self._done is not None:
+            self._done()
 
     def scale(self, gains: torch.Tensor) -> None:
         """Multiply head outputs by ``gains`` ``(H,)`` or ``(B, H)``."""

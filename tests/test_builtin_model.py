@@ -13,10 +13,10 @@ from hallufix.builtin.questions import fixed_questions
 from hallufix.builtin.world import render, sample_scene
 
 QUESTIONS = Path(__file__).parent / "data" / "builtin_questions.jsonl"
-#: per-kind floors on this file, below what the shipped model scores on it (existence 19/20, open colour 5/5); a
-#: broken load, template or padding scores about 0.5 on existence and 0 on the open colour question. Colour, count
-#: and position yes/no questions are at chance for this model (docs/builtin-model.md, "Measured"): no floor.
-MIN_ACCURACY = {"exist": 0.85, "what-colour": 0.8}
+#: per-kind floors on this file, below what the shipped model scores on it (existence 20/20, open colour 5/5); a
+#: broken load, template or padding scores about 0.5 on existence and 0 on the open colour question. The yes/no
+#: colour, count and position kinds have 5 questions each (4/5, 5/5, 3/5 now): too few for a floor above chance.
+MIN_ACCURACY = {"exist": 0.9, "what-colour": 0.8}
 shipped = pytest.mark.skipif(not builtin_model_available(), reason=f"no shipped weights in {BUILTIN_MODEL_DIR}")
 
 

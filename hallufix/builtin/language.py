@@ -55,7 +55,7 @@ def position_question(cls: str, side: str) -> str:
 
 
 def colour_twins(scene: Scene) -> list[str]:
-    """Absent classes that have the colour of a present object (``diamond`` when a red ``circle`` is present)."""
+    """Absent classes that have the colour of a present object (``cross`` when a red ``circle`` is present)."""
     colours = {o.colour for o in scene.objects}
     return [c for c in CLASSES if c not in scene.classes and COLOURS[c] in colours]
 

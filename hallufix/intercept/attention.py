@@ -126,6 +126,10 @@ def run_layer(st, plan, module, query, key, value, attention_mask, scaling, drop
     if kinds:
         if single:
             rows_p, rows_key = row0, "row0"
+        elif kinds == {"last"}:
+            rows_key = ("last", q_len)
+            rows_p = fwd.shared(("rows",) + rows_key,
+                                lambda: torch.full((1,), q_len - 1, dtype=torch.long, device=query.device))
         else:
             probe = torch.zeros(q_len, dtype=torch.bool, device=query.device)
             if "all" in kinds:
@@ -199,15 +203,15 @@ def run_layer(st, plan, module, query, key, value, attention_mask, scaling, drop
 
 def _heads(st, plan, module, heads_caller, out, ev_kw):
     """Per-head outputs ``(B, q, H, D)`` through the layer's ``heads`` hook, if it has one. A prefill hook that
-    folded its gains into ``o_proj`` releases the layer's decode steps (:meth:`Interceptor.release_folded`)."""
+    finished the layer (fold / done) releases its decode steps (:meth:`Interceptor.release_finished`)."""
     if heads_caller is None:
         return out
     layer = plan.layer
-    ev = HeadsEvent(out, fold=lambda g: st.fold_head_gains(layer, g), **ev_kw)
+    ev = HeadsEvent(out, fold=lambda g: st.fold_head_gains(layer, g), done=lambda: st.finish_layer(layer), **ev_kw)
     heads_caller(event=ev)
     st.fired(plan.names["heads"])
-    if layer in st.folded_layers and st.forward.phase == "prefill":
-        st.release_folded(layer, module)
+    if layer in st.finished_layers and st.forward.phase == "prefill":
+        st.release_finished(layer, module)
     return ev.output
 
 

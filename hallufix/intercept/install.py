@@ -56,7 +56,8 @@ class Interceptor:
         self.phases_run: set[str] = set()
         #: per phase, ``{id(self_attn module): LayerPlan}`` of the layers with attention work in that phase
         self.plans: dict[str, dict[int, object]] = {"prefill": {}, "decode": {}}
-        self.folded_layers: set[int] = set()
+        #: layers whose heads hook said at prefill that it is finished for this generation (fold or done)
+        self.finished_layers: set[int] = set()
         self._handles: list = []
         self._prev_impl = None
         self._folds: list[tuple[torch.nn.Parameter, torch.Tensor]] = []
@@ -185,12 +186,16 @@ class Interceptor:
         self._folds.append((weight, weight.data))
         with torch.no_grad():
             weight.data = weight.data * col[None, :]
-        self.folded_layers.add(layer)
+        self.finished_layers.add(layer)
 
-    def release_folded(self, layer: int, module) -> None:
-        """After a prefill ``heads`` hook folded its gains at ``layer``: when that layer's only decode work is the
-        ``heads`` hook of the same single method that ran at prefill, decode steps skip the layer entirely
-        (transformers' SDPA, no event): the fold already applies the gains, as :meth:`HeadsEvent.fold` promises."""
+    def finish_layer(self, layer: int) -> None:
+        """A ``heads`` hook's :meth:`~hallufix.events.HeadsEvent.done` at ``layer``."""
+        self.finished_layers.add(layer)
+
+    def release_finished(self, layer: int, module) -> None:
+        """After a prefill ``heads`` hook finished ``layer`` (folded its gains or said done): when that layer's only
+        decode work is the ``heads`` hook of the same single method that ran at prefill, decode steps skip the layer
+        entirely (transformers' SDPA, no event), as :meth:`HeadsEvent.fold` / ``done`` promise."""
         plan = self.table.layers[layer]
         decode_kinds = {k for (k, ph) in plan.callers if ph == "decode"}
         pre, dec = plan.callers.get(("heads", "prefill")), plan.callers.get(("heads", "decode"))

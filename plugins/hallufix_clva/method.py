@@ -16,6 +16,7 @@ Only the anchor layers' probe rows are materialised (the text rows at prefill, o
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -160,14 +161,14 @@ class CLVA(Method):
         c = self.config
         zpos, zneg = self.z["pos"], self.z["neg"]
         a, b = (-c.alpha, -c.beta) if c.reverse else (c.alpha, c.beta)
-        w = torch.ones_like(zpos, dtype=torch.float32)
-        if c.use_pos:
-            w = w + a * zpos.float()
-        if c.use_neg:
-            w = w - b * zneg.float()
-        if bool((w == 1).all()):
+        a, b = (a if c.use_pos else 0.0), (b if c.use_neg else 0.0)
+        active = (zpos if a else torch.zeros_like(zpos)) | (zneg if b else torch.zeros_like(zneg))
+        if not bool(active.any()):
             return None  # no anchor token in any row: nothing to re-weight
-        log_w = torch.log(w.clamp(min=0))
+        # the factor 1 + a*Zpos - b*Zneg takes four values; its log (clamped at 0 -> -inf: the key is masked)
+        log_of = lambda w: math.log(w) if w > 0 else -math.inf  # noqa: E731
+        log_w = torch.where(zpos, torch.where(zneg, log_of(1 + a - b), log_of(1 + a)),
+                            torch.where(zneg, log_of(1 - b), 0.0))
         bias = C.scatter_visual(log_w, visual_keys, fill=0.0, index=self._vis_idx)  # (B, kv)
         return bias.to(visual_keys.device)[:, None, :]
 

@@ -84,12 +84,13 @@ class FHI(Method):
         else:
             sv = (event.last().float() * vis[:, None, :]).sum(-1)  # Eq. 7: (B, H)
         self.sv[event.layer] = sv
-        self.stats[event.layer] = {"mean": float(sv.mean()), "min": float(sv.min()), "max": float(sv.max())}
+        self.stats[event.layer] = sv  # summarised at batch end (no per-layer host sync during generation)
 
     def _gains(self, layer: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         c, sv = self.config, self.sv[layer]
-        perc = (sv >= c.tau_perc) & (layer <= c.perc_max_layer) & (c.g_perc != 1)
-        reas = (sv <= c.tau_reas) & (layer >= c.reas_min_layer) & (c.g_reas != 1)
+        no = torch.zeros_like(sv, dtype=torch.bool)
+        perc = sv >= c.tau_perc if layer <= c.perc_max_layer and c.g_perc != 1 else no
+        reas = sv <= c.tau_reas if layer >= c.reas_min_layer and c.g_reas != 1 else no
         gains = torch.ones_like(sv) + (c.g_perc - 1) * perc.float() + (c.g_reas - 1) * reas.float()
         return gains, perc, reas
 
@@ -102,13 +103,12 @@ class FHI(Method):
             gains, perc, reas = self._gains(layer)
             self.gains[layer] = gains
             key = "prefill" if phase == "prefill" else "last"
-            self.selected[key][layer] = [{"perception": perc[b].nonzero().flatten().tolist(),
-                                          "reasoning": reas[b].nonzero().flatten().tolist()}
-                                         for b in range(gains.shape[0])]
+            self.selected[key][layer] = (perc, reas)  # (B, H) masks; listed at batch end
         gains = self.gains[layer]
         if bool((gains == 1).all()):
             if phase == "prefill" and self.config.query_row != "last":
                 self.idle.add(layer)  # no head selected in any row: nothing to apply for this generation
+                event.done()  # nor any call at this layer during decoding
             return
         if self.config.fold and phase == "prefill" and bool((gains == gains[:1]).all()):
             event.fold(gains[0])  # one gain vector for the batch: exact, zero work per later step
@@ -118,17 +118,23 @@ class FHI(Method):
 
     @hallufix.hookimpl
     def hallufix_batch_end(self, batch):
+        listed = {key: {layer: [{"perception": p[b].nonzero().flatten().tolist(),
+                                 "reasoning": q[b].nonzero().flatten().tolist()} for b in range(p.shape[0])]
+                        for layer, (p, q) in sel.items()}
+                  for key, sel in self.selected.items()}
+        stats = {layer: {"mean": float(sv.mean()), "min": float(sv.min()), "max": float(sv.max())}
+                 for layer, sv in self.stats.items()}
         for r, diag in enumerate(batch.diagnostics):
             per_layer = {}
             for key in ("prefill", "last"):
-                sel = self.selected[key]
+                sel = listed[key]
                 per_layer[key] = {str(l): sel[l][r] for l in sorted(sel)
                                   if sel[l][r]["perception"] or sel[l][r]["reasoning"]}
             n_perc = sum(len(v["perception"]) for v in per_layer["prefill"].values())
             n_reas = sum(len(v["reasoning"]) for v in per_layer["prefill"].values())
             diag[self.name] = {"selected_heads": per_layer, "n_perception": n_perc, "n_reasoning": n_reas,
                                "folded_layers": sorted(self.folded),
-                               "s_v": {str(l): v for l, v in sorted(self.stats.items())}}
+                               "s_v": {str(l): v for l, v in sorted(stats.items())}}
 
     # ------------------------------------------------------------------ calibration
     @staticmethod
