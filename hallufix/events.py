@@ -66,6 +66,9 @@ class LayerEvent:
     @cached_property
     def text_rows(self) -> torch.Tensor:
         """``(B, q)`` bool: instruction / generated query rows (CLVA's ``T_txt``)."""
+        if self.forward.kv_offset >= self.layout.prompt_len:  # only generated rows: all text
+            return self.forward.shared(("text_rows", id(self.layout)), lambda: torch.ones(
+                self.layout.batch_size, self.forward.q_len, dtype=torch.bool, device=self.layout.input_ids.device))
         return self.forward.shared(("text_rows", id(self.layout)), lambda: self.layout.text_rows(self.positions))
 
     @cached_property

@@ -51,6 +51,8 @@ def row_mask(attention_mask, rows: torch.Tensor, q_len: int, kv_len: int, dtype:
     """Additive float mask ``(B|1, 1, R, kv)`` for query ``rows`` (indices into ``q``), from whatever mask SDPA
     received: ``None`` means causal with the queries at the end of the cache."""
     neg = torch.finfo(dtype).min
+    if attention_mask is None and q_len == 1:  # one row at the end of the cache: every key is visible
+        return torch.zeros((1, 1, len(rows), kv_len), dtype=dtype, device=rows.device)
     if attention_mask is None:
         qpos = kv_len - q_len + rows
         allowed = torch.arange(kv_len, device=rows.device)[None, :] <= qpos[:, None]
