@@ -83,3 +83,25 @@ def test_shipped_folder_records_its_training_and_evaluation():
     assert rec["completed_steps"] == rec["steps"] and rec["git_commit"] and rec["command"] and rec["wall_s"] > 0
     acc = rec["evaluation"]["acceptance"]
     assert set(acc) == {"random_accuracy", "partner_fp_factor", "adversarial_below_random", "object_attention_ratio"}
+    assert all(v["ok"] for v in acc.values()), acc  # the shipped weights meet issue #9's acceptance
+
+
+def _pope_result(partner, other, n_twin=17, n_distinct=271):
+    split = {"accuracy": 0.9}
+    return {"shapes-pope": {"random": {"accuracy": 0.95}, "adversarial": {"accuracy": 0.9}, "popular": split,
+                            "all": {"fp_rate_partner": partner, "fp_rate_other": other}},
+            "pope_fp_breakdown": {"other_colour_twin": {"n": n_twin}, "other_distinct": {"n": n_distinct},
+                                  "other_random": {"n": 999}, "partner": {"n": 162}},
+            "object_attention": {"best_middle": 2.0, "best_middle_layer": 2}}
+
+
+def test_partner_factor_is_a_ratio_or_a_rule_of_three_bound_when_no_other_false_positive():
+    from hallufix.builtin.evaluate import acceptance
+
+    ratio = acceptance(_pope_result(0.3, 0.114))["partner_fp_factor"]
+    assert ratio["value"] == round(0.3 / 0.114, 3) and ratio["ok"] is False
+    bound = acceptance(_pope_result(0.0864, 0.0))["partner_fp_factor"]
+    # 0 of 288 other negatives: the rate is below 3/288 at 95%, so the factor is at least 0.0864 / (3/288)
+    assert bound["value"] is None and bound["other_fp"] == "0/288" and bound["lower_bound_95"] == 8.294
+    assert bound["ok"] is True
+    assert acceptance(_pope_result(0.02, 0.0))["partner_fp_factor"]["ok"] is False  # 0.02 / (3/288) = 1.92

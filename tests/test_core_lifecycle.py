@@ -253,3 +253,36 @@ def test_fold_head_gains_equals_scaling_and_restores_weights():
     assert torch.equal(folded.token_ids, scaled.token_ids)
     assert (folded.logits - scaled.logits).abs().max() <= 1e-5
     assert_no_hook_leaks(s.model, before)
+
+
+class DoneAtPrefill:
+    """Scales heads at ``layer`` by 1 (a no-op edit) and says ``done`` at prefill; counts its calls."""
+
+    def __init__(self, name, layer=1, done=True):
+        self.name, self.layer, self.say_done, self.calls = name, layer, done, 0
+
+    @hookimpl
+    def hallufix_configure(self, model):
+        return P.attn_heads([self.layer])
+
+    @hookimpl
+    def hallufix_attn_heads(self, event):
+        self.calls += 1
+        if event.forward.phase == "prefill" and self.say_done:
+            event.done()
+
+
+def test_done_releases_a_layer_only_when_its_method_is_alone_there():
+    s = tiny_session("llava")
+    images, qs = tiny_images(1), ["is there a cat ?"]
+    alone = DoneAtPrefill("done-alone")
+    run = s.start([alone])
+    out = run.generate(images, qs, max_new_tokens=4, min_new_tokens=4)
+    assert alone.calls == 1  # prefill only: the 3 decode steps skip the layer's hook
+    assert run.hook_stats["paths"].get("1:sdpa", 0) >= 4
+    plain = s.start([]).generate(images, qs, max_new_tokens=4, min_new_tokens=4)
+    assert torch.equal(out[0].token_ids, plain[0].token_ids)
+    # another method still hooks that layer during decoding: nothing is released, both keep being called
+    first, other = DoneAtPrefill("done-first"), DoneAtPrefill("keeps-going", done=False)
+    s.start([first, other]).generate(images, qs, max_new_tokens=4, min_new_tokens=4)
+    assert first.calls == 4 and other.calls == 4
