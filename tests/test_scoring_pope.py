@@ -3,6 +3,7 @@ official answers (mean F1 0.859469) through the Python API and ``hallufix score 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -10,7 +11,8 @@ import pytest
 from hallufix.cli import main
 from hallufix.scoring.pope import PARSERS, parse_yes_no, pope_metrics, score_splits
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+# the benchmark data folder beside the repository (HALLUFIX_SHARED_DATA points elsewhere, e.g. from a worktree)
+DATA = Path(os.environ.get("HALLUFIX_SHARED_DATA") or Path(__file__).resolve().parents[2] / "shared" / "data")
 needs_data = pytest.mark.skipif(not DATA.is_dir(), reason=f"shared benchmark data folder {DATA} is absent")
 POPE = DATA / "pope"
 LLAVA_ANSWERS = POPE / "llava15_reference" / "llava-v1.5-13b_answers.jsonl"

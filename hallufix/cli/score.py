@@ -20,38 +20,56 @@ def register(sub) -> None:
 
     pope = ssub.add_parser(
         "pope", help="POPE: accuracy, precision, recall, F1, yes-ratio, counts per split; mean F1",
-        epilog="example: hallufix score pope --questions data/pope/coco_llava15 "
-               "--answers llava-v1.5-13b.jsonl --json")
-    pope.add_argument("--questions", action="append", required=True, metavar="FILE_OR_DIR",
+        epilog="examples: hallufix score pope --questions data/pope/coco_llava15 "
+               "--answers llava-v1.5-13b.jsonl --json\n"
+               "          hallufix score pope --answers logs/x_samples_pope_adv.jsonl --answers "
+               "logs/x_samples_pope_pop.jsonl --answers logs/x_samples_pope_random.jsonl --parser lmms-eval",
+        formatter_class=__import__("argparse").RawDescriptionHelpFormatter)
+    pope.add_argument("--questions", action="append", default=None, metavar="FILE_OR_DIR",
                       help="label file (JSONL or JSON array) or folder of *_pope_<split>.json; may be repeated, "
-                           "e.g. to add LLaVA's llava_pope_test.jsonl (question id -> category)")
-    pope.add_argument("--answers", required=True, metavar="FILE",
+                           "e.g. to add LLaVA's llava_pope_test.jsonl (question id -> category); not needed for "
+                           "lmms-eval sample logs, which carry the labels")
+    pope.add_argument("--answers", action="append", required=True, metavar="FILE",
                       help="JSONL with question_id and text (LLaVA answer files; ids in LLaVA's offset numbering "
-                           "or the label file's)")
+                           "or the label file's), or lmms-eval sample logs (<date>_samples_pope*.jsonl; repeat "
+                           "for pope_full's pope_adv / pope_pop / pope_random)")
     pope.add_argument("--parser", default="pope", help="answer parser: pope (default), opera, vcd, lmms-eval")
     pope.add_argument("--json", action="store_true", help="print one JSON object")
     pope.set_defaults(handler=_pope)
 
     mme = ssub.add_parser(
         "mme", help="MME: acc / acc+ / score per subtask; perception, cognition, hallucination subset",
-        epilog="example: hallufix score mme --ground-truth eval_tool/Your_Results --answers eval_tool/LaVIN --json")
-    mme.add_argument("--ground-truth", required=True, metavar="DIR",
-                     help="eval_tool Your_Results folder (<subtask>.txt: image, question, Yes/No)")
+        epilog="examples: hallufix score mme --ground-truth eval_tool/Your_Results --answers eval_tool/LaVIN --json\n"
+               "          hallufix score mme --ground-truth eval_tool/Your_Results --answers llava-v1.5-13b.jsonl\n"
+               "          hallufix score mme --answers logs/x_samples_mme.jsonl",
+        formatter_class=__import__("argparse").RawDescriptionHelpFormatter)
+    mme.add_argument("--ground-truth", default=None, metavar="DIR",
+                     help="eval_tool Your_Results folder (<subtask>.txt: image, question, Yes/No) or the "
+                          "MME_Benchmark_release_version folder; not needed for an lmms-eval sample log")
     mme.add_argument("--answers", required=True, metavar="FILE_OR_DIR",
-                     help="eval_tool folder with a 4th response column, or a LLaVA answer JSONL (with --questions)")
-    mme.add_argument("--questions", default=None, metavar="FILE", help="LLaVA's question JSONL for a JSONL --answers")
+                     help="eval_tool folder with a 4th response column, a LLaVA answer JSONL (question in each "
+                          "answer's 'prompt', as LLaVA's model_vqa_loader writes it), or an lmms-eval sample log")
+    mme.add_argument("--questions", default=None, metavar="FILE",
+                     help="LLaVA's llava_mme.jsonl, only for answer lines without a 'prompt' (matched by "
+                          "question_id and order)")
+    mme.add_argument("--parser", default="official",
+                     help="response parser: official (calculation.py; default) or lmms-eval")
     mme.add_argument("--json", action="store_true", help="print one JSON object")
     mme.set_defaults(handler=_mme)
 
     ch = ssub.add_parser(
         "chair", help="CHAIR: CHAIR_s, CHAIR_i, recall (x100), length",
         epilog="example: hallufix score chair --captions caps.jsonl --gt-objects chair_gt.json --json")
-    ch.add_argument("--captions", required=True, metavar="FILE", help="JSONL with image_id and caption")
-    gt = ch.add_mutually_exclusive_group(required=True)
+    ch.add_argument("--captions", required=True, metavar="FILE",
+                    help="JSONL with image_id and caption, or an lmms-eval coco_cap_chair sample log (which carries "
+                         "its ground-truth objects)")
+    gt = ch.add_mutually_exclusive_group(required=False)
     gt.add_argument("--gt-objects", default=None, metavar="FILE", help="prebuilt {image_id: [objects]} JSON(.gz)")
     gt.add_argument("--coco-annotations", default=None, metavar="DIR",
                     help="folder with COCO 2014 instances_*2014.json and captions_*2014.json")
-    ch.add_argument("--normaliser", default="nltk", help="nltk (OPERA / lmms-eval; default) or pattern (original)")
+    ch.add_argument("--normaliser", default="nltk",
+                    help="nltk (OPERA / lmms-eval; default; NLTK itself when installed with its data), nltk-3.8 "
+                         "(NLTK 3.8's lemmatiser), pattern (the original paper's singulariser)")
     ch.add_argument("--synonyms", default=None, metavar="FILE",
                     help="synonym table in synonyms.txt format (default: the COCO one shipped with hallufix)")
     ch.add_argument("--json", action="store_true", help="print one JSON object")
@@ -73,32 +91,69 @@ def _emit(obj: dict, as_json: bool, table) -> int:
         print(json.dumps(obj, sort_keys=True))
     else:
         table(obj)
+        for note in obj.get("notes", ()):
+            print(f"note: {note}")
     return 0
 
 
-def pope_result(questions: list[str], answers: str, parser: str = "pope") -> dict:
-    """``{split: {accuracy, precision, recall, f1, yes_ratio, tp, fp, tn, fn, n}, "mean_f1": float}``."""
+def _is_log(path: str) -> bool:
+    """Whether the file's first line is an lmms-eval sample-log line (anything unreadable: no)."""
+    from hallufix.tasks.lmms_eval_log import is_sample_log
+
+    try:
+        with open(path, encoding="utf-8") as f:
+            first = next((line for line in f if line.strip()), "")
+        rec = json.loads(first)
+    except (OSError, UnicodeDecodeError, ValueError):
+        return False
+    return isinstance(rec, dict) and is_sample_log([rec])
+
+
+def pope_result(questions: list[str] | None, answers: str | list[str], parser: str = "pope") -> dict:
+    """``{split: {accuracy, precision, recall, f1, yes_ratio, tp, fp, tn, fn, n}, "mean_f1": float}`` (plus
+    ``notes`` for lmms-eval logs)."""
     from hallufix.scoring.pope import PARSERS, parse_yes_no, score_splits
     from hallufix.tasks.base import TaskError
+    from hallufix.tasks.lmms_eval_log import NOTES, pope_pairs
     from hallufix.tasks.pope import is_combined, join_answers, load_labels
 
     if parser not in PARSERS:
         raise CliError(f"unknown POPE parser '{parser}'; known: {', '.join(PARSERS)}")
+    answers = [answers] if isinstance(answers, str) else list(answers)
+    for a in answers:
+        if not Path(a).is_file():
+            raise CliError(f"file not found: {a}")
+    logs = [a for a in answers if _is_log(a)]
     labels: dict = {}
     combined = None
     try:
-        for q in questions:
-            p = Path(q)
-            if not p.exists():
-                raise CliError(f"file not found: {p}")
-            recs = _records(q) if p.is_file() else None
-            if recs is not None and is_combined(recs) and not any("label" in r for r in recs):
-                combined = recs
-            else:
-                labels.update(load_labels(q))
-        if not labels:
-            raise CliError("no POPE label file among --questions (give coco_pope_<split>.json files or their folder)")
-        pairs = join_answers(labels, _records(answers), combined, where=answers)
+        if logs:
+            if len(logs) != len(answers):
+                raise CliError("give either lmms-eval sample logs or one answer file as --answers, not both")
+            pairs: dict = {}
+            for log in logs:
+                split, items = pope_pairs(log)
+                if split in pairs:
+                    raise CliError(f"{log}: a second log of the {split} split")
+                pairs[split] = items
+        else:
+            if len(answers) != 1:
+                raise CliError("give one answer file (or several lmms-eval sample logs) as --answers")
+            if not questions:
+                raise CliError("an answer file needs --questions (POPE label files or their folder)")
+            for q in questions:
+                qp = Path(q)
+                if not qp.exists():
+                    raise CliError(f"file not found: {qp}")
+                recs = _records(q) if qp.is_file() else None
+                if recs is not None and is_combined(recs) and not any("label" in r for r in recs):
+                    combined = recs
+                else:
+                    labels.update(load_labels(q))
+            if not labels:
+                raise CliError("no POPE label file among --questions (give coco_pope_<split>.json files or their "
+                               "folder)")
+            pairs = join_answers(labels, _records(answers[0]), combined, where=answers[0])
     except TaskError as exc:
         raise CliError(str(exc)) from None
     rows = [(split, label, parse_yes_no(text, parser, label=label)) for split, items in pairs.items()
@@ -106,6 +161,8 @@ def pope_result(questions: list[str], answers: str, parser: str = "pope") -> dic
     res = score_splits(rows)
     out = {split: m for split, m in res.items() if split != "all"}
     out["mean_f1"] = res["all"]["mean_f1"]
+    if logs:
+        out["notes"] = NOTES["pope"]
     return out
 
 
@@ -115,7 +172,7 @@ def _pope(args) -> int:
     def table(o):
         print(f"{'split':<12} {'n':>5} {'acc':>8} {'prec':>8} {'rec':>8} {'f1':>8} {'yes':>8}   tp/fp/tn/fn")
         for s, m in o.items():
-            if s != "mean_f1":
+            if s not in ("mean_f1", "notes"):
                 print(f"{s:<12} {m['n']:>5} {m['accuracy']:>8.4f} {m['precision']:>8.4f} {m['recall']:>8.4f} "
                       f"{m['f1']:>8.4f} {m['yes_ratio']:>8.4f}   {m['tp']}/{m['fp']}/{m['tn']}/{m['fn']}")
         print(f"mean F1 over splits: {o['mean_f1']:.6f}")
@@ -123,31 +180,42 @@ def _pope(args) -> int:
     return _emit(out, args.json, table)
 
 
-def mme_result(ground_truth: str, answers: str, questions: str | None = None) -> dict:
+def mme_result(ground_truth: str | None, answers: str, questions: str | None = None, parser: str = "official"
+               ) -> dict:
     """``{perception, cognition, hallucination, object_level, attribute_level, subtasks: {name: {acc, acc_plus,
-    score, n}}}`` (acc and acc+ in percent, scores in points)."""
-    from hallufix.scoring.mme import mme_scores
+    score, n}}}`` (acc and acc+ in percent, scores in points; ``notes`` for lmms-eval logs)."""
+    from hallufix.scoring.mme import PARSERS, mme_scores
     from hallufix.tasks.base import TaskError
-    from hallufix.tasks.mme import join_eval_tool, join_llava, read_eval_tool
+    from hallufix.tasks.lmms_eval_log import NOTES, mme_rows
+    from hallufix.tasks.mme import join_eval_tool, join_llava, read_eval_tool, read_ground_truth
 
+    if parser not in PARSERS:
+        raise CliError(f"unknown MME parser '{parser}'; known: {', '.join(PARSERS)}")
+    ans = Path(answers)
+    notes = None
     try:
-        gt = read_eval_tool(ground_truth, with_response=False)
-        ans = Path(answers)
-        if ans.is_dir():
-            rows = join_eval_tool(gt, read_eval_tool(ans, with_response=True), str(ans))
-        elif ans.is_file():
-            if not questions:
-                raise CliError("a JSONL --answers needs --questions (LLaVA's MME question JSONL) to join on")
-            rows = join_llava(gt, _records(questions), _records(answers), answers)
-        else:
+        if not ans.exists():
             raise CliError(f"file not found: {ans}")
-        return mme_scores(rows)
+        if ans.is_file() and _is_log(answers):
+            rows, notes = mme_rows(ans), NOTES["mme"]
+        elif ground_truth is None:
+            raise CliError("--ground-truth is needed (eval_tool/Your_Results or MME_Benchmark_release_version) "
+                           "unless --answers is an lmms-eval sample log")
+        elif ans.is_dir():
+            rows = join_eval_tool(read_ground_truth(ground_truth), read_eval_tool(ans, with_response=True), str(ans))
+        else:
+            rows = join_llava(read_ground_truth(ground_truth), _records(answers), answers,
+                              _records(questions) if questions else None)
+        out = mme_scores(rows, parser)
     except (TaskError, ValueError) as exc:
         raise CliError(str(exc)) from None
+    if notes:
+        out["notes"] = notes
+    return out
 
 
 def _mme(args) -> int:
-    res = mme_result(args.ground_truth, args.answers, args.questions)
+    res = mme_result(args.ground_truth, args.answers, args.questions, args.parser)
 
     def table(o):
         print(f"{'subtask':<24} {'acc':>7} {'acc+':>7} {'score':>7}")
@@ -161,42 +229,68 @@ def _mme(args) -> int:
 
 def chair_result(captions: str, gt_objects: str | None = None, coco_annotations: str | None = None,
                  normaliser: str = "nltk", synonyms: str | None = None) -> dict:
-    """``{chair_s, chair_i, recall (percent), length (tokens), n (captions)}``."""
+    """``{chair_s, chair_i, recall (percent), length (tokens), n (captions), sources}``; for an lmms-eval log also
+    ``lmms_eval_mentions_differ`` (captions whose mentions differ from the node words lmms-eval logged) and
+    ``notes``. ``sources`` says where the tokeniser, tagger and lemmatiser came from (nltk variants)."""
     from hallufix.scoring.chair import ChairScorer
-    from hallufix.scoring.wordnet import WordNetMissing
     from hallufix.tasks.base import TaskError
     from hallufix.tasks.chair import build_gt_from_coco, load_gt_table
+    from hallufix.tasks.lmms_eval_log import NOTES, chair_items
 
     try:
         if synonyms and not Path(synonyms).is_file():
             raise CliError(f"file not found: {synonyms}")
+        if not Path(captions).is_file():
+            raise CliError(f"file not found: {captions}")
         scorer = ChairScorer.coco(normaliser, synonyms)
-        recs = _records(captions)
-        caps = []
-        for i, c in enumerate(recs, 1):
-            if "image_id" not in c or "caption" not in c:
-                raise CliError(f"{captions}: record {i} lacks 'image_id' or 'caption'")
-            caps.append((int(c["image_id"]), str(c["caption"])))
+        logged = chair_items(captions) if _is_log(captions) else None
+        if logged is not None:
+            caps = [(image_id, caption) for image_id, caption, _, _ in logged]
+        else:
+            caps = []
+            for i, c in enumerate(_records(captions), 1):
+                if "image_id" not in c or "caption" not in c:
+                    raise CliError(f"{captions}: record {i} lacks 'image_id' or 'caption'")
+                caps.append((int(c["image_id"]), str(c["caption"])))
         if not caps:
             raise CliError(f"{captions}: no captions")
         if gt_objects:
             if not Path(gt_objects).is_file():
                 raise CliError(f"file not found: {gt_objects}")
             gt = load_gt_table(gt_objects)
-        else:
+        elif coco_annotations:
             if not Path(coco_annotations).is_dir():
                 raise CliError(f"folder not found: {coco_annotations}")
             gt = build_gt_from_coco(coco_annotations, scorer)
+        elif logged is not None:
+            if any(g is None for _, _, g, _ in logged):
+                raise CliError(f"{captions}: the log carries no ground-truth objects; give --gt-objects")
+            gt = {image_id: set(g) for image_id, _, g, _ in logged}
+        else:
+            raise CliError("give the ground truth: --gt-objects FILE or --coco-annotations DIR")
         res = scorer.score(caps, gt)
-    except (TaskError, WordNetMissing) as exc:
+    except TaskError as exc:
         raise CliError(str(exc)) from None
     except ValueError as exc:
         raise CliError(f"{captions}: {exc}") from None
-    return {k: res[k] for k in ("chair_s", "chair_i", "recall", "length", "n")}
+    out = {k: res[k] for k in ("chair_s", "chair_i", "recall", "length", "n")}
+    out["sources"] = scorer.sources
+    if logged is not None:
+        out["lmms_eval_mentions_differ"] = sum(d["mentions"] != pred for d, (_, _, _, pred) in
+                                               zip(res["details"], logged) if pred is not None)
+        out["notes"] = NOTES["chair"]
+    return out
 
 
 def _chair(args) -> int:
-    out = chair_result(args.captions, args.gt_objects, args.coco_annotations, args.normaliser, args.synonyms)
+    import sys
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:  # shown as one line each, not Python's two
+        warnings.simplefilter("default")
+        out = chair_result(args.captions, args.gt_objects, args.coco_annotations, args.normaliser, args.synonyms)
+    for w in caught:
+        print(f"hallufix: warning: {w.message}", file=sys.stderr)
     return _emit(out, args.json, lambda o: print(
         f"CHAIR_s {o['chair_s']:.2f}  CHAIR_i {o['chair_i']:.2f}  recall {o['recall']:.2f}  "
         f"length {o['length']:.2f}  n {o['n']}"))

@@ -11,11 +11,19 @@ percentages (x100, as papers print them) — and length (mean merged tokens per 
 
 Normalisers (:data:`NORMALISERS`):
 
-* ``nltk`` — OPERA / lmms-eval: WordNet 3.0 lemmas chosen by part of speech (:mod:`hallufix.scoring.wordnet`,
-  :mod:`hallufix.scoring.postag`); ``men`` stays ``men``, ``bus`` stays ``bus``, ``ties`` -> ``tie``.
+* ``nltk`` — OPERA / lmms-eval: ``nltk.pos_tag`` tags mapped to WordNet parts of speech, then
+  ``WordNetLemmatizer``; ``men`` stays ``men``, ``bus`` stays ``bus``, ``ties`` -> ``tie``. NLTK itself when it and
+  its data are installed (``hallufix[chair]`` + ``nltk.downloader``), else offline stand-ins with a warning
+  (:mod:`hallufix.scoring.nltk_tools`).
+* ``nltk-3.8`` — the same with NLTK 3.8's lemmatiser (suffix rules re-applied while nothing is found), the NLTK
+  of 2023-era papers; always from the packaged WordNet data.
 * ``pattern`` — the original paper's singulariser (:mod:`hallufix.scoring.singular`): ``bus`` -> ``bu``,
   ``ties`` -> ``ty``, ``men`` -> ``man``.
 * ``identity`` — tokens unchanged (exact for singular custom vocabularies such as the built-in shapes world).
+
+The ``nltk``, ``nltk-3.8`` and ``pattern`` variants tokenise as ``nltk.word_tokenize`` (NLTK's when its data is
+there); ``identity`` and custom normalisers default to the offline Treebank rules of
+:mod:`hallufix.scoring.tokenize`.
 
 The scorer takes any vocabulary: :meth:`ChairScorer.coco` for COCO, or a table given as data.
 """
@@ -89,17 +97,19 @@ def _pattern(tokens: list[str]) -> list[str]:
     return [singularize(t) for t in tokens]
 
 
-def _nltk(tokens: list[str]) -> list[str]:
-    from hallufix.scoring import wordnet
-    from hallufix.scoring.postag import wordnet_pos
+def _lemmas(tokens: list[str], recursive: bool = False) -> list[str]:
+    from hallufix.scoring.nltk_tools import pieces
 
-    wn = wordnet.load()
-    return [wn.lemmatize(t, pos) for t, pos in zip(tokens, wordnet_pos(tokens, wn))]
+    p = pieces(recursive)
+    return [p.lemmatize(t, pos) for t, pos in zip(tokens, p.wordnet_pos(tokens))]
 
 
 #: Token-list normalisers by name (see the module docstring).
-NORMALISERS: dict[str, Callable[[list[str]], list[str]]] = {"identity": lambda tokens: list(tokens),
-                                                            "pattern": _pattern, "nltk": _nltk}
+NORMALISERS: dict[str, Callable[[list[str]], list[str]]] = {
+    "identity": lambda tokens: list(tokens), "pattern": _pattern, "nltk": _lemmas,
+    "nltk-3.8": lambda tokens: _lemmas(tokens, recursive=True)}
+#: Normalisers that tokenise as ``nltk.word_tokenize`` (every published variant of the COCO scorer does).
+NLTK_TOKENIZED = ("nltk", "nltk-3.8", "pattern")
 
 
 class ChairScorer:
@@ -109,13 +119,17 @@ class ChairScorer:
     :param double_words: ``{"two words": replacement}`` merged before lookup (a list of phrases maps each to
         itself).
     :param normaliser: a key of :data:`NORMALISERS` or a callable over the token list.
-    :param tokenizer: callable ``str -> tokens`` (default :func:`hallufix.scoring.tokenize.word_tokenize`); the
-        caption is lower-cased first.
+    :param tokenizer: callable ``str -> tokens``; by default ``nltk.word_tokenize`` or its stand-in for the
+        :data:`NLTK_TOKENIZED` normalisers, else :func:`hallufix.scoring.tokenize.word_tokenize`. The caption is
+        lower-cased first.
+
+    ``sources`` says where the tokeniser, tagger and lemmatiser of the ``nltk`` variants come from
+    (``{"tokenize", "pos_tag", "lemmatize", "missing"}``; empty for other normalisers).
     """
 
     def __init__(self, synonyms: Mapping[str, object], double_words: Mapping[str, str] | Iterable[str] | None = None,
                  normaliser: str | Callable[[list[str]], list[str]] = "identity",
-                 tokenizer: Callable[[str], list[str]] = word_tokenize):
+                 tokenizer: Callable[[str], list[str]] | None = None):
         self.synonyms = vocabulary(synonyms)
         if double_words is None:
             self.double_words: dict[str, str] = {}
@@ -129,6 +143,15 @@ class ChairScorer:
             self.normaliser_name, normaliser = normaliser, NORMALISERS[normaliser]
         else:
             self.normaliser_name = getattr(normaliser, "__name__", "custom")
+        self.sources: dict = {}
+        if tokenizer is None and self.normaliser_name in NLTK_TOKENIZED:
+            from hallufix.scoring.nltk_tools import pieces
+
+            p = pieces(self.normaliser_name == "nltk-3.8", warn=self.normaliser_name != "pattern")
+            tokenizer = p.tokenize
+            if self.normaliser_name != "pattern":
+                self.sources = dict(p.sources)
+        tokenizer = tokenizer or word_tokenize
         self.normalise, self.tokenize = normaliser, (lambda text: tokenizer(text.lower()))
 
     @classmethod

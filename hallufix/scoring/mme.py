@@ -27,12 +27,28 @@ def parse_mme(response: str) -> str:
     return "other"
 
 
-def subtask_score(rows: list[tuple[str, str, str]]) -> dict:
+def parse_mme_lmms_eval(response: str) -> str:
+    """lmms-eval's ``parse_pred_ans``: lower-cased, stripped, periods removed; ``yes``/``no``; a single ``y``/``n``;
+    else the official four-character prefix test; else ``other``."""
+    r = response.lower().strip().replace(".", "")
+    if r in ("yes", "no"):
+        return r
+    if len(r) == 1:
+        return {"y": "yes", "n": "no"}.get(r, "other")
+    return parse_mme(r)
+
+
+#: MME response parsers by name: ``official`` (``calculation.py``, the default) and ``lmms-eval``.
+PARSERS = {"official": parse_mme, "lmms-eval": parse_mme_lmms_eval}
+
+
+def subtask_score(rows: list[tuple[str, str, str]], parser: str = "official") -> dict:
     """``rows`` of ``(image, gt, response)`` in file order (an image's two questions adjacent) -> acc, acc+ (both
-    in percent) and score."""
+    in percent) and score; ``parser`` a key of :data:`PARSERS`."""
     if not rows:
         raise ValueError("empty MME subtask")
-    correct = [parse_mme(resp) == gt.lower() for _, gt, resp in rows]
+    parse = PARSERS[parser]
+    correct = [parse(resp) == gt.lower() for _, gt, resp in rows]
     acc = 100 * sum(correct) / len(correct)
     pairs = [(correct[i], correct[i + 1]) for i in range(0, len(correct) - 1, 2)]
     images = [rows[i][0] for i in range(0, len(rows) - 1, 2)]
@@ -42,10 +58,12 @@ def subtask_score(rows: list[tuple[str, str, str]]) -> dict:
     return {"acc": acc, "acc_plus": acc_plus, "score": acc + acc_plus, "n": len(rows)}
 
 
-def mme_scores(subtasks: dict[str, list[tuple[str, str, str]]]) -> dict:
+def mme_scores(subtasks: dict[str, list[tuple[str, str, str]]], parser: str = "official") -> dict:
     """``{subtask: rows}`` -> ``{"perception", "cognition", "hallucination", "object_level", "attribute_level",
     "subtasks": {name: {acc, acc_plus, score, n}}}`` (totals over the subtasks present)."""
-    per = {name: subtask_score(rows) for name, rows in subtasks.items()}
+    if parser not in PARSERS:
+        raise ValueError(f"unknown MME parser '{parser}'; known: {', '.join(PARSERS)}")
+    per = {name: subtask_score(rows, parser) for name, rows in subtasks.items()}
     total = lambda names: sum(per[n]["score"] for n in names if n in per)  # noqa: E731
     return {"perception": total(PERCEPTION), "cognition": total(COGNITION), "hallucination": total(HALLUCINATION),
             "object_level": total(("existence", "count")), "attribute_level": total(("position", "color")),

@@ -1,14 +1,18 @@
 """Offline stand-in for NLTK's ``word_tokenize`` on captions (no Punkt data needed).
 
 ``word_tokenize`` first splits sentences with the Punkt model, then applies the Treebank-style word tokenizer to
-each sentence. Here sentences end at ``.``, ``!`` or ``?`` followed by white space, unless the word before the
-period is a common abbreviation (Punkt's English model knows those), and each sentence is tokenised with
-Treebank-style rules written from their description:
+each sentence. Here sentences end at ``.``, ``!`` or ``?`` (a closing quote or bracket may follow) and white space, except after a common
+abbreviation that Punkt's English model lists (``mr.``, ``st.``; not ``etc.`` or ``e.g.``, which it does split
+after), and except after an initial or a number before a lower-case word (``john c. reilly``, ``18. apparition``:
+Punkt's orthographic rule, which on lower-cased captions nearly always says "no break"). With nltk installed
+(data or not) each sentence goes to NLTK's own ``NLTKWordTokenizer`` (:mod:`hallufix.scoring.nltk_tools`);
+without it, to Treebank-style rules written from their description:
 
 * a sentence-final period, ``?``, ``!``, ``;``, ``@``, ``#``, ``$``, ``%``, ``&``, brackets and ``--`` become
   tokens; a comma or colon becomes a token unless a digit follows (``1,000`` and ``3:30`` stay whole);
   ``...`` is one token;
 * double quotes become ``\\`\\``` (opening) and ``''`` (closing);
+* an opening single quote splits off a word (``'hello'`` -> ``'`` ``hello`` ``'``) unless it starts a clitic;
 * clitics split off: ``child's`` -> ``child`` ``'s``; ``don't`` -> ``do`` ``n't``; ``'ll 're 've 'm 'd``;
   ``cannot`` -> ``can`` ``not``;
 * hyphens, slashes and inner periods are kept (``t-shirt``, ``black/white``, ``3.5``).
@@ -19,17 +23,19 @@ from __future__ import annotations
 
 import re
 
-#: Words Punkt's English model treats as abbreviations (no sentence break after their period).
-ABBREVIATIONS = frozenset({"mr", "mrs", "ms", "dr", "st", "vs", "etc", "e.g", "i.e", "u.s", "jr", "sr", "prof",
-                           "inc", "co", "ltd", "mt", "ft", "approx"})
+#: Common words that Punkt's English model treats as abbreviations (no sentence break after their period).
+ABBREVIATIONS = frozenset({"mr", "mrs", "ms", "dr", "st", "vs", "u.s", "jr", "sr", "prof", "inc", "co", "ltd", "ft",
+                           "jan", "feb", "aug", "sep", "sept", "oct", "nov", "dec", "ave", "corp", "gen", "lt", "col",
+                           "ok"})
 
-_SENT_END = re.compile(r"(?<=[.!?])\s+")
+_SENT_END = re.compile(r"(?<=[.!?])\s+|(?<=[.!?][\"')\]])\s+")
 _RULES = [(re.compile(p), r) for p, r in (
-    (r'^ "', " `` "), (r"([ (\[{<])(\"|'{2})", r"\1 `` "),                     # opening quotes
+    ("([«“‘„]|`+)", r" \1 "), (r'^ "', " `` "), (r"([ (\[{<])(\"|'{2})", r"\1 `` "),  # opening quotes
+    ("([»”’])", r" \1 "), ("[\u2012-\u2015]", r" \g<0> "),                  # closing quotes, dashes
     (r"([:,])([^\d])", r" \1 \2"), (r"([:,])$", r" \1 "),                      # , and : unless a digit follows
     (r"\.{2,}", r" \g<0> "), (r"[;@#$%&]", r" \g<0> "),
     (r'([^.])(\.)([\])}>"\']*)\s*$', r"\1 \2\3 "),                              # sentence-final period
-    (r"[?!]", r" \g<0> "), (r"([^'])' ", r"\1 ' "),
+    (r"[?!]", r" \g<0> "), (r"([^'])' ", r"\1 ' "), (r"(?i)(?<!\w)(')(?!(?:re|ve|ll|m|t|s|d|n)\b)(?=\w)", r"\1 "),
     (r"[\]\[(){}<>]", r" \g<0> "), (r"--", r" -- "),
     (r'"', " '' "), (r"(\S)('')", r"\1 \2 "),                                 # closing quotes
     (r"([^' ])('s|'m|'d|') ", r"\1 \2 "), (r"([^' ])('ll|'re|'ve|n't) ", r"\1 \2 "),
@@ -38,13 +44,22 @@ _RULES = [(re.compile(p), r) for p, r in (
 )]
 
 
+def _joins(prev: str, piece: str) -> bool:
+    """No sentence break between ``prev`` (ending in a period) and ``piece``."""
+    head = prev.rstrip("\"')]")[:-1]
+    word = head.rsplit(None, 1)[-1] if head.split() else ""
+    if word in ABBREVIATIONS:
+        return True
+    initial_or_number = (len(word) == 1 and word.isalpha()) or word.isdigit()
+    return initial_or_number and piece[:1].isalpha() and piece[:1].islower()
+
+
 def split_sentences(text: str) -> list[str]:
-    """Sentences of ``text``: a break after ``.``/``!``/``?`` + white space, not after a known abbreviation."""
+    """Sentences of ``text``: a break after ``.``/``!``/``?`` + white space, except where :func:`_joins` says no."""
     out: list[str] = []
     for piece in _SENT_END.split(text.strip()):
         prev = out[-1] if out else None
-        if prev is not None and prev.endswith(".") and prev[:-1].rsplit(None, 1)[-1:] \
-                and prev[:-1].rsplit(None, 1)[-1] in ABBREVIATIONS:
+        if prev is not None and prev.rstrip("\"')]").endswith(".") and _joins(prev, piece):
             out[-1] = f"{prev} {piece}"
         else:
             out.append(piece)

@@ -20,19 +20,12 @@ from hallufix.tasks.base import MetricInfo, Sample, Task, TaskError, register_ta
 SUBTASKS = PERCEPTION + COGNITION
 IMAGE_EXT = (".jpg", ".png", ".jpeg", ".JPG", ".PNG")
 OFFICIAL_SUFFIX = " Please answer yes or no."
-PROMPTS = {"official": OFFICIAL_SUFFIX, "llava": "\nAnswer the question using a single word or phrase."}
+LLAVA_SUFFIX = "Answer the question using a single word or phrase."
+PROMPTS = {"official": OFFICIAL_SUFFIX, "llava": "\n" + LLAVA_SUFFIX}
 
 
 def _root(path: Path) -> Path:
     return path / "MME_Benchmark" if (path / "MME_Benchmark").is_dir() else path
-
-
-def base_question(question: str) -> str:
-    """The question without MME's " Please answer yes or no." / LLaVA's suffix, white space collapsed (the join
-    key LLaVA's ``convert_answer_to_mme.py`` needs, double spaces included)."""
-    q = question.split("\n")[0]
-    q = q.replace(OFFICIAL_SUFFIX.strip(), "")
-    return " ".join(q.split())
 
 
 def read_release(path: str | Path, subtasks=SUBTASKS) -> dict[str, list[tuple[str, str, str, Path]]]:
@@ -107,31 +100,104 @@ def join_eval_tool(gt: dict[str, list[tuple]], answers: dict[str, list[tuple]], 
     return out
 
 
-def join_llava(gt: dict[str, list[tuple]], questions: list[dict], answers: list[dict], where: str
+def read_ground_truth(path: str | Path) -> dict[str, list[tuple[str, str, str]]]:
+    """``{subtask: [(image name, question, Yes|No)]}`` from the eval_tool ``Your_Results`` folder (``<subtask>.txt``
+    files) or the ``MME_Benchmark_release_version`` folder (subtask folders, as LLaVA's conversion reads it)."""
+    p = Path(path)
+    if not p.is_dir():
+        raise TaskError(f"MME ground truth folder not found: {p} (give eval_tool/Your_Results or "
+                        f"MME_Benchmark_release_version)")
+    if any((_root(p) / sub).is_dir() for sub in SUBTASKS):
+        return {sub: [r[:3] for r in rows] for sub, rows in read_release(p).items()}
+    return read_eval_tool(p, with_response=False)
+
+
+def llava_key(question_id: str, prompt: str, known) -> tuple[str, str, str]:
+    """The ground-truth key LLaVA's ``convert_answer_to_mme.py`` looks an answer up by: ``(category, file stem,
+    question)`` — the category is ``question_id`` up to its first ``/``, the stem its last part up to the first
+    ``.``; the question is ``prompt`` with "Answer the question using a single word or phrase." removed and white
+    space stripped, then " Please answer yes or no." appended when absent — with two spaces before "Please" where
+    the one-space form is not in ``known`` (seven MME questions are written that way)."""
+    category = question_id.split("/")[0]
+    stem = question_id.split("/")[-1].split(".")[0]
+    q = prompt
+    if LLAVA_SUFFIX in q:
+        q = q.replace(LLAVA_SUFFIX, "").strip()
+    if OFFICIAL_SUFFIX.strip() not in q:
+        q = q + OFFICIAL_SUFFIX
+        if (category, stem, q) not in known:
+            q = q.replace(OFFICIAL_SUFFIX, " " + OFFICIAL_SUFFIX)
+    return category, stem, q
+
+
+def llava_prompts(answers: list[dict], questions: list[dict] | None, where: str) -> list[str]:
+    """The question each answer was asked: its own ``prompt`` field (LLaVA's ``model_vqa_loader`` writes it), else
+    the question file's ``text`` — matched by ``question_id`` and position, because LLaVA's ``llava_mme.jsonl``
+    gives an image's two questions the same id and the answer file keeps the question file's order."""
+    if all("prompt" in a for a in answers):
+        return [str(a["prompt"]) for a in answers]
+    first = next(i for i, a in enumerate(answers, 1) if "prompt" not in a)
+    if questions is None:
+        raise TaskError(f"{where}:{first}: answer has no 'prompt' field; give LLaVA's question file "
+                        f"(llava_mme.jsonl) with --questions to join on")
+    texts: dict[str, list[str]] = {}
+    for q in questions:
+        texts.setdefault(str(q.get("question_id")), []).append(str(q.get("text", q.get("prompt", ""))))
+    seen: dict[str, int] = {}
+    out = []
+    for i, a in enumerate(answers, 1):
+        if "prompt" in a:
+            out.append(str(a["prompt"]))
+            continue
+        qid = str(a.get("question_id"))
+        k = seen.get(qid, 0)
+        seen[qid] = k + 1
+        if k >= len(texts.get(qid, ())):
+            raise TaskError(f"{where}:{i}: question_id {qid!r} appears {k + 1} times among the answers but "
+                            f"{len(texts.get(qid, ()))} times in the question file")
+        out.append(texts[qid][k])
+    return out
+
+
+def join_llava(gt: dict[str, list[tuple]], answers: list[dict], where: str, questions: list[dict] | None = None
                ) -> dict[str, list[tuple[str, str, str]]]:
-    """Join LLaVA answers (``question_id``, ``text``) to the ground truth through LLaVA's question file
-    (``question_id``, ``image`` = ``<subtask>/<file>``, ``text``, ``category``) on (category, image stem, question),
-    as ``convert_answer_to_mme.py`` does."""
-    qs = {q["question_id"]: q for q in questions}
-    by_key: dict[tuple, str] = {}
-    for a in answers:
-        q = qs.get(a.get("question_id"))
-        if q is None:
-            raise TaskError(f"{where}: answer question_id {a.get('question_id')!r} is not in the question file")
-        cat = q.get("category") or Path(q["image"]).parts[0]
-        by_key[(cat, Path(q["image"]).stem, base_question(q.get("text", q.get("prompt", ""))))] = a["text"]
+    """``{subtask: [(image, GT, response)]}`` in ground-truth order from a LLaVA answer JSONL (``question_id`` =
+    ``<subtask>/[images/]<file>``, ``prompt``, ``text``), joined as ``convert_answer_to_mme.py`` does (see
+    :func:`llava_key`). The response is kept as written (a line break becomes a space: the eval_tool format is
+    one line per answer). Subtasks without any answer are left out; an answer matching no question, a question
+    answered twice, or a partly answered subtask raise :class:`TaskError` naming the first case and the count."""
+    index = {(sub, r[0].split(".")[0], r[1]): (sub, i) for sub, rows in gt.items() for i, r in enumerate(rows)}
+    bad = next((i for i, a in enumerate(answers, 1) if "question_id" not in a or "text" not in a), None)
+    if bad is not None:
+        raise TaskError(f"{where}:{bad}: a LLaVA answer line needs 'question_id' and 'text'")
+    got: dict[tuple[str, int], str] = {}
+    unmatched, twice = [], []
+    for i, (a, prompt) in enumerate(zip(answers, llava_prompts(answers, questions, where)), 1):
+        key = llava_key(str(a["question_id"]), prompt, index)
+        if key not in index:
+            unmatched.append((i, key))
+        elif index[key] in got:
+            twice.append((i, key))
+        else:
+            got[index[key]] = str(a["text"]).replace("\n", " ")
+    if unmatched:
+        i, (cat, stem, q) = unmatched[0]
+        q = q.replace(" " + OFFICIAL_SUFFIX, OFFICIAL_SUFFIX)  # as asked (both spacings were looked up)
+        raise TaskError(f"{where}:{i}: no ground-truth question {cat}/{stem}: {q!r} "
+                        f"({len(unmatched)} of {len(answers)} answers match no question)")
+    if twice:
+        i, (cat, stem, q) = twice[0]
+        raise TaskError(f"{where}:{i}: {cat}/{stem}: {q!r} is answered twice ({len(twice)} repeated answers)")
     out = {}
     for sub, rows in gt.items():
-        got = []
-        for r in rows:
-            key = (sub, Path(r[0]).stem, base_question(r[1]))
-            if key not in by_key:
-                if got or any(k[0] == sub for k in by_key):
-                    raise TaskError(f"{where}: no answer for {sub}/{r[0]}: {r[1]!r}")
-                break
-            got.append((r[0], r[2], by_key[key].replace("\n", " ")))
-        if got:
-            out[sub] = got
+        answered = [i for i in range(len(rows)) if (sub, i) in got]
+        if not answered:
+            continue
+        if len(answered) < len(rows):
+            first = next(r for i, r in enumerate(rows) if (sub, i) not in got)
+            raise TaskError(f"{where}: no answer for {sub}/{first[0]}: {first[1]!r} "
+                            f"({len(rows) - len(answered)} of {len(rows)} {sub} questions unanswered)")
+        out[sub] = [(r[0], r[2], got[(sub, i)]) for i, r in enumerate(rows)]
     if not out:
         raise TaskError(f"{where}: no answer matches the ground truth")
     return out
