@@ -167,6 +167,23 @@ def test_sentence_rules_follow_punkt_on_lower_cased_text():
         "mr. smith and john c. reilly at no.", "18. apparition."]
     assert split_sentences("it says 'a cat.' the cat sits, etc. the end") == ["it says 'a cat.'", "the cat sits, etc.",
                                                                               "the end"]
+    assert split_sentences("from 2000-2050. if aged 78.\" this") == ["from 2000-2050. if aged 78.\"", "this"]
+
+
+def test_part_of_speech_guesser_picks_the_lemma_the_tagger_would():
+    from hallufix.scoring.postag import wordnet_pos
+
+    wn = load()
+
+    def lemmas(text):
+        toks = text.split()
+        return [wn.lemmatize(t, p) for t, p in zip(toks, wordnet_pos(toks, wn))]
+
+    assert lemmas("the training data shows a man training a dog") == [
+        "the", "training", "data", "show", "a", "man", "train", "a", "dog"]
+    assert lemmas("the largest bear depicts two skiers skiing") == ["the", "large", "bear", "depict", "two", "skier",
+                                                                    "ski"]
+    assert lemmas("he has sat on a potted plant") == ["he", "have", "sit", "on", "a", "potted", "plant"]
 
 
 @needs_data

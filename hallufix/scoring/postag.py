@@ -6,11 +6,15 @@ this guesser returns those four WordNet classes directly, deciding only what cha
 
 * forms of *be*, *have* and *do* -> verb (``has`` -> have, not the noun reading ``ha``);
 * ``-ing`` words -> verb (``skiing`` -> ski, ``sitting`` -> sit) unless a determiner or possessive precedes
-  them or they are common nouns (``building``, ``ceiling``, ...);
+  them, they are common nouns (``building``, ``ceiling``, ...), or they are WordNet nouns followed by a word that
+  is neither a determiner, a pronoun, a preposition nor punctuation (``training data`` stays ``training``, not
+  the COCO class ``train``; ``training a dog`` -> train);
 * ``-ed`` words -> verb (``tied`` -> tie) unless a determiner precedes them (then adjective: ``a potted plant``);
 * irregular verb forms in WordNet's ``verb.exc`` (``sat``, ``held``) -> verb unless a determiner or
   preposition precedes them (``on the ground`` stays a noun);
 * ``-ly`` words that WordNet lists as adverbs -> adverb;
+* ``-er`` / ``-est`` words that are no noun but an adjective's comparative -> adjective (``largest`` -> large);
+* ``-s`` words that are no noun form but a verb's third person -> verb (``depicts`` -> depict);
 * everything else -> noun (plural nouns and third-person verbs give the same lemma in nearly all cases).
 """
 from __future__ import annotations
@@ -21,6 +25,8 @@ AUXILIARIES = frozenset({"is", "are", "was", "were", "am", "be", "been", "being"
                          "has", "have", "had", "having", "do", "does", "did", "'ve", "'d"})
 DETERMINERS = frozenset({"a", "an", "the", "this", "that", "these", "those", "his", "her", "its", "their", "my",
                          "our", "your", "some", "any", "each", "every", "no", "another", "'s"})
+PRONOUNS = frozenset({"it", "he", "she", "they", "we", "you", "i", "him", "them", "us", "me", "itself", "himself",
+                      "herself", "themselves", "there", "here"})
 PREPOSITIONS = frozenset({"on", "in", "at", "of", "to", "from", "by", "with", "into", "onto", "over", "under",
                           "near", "behind", "beside", "across", "through", "above", "below", "around", "for"})
 ING_NOUNS = frozenset({"building", "ceiling", "clothing", "painting", "morning", "evening", "wedding", "thing",
@@ -35,16 +41,23 @@ def wordnet_pos(tokens: list[str], wn: WordNet) -> list[str]:
     out = []
     for i, tok in enumerate(tokens):
         prev = tokens[i - 1] if i else ""
+        nxt = tokens[i + 1] if i + 1 < len(tokens) else ""
         if tok in AUXILIARIES and tok != "'s":
             pos = "v"
         elif tok.endswith("ing") and len(tok) > 4 and tok.isalpha():
-            pos = "n" if prev in DETERMINERS or tok in ING_NOUNS else "v"
+            noun_before = tok in wn.lemmas["n"] and nxt.isalpha() and nxt not in DETERMINERS \
+                and nxt not in PRONOUNS and nxt not in PREPOSITIONS
+            pos = "n" if prev in DETERMINERS or tok in ING_NOUNS or noun_before else "v"
         elif tok.endswith("ed") and len(tok) > 3 and tok.isalpha():
             pos = "a" if prev in DETERMINERS else "v"
         elif tok in wn.exceptions["v"] and tok not in wn.exceptions["n"]:
             pos = "n" if prev in DETERMINERS or prev in PREPOSITIONS else "v"
         elif tok.endswith("ly") and tok in wn.lemmas["r"]:
             pos = "r"
+        elif tok.endswith(("er", "est")) and tok not in wn.lemmas["n"] and wn.lemmatize(tok, "a") != tok:
+            pos = "a"
+        elif tok.endswith("s") and tok.isalpha() and not wn.morphy(tok, "n") and wn.morphy(tok, "v"):
+            pos = "v"
         else:
             pos = "n"
         out.append(pos)

@@ -3,7 +3,7 @@
 ``word_tokenize`` first splits sentences with the Punkt model, then applies the Treebank-style word tokenizer to
 each sentence. Here sentences end at ``.``, ``!`` or ``?`` (a closing quote or bracket may follow) and white space, except after a common
 abbreviation that Punkt's English model lists (``mr.``, ``st.``; not ``etc.`` or ``e.g.``, which it does split
-after), and except after an initial or a number before a lower-case word (``john c. reilly``, ``18. apparition``:
+after), and except after an initial or a number (period last) before a lower-case word (``john c. reilly``, ``18. apparition``:
 Punkt's orthographic rule, which on lower-cased captions nearly always says "no break"). With nltk installed
 (data or not) each sentence goes to NLTK's own ``NLTKWordTokenizer`` (:mod:`hallufix.scoring.nltk_tools`);
 without it, to Treebank-style rules written from their description:
@@ -24,9 +24,10 @@ from __future__ import annotations
 import re
 
 #: Common words that Punkt's English model treats as abbreviations (no sentence break after their period).
-ABBREVIATIONS = frozenset({"mr", "mrs", "ms", "dr", "st", "vs", "u.s", "jr", "sr", "prof", "inc", "co", "ltd", "ft",
-                           "jan", "feb", "aug", "sep", "sept", "oct", "nov", "dec", "ave", "corp", "gen", "lt", "col",
-                           "ok"})
+ABBREVIATIONS = frozenset({"mr", "mrs", "ms", "dr", "st", "vs", "u.s", "a.m", "p.m", "jr", "sr", "prof", "inc", "co",
+                           "ltd", "ft", "jan", "feb", "aug", "sep", "sept", "oct", "nov", "dec", "ave", "corp", "gen",
+                           "lt", "col", "ok"})
+_NUMBER = re.compile(r"^-?[.,]?\d[\d,.-]*$")  # what Punkt counts as a number
 
 _SENT_END = re.compile(r"(?<=[.!?])\s+|(?<=[.!?][\"')\]])\s+")
 _RULES = [(re.compile(p), r) for p, r in (
@@ -46,11 +47,12 @@ _RULES = [(re.compile(p), r) for p, r in (
 
 def _joins(prev: str, piece: str) -> bool:
     """No sentence break between ``prev`` (ending in a period) and ``piece``."""
-    head = prev.rstrip("\"')]")[:-1]
-    word = head.rsplit(None, 1)[-1] if head.split() else ""
+    if not prev.endswith("."):
+        return False  # a quote or bracket after the period: Punkt breaks there
+    word = prev[:-1].rsplit(None, 1)[-1] if prev[:-1].split() else ""
     if word in ABBREVIATIONS:
         return True
-    initial_or_number = (len(word) == 1 and word.isalpha()) or word.isdigit()
+    initial_or_number = (len(word) == 1 and word.isalpha()) or bool(_NUMBER.match(word))
     return initial_or_number and piece[:1].isalpha() and piece[:1].islower()
 
 
@@ -59,7 +61,7 @@ def split_sentences(text: str) -> list[str]:
     out: list[str] = []
     for piece in _SENT_END.split(text.strip()):
         prev = out[-1] if out else None
-        if prev is not None and prev.rstrip("\"')]").endswith(".") and _joins(prev, piece):
+        if prev is not None and _joins(prev, piece):
             out[-1] = f"{prev} {piece}"
         else:
             out.append(piece)
