@@ -8,7 +8,8 @@ chosen normaliser).
 Options: ``image_root`` (images as ``COCO_val2014_<id:012d>.jpg``), ``images`` (a file of image ids, one per
 line; else ``n`` ids (500) drawn with ``seed`` (42) from the ground-truth ids), ``prompt`` ("Please describe this
 image in detail."), ``max_new_tokens`` (512; the papers' short setting is 64), ``normaliser`` (``nltk``, the
-OPERA / lmms-eval variant and default; ``pattern``, the original paper's).
+OPERA / lmms-eval variant and default — NLTK itself where installed with its data, else offline stand-ins with a
+warning; ``nltk-3.8``, with NLTK 3.8's lemmatiser; ``pattern``, the original paper's).
 """
 from __future__ import annotations
 
