@@ -37,8 +37,8 @@ def corpus(data: Path) -> dict[str, list[str]]:
     texts["hallusionbench_answers"] = [r["gt_answer_details"] for r in recs if r.get("gt_answer_details")]
     preds = json.loads((hb / "HallusionBench_result_sample.json").read_text(encoding="utf-8"))
     texts["hallusionbench_predictions"] = [r["model_prediction"] for r in preds if r.get("model_prediction")]
-    texts["pope_questions"] = sorted({json.loads(ln)["text"] for ln in (data / "pope" / "coco" / "coco_pope_adversarial"
-                                                                        ".json").read_text().splitlines() if ln.strip()})
+    pope = (data / "pope" / "coco" / "coco_pope_adversarial.json").read_text().splitlines()
+    texts["pope_questions"] = sorted({json.loads(ln)["text"] for ln in pope if ln.strip()})
     texts["chair_captions"] = [json.loads(ln)["caption"] for ln in (data / "chair" / "maxlinn_example" /
                                                                     "example_inputs.jsonl").read_text().splitlines()]
     return {k: [t.lower() for t in v if t.strip()] for k, v in texts.items()}

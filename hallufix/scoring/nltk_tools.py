@@ -136,8 +136,8 @@ def pieces(recursive_morphy: bool = False, warn: bool = True) -> Pieces:
         missing = p.sources["missing"]
         what = "the nltk package" if not nltk_installed() else "NLTK data " + ", ".join(missing)
         warnings.warn(f"CHAIR 'nltk' normaliser: {what} not found, so offline stand-ins replace "
-                      f"{', '.join(p.sources['stand_ins'])}; for exact NLTK: {INSTALL}; measured deviation: {DEVIATION}", NltkApproximationWarning,
-                      stacklevel=3)
+                      f"{', '.join(p.sources['stand_ins'])}; for exact NLTK: {INSTALL}; measured deviation: "
+                      f"{DEVIATION}", NltkApproximationWarning, stacklevel=3)
     return p
 
 
@@ -146,8 +146,9 @@ def _pieces(recursive_morphy: bool) -> Pieces:
     missing = missing_data()
     (tok, tok_src), (tag, tag_src), (lem, lem_src) = _tokenizer(missing), _tagger(missing), \
         _lemmatizer(missing, recursive_morphy)
-    stand_ins = [piece for piece, data in (("word_tokenize", "punkt_tab"), ("pos_tag", "averaged_perceptron_tagger_eng"),
-                                           ("WordNetLemmatizer", "wordnet")) if data in missing]
+    needs = (("word_tokenize", "punkt_tab"), ("pos_tag", "averaged_perceptron_tagger_eng"),
+             ("WordNetLemmatizer", "wordnet"))
+    stand_ins = [piece for piece, data in needs if data in missing]
     return Pieces(tok, tag, lem, {"tokenize": tok_src, "pos_tag": tag_src, "lemmatize": lem_src,
                                   "missing": missing, "stand_ins": stand_ins}, not missing and not recursive_morphy)
 

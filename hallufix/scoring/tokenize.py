@@ -1,17 +1,18 @@
 """Offline stand-in for NLTK's ``word_tokenize`` on captions (no Punkt data needed).
 
 ``word_tokenize`` first splits sentences with the Punkt model, then applies the Treebank-style word tokenizer to
-each sentence. Here sentences end at ``.``, ``!`` or ``?`` (a closing quote or bracket may follow) and white space, except after a common
-abbreviation that Punkt's English model lists (``mr.``, ``st.``; not ``etc.`` or ``e.g.``, which it does split
-after), and except after an initial or a number (period last) before a lower-case word (``john c. reilly``, ``18. apparition``:
-Punkt's orthographic rule, which on lower-cased captions nearly always says "no break"). With nltk installed
-(data or not) each sentence goes to NLTK's own ``NLTKWordTokenizer`` (:mod:`hallufix.scoring.nltk_tools`);
-without it, to Treebank-style rules written from their description:
+each sentence. Here sentences end at ``.``, ``!`` or ``?`` (a closing quote or bracket may follow) and white
+space, except after a common abbreviation that Punkt's English model lists (``mr.``, ``st.``; not ``etc.`` or
+``e.g.``, where it does break), and except after an initial or a number (the period last) before a lower-case word
+(``john c. reilly``, ``18. apparition``: Punkt's orthographic rule, which on lower-cased captions nearly always
+says "no break"). With nltk installed but Punkt's data absent, each sentence goes to NLTK's own data-free
+``NLTKWordTokenizer`` (:mod:`hallufix.scoring.nltk_tools`); without nltk, to Treebank-style rules written from
+their description (equal to ``NLTKWordTokenizer`` on 12,339 benchmark sentences, docs/benchmarks.md):
 
 * a sentence-final period, ``?``, ``!``, ``;``, ``@``, ``#``, ``$``, ``%``, ``&``, brackets and ``--`` become
   tokens; a comma or colon becomes a token unless a digit follows (``1,000`` and ``3:30`` stay whole);
   ``...`` is one token;
-* double quotes become ``\\`\\``` (opening) and ``''`` (closing);
+* double quotes become ``\\`\\``` (opening) and ``''`` (closing); unicode quotes and dashes are split off;
 * an opening single quote splits off a word (``'hello'`` -> ``'`` ``hello`` ``'``) unless it starts a clitic;
 * clitics split off: ``child's`` -> ``child`` ``'s``; ``don't`` -> ``do`` ``n't``; ``'ll 're 've 'm 'd``;
   ``cannot`` -> ``can`` ``not``;
