@@ -137,3 +137,16 @@ def test_release_folder_is_accepted_as_ground_truth(tmp_path, capsys):
                                      "model_id": "m", "metadata": {}}) + "\n" for i, (q, p, t) in enumerate(lines)))
     res = _score(capsys, "--ground-truth", str(root), "--answers", str(f))
     assert res["subtasks"]["count"]["score"] == 200.0 and res["subtasks"]["artwork"]["score"] == 50.0
+
+
+def test_folder_written_by_llavas_conversion_script_is_accepted(tmp_path, capsys):
+    """convert_answer_to_mme.py names each line by the image's question file (``1.txt``), not the image; its
+    folder scores like an eval_tool one (checked on LLaVA-1.5-13B's answers: the same rows, 1531.3187 / 295.3571)."""
+    gt, ans = tmp_path / "Your_Results", tmp_path / "llava-v1.5-13b"
+    gt.mkdir()
+    ans.mkdir()
+    q1, q2 = "Are there two dogs? Please answer yes or no.", "Are there three dogs?  Please answer yes or no."
+    (gt / "count.txt").write_text(f"1.jpg\t{q1}\tYes\n1.jpg\t{q2}\tNo\n")
+    (ans / "count.txt").write_text(f"1.txt\t{q2}\tNo\tNo\n1.txt\t{q1}\tYes\tYes\n")
+    res = _score(capsys, "--ground-truth", str(gt), "--answers", str(ans))
+    assert res["subtasks"]["count"] == {"acc": 100.0, "acc_plus": 100.0, "score": 200.0, "n": 2}

@@ -84,17 +84,19 @@ def read_eval_tool(folder: str | Path, with_response: bool) -> dict[str, list[tu
 
 def join_eval_tool(gt: dict[str, list[tuple]], answers: dict[str, list[tuple]], where: str
                    ) -> dict[str, list[tuple[str, str, str]]]:
-    """``{subtask: [(image, GT, response)]}`` in ground-truth order from an eval_tool 4-column folder."""
+    """``{subtask: [(image, GT, response)]}`` in ground-truth order from an eval_tool 4-column folder, matched on
+    (image name up to its first ``.``, question): the eval_tool's own files name the image (``0001.jpg``), the
+    folders LLaVA's ``convert_answer_to_mme.py`` writes name its question file (``0001.txt``)."""
     out = {}
     for sub, rows in gt.items():
         if sub not in answers:
             continue
-        resp = {(r[0], r[1]): r[3] for r in answers[sub]}
-        missing = [r for r in rows if (r[0], r[1]) not in resp]
+        resp = {(r[0].split(".")[0], r[1]): r[3] for r in answers[sub]}
+        missing = [r for r in rows if (r[0].split(".")[0], r[1]) not in resp]
         if missing:
             raise TaskError(f"{where}/{sub}.txt: no response for {missing[0][0]!r} / {missing[0][1]!r} "
-                            f"({len(missing)} missing)")
-        out[sub] = [(r[0], r[2], resp[(r[0], r[1])].replace("\n", " ")) for r in rows]
+                            f"({len(missing)} of {len(rows)} missing)")
+        out[sub] = [(r[0], r[2], resp[(r[0].split(".")[0], r[1])].replace("\n", " ")) for r in rows]
     if not out:
         raise TaskError(f"{where}: no subtask file matches the ground truth ({', '.join(sorted(gt))})")
     return out
