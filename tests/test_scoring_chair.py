@@ -181,6 +181,11 @@ def test_part_of_speech_guesser_picks_the_lemma_the_tagger_would():
 
     assert lemmas("the training data shows a man training a dog") == [
         "the", "training", "data", "show", "a", "man", "train", "a", "dog"]
+    assert lemmas("training data of my last training run") == ["training", "data", "of", "my", "last", "training",
+                                                                "run"]
+    assert lemmas("a man skiing down a hill holding skis") == ["a", "man", "ski", "down", "a", "hill", "hold", "ski"]
+    assert lemmas("a cat seated on a green potted plant") == ["a", "cat", "seat", "on", "a", "green", "potted",
+                                                              "plant"]
     assert lemmas("the largest bear depicts two skiers skiing") == ["the", "large", "bear", "depict", "two", "skier",
                                                                     "ski"]
     assert lemmas("he has sat on a potted plant") == ["he", "have", "sit", "on", "a", "potted", "plant"]

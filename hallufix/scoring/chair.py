@@ -149,8 +149,9 @@ class ChairScorer:
 
             p = pieces(self.normaliser_name == "nltk-3.8", warn=self.normaliser_name != "pattern")
             tokenizer = p.tokenize
-            if self.normaliser_name != "pattern":
+            if self.normaliser_name != "pattern":  # the pieces found now serve this scorer for its lifetime
                 self.sources = dict(p.sources)
+                normaliser = (lambda tokens: [p.lemmatize(t, pos) for t, pos in zip(tokens, p.wordnet_pos(tokens))])
         tokenizer = tokenizer or word_tokenize
         self.normalise, self.tokenize = normaliser, (lambda text: tokenizer(text.lower()))
 

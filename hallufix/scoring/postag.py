@@ -5,11 +5,13 @@ part of speech for lemmatisation (J -> adjective, V -> verb, N -> noun, R -> adv
 this guesser returns those four WordNet classes directly, deciding only what changes a lemma:
 
 * forms of *be*, *have* and *do* -> verb (``has`` -> have, not the noun reading ``ha``);
-* ``-ing`` words -> verb (``skiing`` -> ski, ``sitting`` -> sit) unless a determiner or possessive precedes
-  them, they are common nouns (``building``, ``ceiling``, ...), or they are WordNet nouns followed by a word that
-  is neither a determiner, a pronoun, a preposition nor punctuation (``training data`` stays ``training``, not
-  the COCO class ``train``; ``training a dog`` -> train);
-* ``-ed`` words -> verb (``tied`` -> tie) unless a determiner precedes them (then adjective: ``a potted plant``);
+* ``-ing`` words -> verb (``skiing`` -> ski, ``sitting`` -> sit, ``a man training a dog`` -> train) unless a
+  determiner or possessive precedes them (alone or with an adjective: ``my last training``), they are common
+  nouns (``building``, ``ceiling``, ...), or they are WordNet nouns that open a sentence before a content word
+  (``training data`` stays ``training``, not the COCO class ``train``);
+* ``-ed`` words -> verb (``tied`` -> tie, ``seated on`` -> seat, ``artwork titled`` -> title) unless a determiner
+  precedes them, or they are WordNet adjectives before a content word after an adjective, a number, a
+  preposition or a conjunction (then adjective: ``a potted plant``, ``green potted plant``, ``of potted plants``);
 * irregular verb forms in WordNet's ``verb.exc`` (``sat``, ``held``) -> verb unless a determiner or
   preposition precedes them (``on the ground`` stays a noun);
 * ``-ly`` words that WordNet lists as adverbs -> adverb;
@@ -28,12 +30,20 @@ DETERMINERS = frozenset({"a", "an", "the", "this", "that", "these", "those", "hi
 PRONOUNS = frozenset({"it", "he", "she", "they", "we", "you", "i", "him", "them", "us", "me", "itself", "himself",
                       "herself", "themselves", "there", "here"})
 PREPOSITIONS = frozenset({"on", "in", "at", "of", "to", "from", "by", "with", "into", "onto", "over", "under",
-                          "near", "behind", "beside", "across", "through", "above", "below", "around", "for"})
+                          "near", "behind", "beside", "across", "through", "above", "below", "around", "for", "next",
+                          "alongside", "against", "down", "up", "out", "together", "inside", "outside", "between",
+                          "along", "off", "toward", "towards", "while", "and", "or", "as", "like", "atop", "upon"})
 ING_NOUNS = frozenset({"building", "ceiling", "clothing", "painting", "morning", "evening", "wedding", "thing",
                        "something", "nothing", "anything", "everything", "ring", "king", "string", "spring",
                        "wing", "swing", "railing", "icing", "frosting", "topping", "stuffing", "pudding",
                        "bedding", "awning", "sibling", "duckling", "lighting", "sling", "ping", "siding",
                        "seating", "paneling", "opening", "setting", "landing", "parking", "dressing"})
+
+
+def _content(word: str) -> bool:
+    """A word that can follow a modifier: alphabetic, no determiner, pronoun, preposition or auxiliary."""
+    return word.isalpha() and word not in DETERMINERS and word not in PRONOUNS and word not in PREPOSITIONS \
+        and word not in AUXILIARIES
 
 
 def wordnet_pos(tokens: list[str], wn: WordNet) -> list[str]:
@@ -45,11 +55,13 @@ def wordnet_pos(tokens: list[str], wn: WordNet) -> list[str]:
         if tok in AUXILIARIES and tok != "'s":
             pos = "v"
         elif tok.endswith("ing") and len(tok) > 4 and tok.isalpha():
-            noun_before = tok in wn.lemmas["n"] and nxt.isalpha() and nxt not in DETERMINERS \
-                and nxt not in PRONOUNS and nxt not in PREPOSITIONS
-            pos = "n" if prev in DETERMINERS or tok in ING_NOUNS or noun_before else "v"
+            prev2 = tokens[i - 2] if i > 1 else ""
+            after_adjective = prev2 in DETERMINERS and prev in wn.lemmas["a"]
+            noun_before = tok in wn.lemmas["n"] and (not prev or not prev.isalpha()) and _content(nxt)
+            pos = "n" if prev in DETERMINERS or tok in ING_NOUNS or noun_before or after_adjective else "v"
         elif tok.endswith("ed") and len(tok) > 3 and tok.isalpha():
-            pos = "a" if prev in DETERMINERS else "v"
+            modifier = prev in wn.lemmas["a"] or prev in PREPOSITIONS or prev.isdigit()
+            pos = "a" if prev in DETERMINERS or (tok in wn.lemmas["a"] and modifier and _content(nxt)) else "v"
         elif tok in wn.exceptions["v"] and tok not in wn.exceptions["n"]:
             pos = "n" if prev in DETERMINERS or prev in PREPOSITIONS else "v"
         elif tok.endswith("ly") and tok in wn.lemmas["r"]:
