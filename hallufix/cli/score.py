@@ -1,11 +1,15 @@
 """``hallufix score pope|mme|chair``: score prediction files from any pipeline exactly as the community does.
 
+Reads LLaVA's answer files, the MME eval_tool folders, caption JSONL and lmms-eval sample logs (``--log_samples``;
+:mod:`hallufix.tasks.lmms_eval_log`); the accepted formats per benchmark are listed in ``docs/benchmarks.md``.
+
 Outputs a readable table, or with ``--json`` one JSON object (keys documented per benchmark in
 ``docs/benchmarks.md``). Bad input (missing file, malformed line, unknown parser) exits with status 2 and a
 message naming the file and line.
 """
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
 
@@ -24,7 +28,7 @@ def register(sub) -> None:
                "--answers llava-v1.5-13b.jsonl --json\n"
                "          hallufix score pope --answers logs/x_samples_pope_adv.jsonl --answers "
                "logs/x_samples_pope_pop.jsonl --answers logs/x_samples_pope_random.jsonl --parser lmms-eval",
-        formatter_class=__import__("argparse").RawDescriptionHelpFormatter)
+        formatter_class=argparse.RawDescriptionHelpFormatter)
     pope.add_argument("--questions", action="append", default=None, metavar="FILE_OR_DIR",
                       help="label file (JSONL or JSON array) or folder of *_pope_<split>.json; may be repeated, "
                            "e.g. to add LLaVA's llava_pope_test.jsonl (question id -> category); not needed for "
@@ -42,7 +46,7 @@ def register(sub) -> None:
         epilog="examples: hallufix score mme --ground-truth eval_tool/Your_Results --answers eval_tool/LaVIN --json\n"
                "          hallufix score mme --ground-truth eval_tool/Your_Results --answers llava-v1.5-13b.jsonl\n"
                "          hallufix score mme --answers logs/x_samples_mme.jsonl",
-        formatter_class=__import__("argparse").RawDescriptionHelpFormatter)
+        formatter_class=argparse.RawDescriptionHelpFormatter)
     mme.add_argument("--ground-truth", default=None, metavar="DIR",
                      help="eval_tool Your_Results folder (<subtask>.txt: image, question, Yes/No) or the "
                           "MME_Benchmark_release_version folder; not needed for an lmms-eval sample log")
