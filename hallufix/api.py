@@ -25,7 +25,7 @@ from hallufix.events import BatchInfo, ImageEvent
 from hallufix.errors import BatchEndFailed
 from hallufix.intercept import HookTable, Interceptor, guards
 from hallufix.models.adapters import adapter_for
-from hallufix.plugins import ActiveMethods, activate, new_manager, split_plugins
+from hallufix.plugins import ActiveMethods, PluginError, activate, new_manager, split_plugins
 
 
 @dataclass
@@ -98,8 +98,8 @@ class MethodRun:
             pts = [p for r in results for p in (r or [])]
             for p in pts:
                 if p.layer is not None and not 0 <= p.layer < session.info.num_layers:
-                    raise ValueError(f"method '{name}' declared {p.name}, but the model has "
-                                     f"{session.info.num_layers} layers (0-based)")
+                    raise PluginError(f"method '{name}' declared {p.name}, but the model has "
+                                      f"{session.info.num_layers} layers (0-based) — check its layer settings")
             if pts:
                 self.declared[inst] = pts
         self.table = HookTable(methods.pm, self.declared)

@@ -109,7 +109,7 @@ def _preflight(args, base: dict, p):
     limit: samples}, out_root)``."""
     from hallufix.config import method_config
     from hallufix.experiment import cell_dirname, default_output
-    from hallufix.plugins import PluginError, discover
+    from hallufix.plugins import PluginError, discover, load_local
     from hallufix.rundir import check_unlocked
     from hallufix.validate import check_device, check_dtype, check_output, check_samples, check_spec
 
@@ -119,16 +119,18 @@ def _preflight(args, base: dict, p):
     check_device(base.get("device"))
     registry = discover()
     for cell in p.cells:  # validate names and config keys before the model loads
+        if len(set(cell.plugins)) != len(cell.plugins):
+            raise PluginError(f"a method is listed twice in {cell.plugins} — stack distinct methods")
         for name in cell.plugins:
-            if not name.endswith(".py") and ".py:" not in name:
-                info = registry.get(name)
-                try:
-                    cls = info.load()
-                except Exception as exc:
-                    raise PluginError(f"plugin '{name}' ({info.dist}) failed to import: "
-                                      f"{type(exc).__name__}: {exc} — reinstall it, or leave it out of --plugins"
-                                      ) from None
-                method_config(cls, overrides=cell.overrides.get(name, []))
+            local = name.endswith(".py") or ".py:" in name
+            info = load_local(name, discover()) if local else registry.get(name)  # local: a scratch registry
+            try:
+                cls = info.load()
+            except Exception as exc:
+                raise PluginError(f"plugin '{name}' ({info.dist}) failed to import: "
+                                  f"{type(exc).__name__}: {exc} — reinstall it, or leave it out of --plugins"
+                                  ) from None
+            method_config(cls, overrides=cell.overrides.get(name, []))
     task = _make_task(base["task"], p.task_options)
     samples: dict = {"task": task}
     for cell in p.cells:
