@@ -136,6 +136,8 @@ def _os_message(exc: OSError) -> str | None:
         return f"{name or 'a path'} is a folder where a file was expected — point the option at a file"
     if exc.errno == errno.ENOTDIR:
         return f"{name or 'a path'}: a file stands where a folder is expected — choose another path"
+    if exc.errno == errno.EEXIST and name:
+        return f"{name} already exists and is not a folder — move it away or choose another --output"
     if exc.errno == errno.ENOENT and name:
         return f"file not found: {name} — check the path"
     if exc.errno == errno.EDQUOT:
@@ -164,11 +166,24 @@ def describe(exc: BaseException) -> str | None:
         msg = _os_message(exc)
         if msg:
             return msg + progress_hint(exc)
+    if isinstance(exc, UnicodeDecodeError):
+        name = _file_in_traceback(exc)
+        return (f"{name or 'a data file'} is not UTF-8 text (byte {exc.start}: {exc.reason}) — re-save it as UTF-8"
+                f"{progress_hint(exc)}")
     if isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError":
         return (f"out of memory ({type(exc).__name__}) — lower --batch-size, use --dtype bfloat16, or a smaller "
                 f"model{progress_hint(exc)}")
     if isinstance(exc, ModuleNotFoundError) and exc.name in ("torch", "transformers", "PIL", "pandas"):
         return f"{exc.name} is not installed in this environment — `pip install hallufix` installs what it needs"
+    return None
+
+
+def _file_in_traceback(exc: BaseException) -> str | None:
+    """The innermost frame's local that names an existing file (where a reader failed), if any."""
+    for frame, _ in reversed(list(traceback.walk_tb(exc.__traceback__))):
+        for value in frame.f_locals.values():
+            if isinstance(value, Path) and value.is_file():
+                return str(value)
     return None
 
 

@@ -4,12 +4,16 @@ Layout of a run directory::
 
     config.yaml     the resolved run config (model, task, plugins, per-method configs, generation settings)
     env.json        versions, git hash, device, dtype, attention implementation, batch size, seed
-    samples.jsonl   one record per finished sample, appended and flushed after every batch
+    samples.jsonl   one record per finished sample (strict JSON), appended and fsynced after every batch
+    batches.jsonl   one line per finished batch: its ids, wall seconds, generated tokens, hook counts
     results.json    schema-versioned metrics with their direction, method order, overhead; written at the end
-    hooks.json      fired count per hook point and which attention path each layer ran
+    hooks.json      fired count per hook point and which attention path each layer ran (all processes)
+    .lock           held (flock) by the one process writing the directory
 
 An interrupted run (killed, Ctrl-C, crash) keeps every finished batch; the same command resumes from
-``samples.jsonl`` and produces the same ``results.json`` metrics as an uninterrupted run.
+``samples.jsonl`` and produces the same ``results.json`` metrics as an uninterrupted run; overhead and hook counts
+come from ``batches.jsonl``, so they add up over every process and a rerun of a finished run keeps them. Reading
+and writing go through :mod:`hallufix.rundir`.
 """
 from __future__ import annotations
 

@@ -3,6 +3,7 @@ one way a third-party method can. Not a test module (no ``test_`` prefix); read 
 
 HEADER = '''
 import math
+import os
 import torch
 import hallufix
 from hallufix import points
@@ -102,7 +103,7 @@ class BatchEnd(Method):
     @hallufix.hookimpl
     def hallufix_batch_end(self, batch):
         self.batches += 1
-        if self.batches >= 2:
+        if self.batches >= int(os.environ.get("BATCH_END_FAIL_AT", "2")):
             raise ValueError("summary failed")
 ''',
     "nan_logits": HEADER + '''
@@ -173,7 +174,7 @@ class Interrupt(Method):
     @hallufix.hookimpl
     def hallufix_batch_start(self, batch):
         self.batches += 1
-        if self.batches >= 2:
+        if self.batches >= int(os.environ.get("INTERRUPT_AT_BATCH", "2")):
             raise KeyboardInterrupt
 
     @hallufix.hookimpl

@@ -229,14 +229,32 @@ def test_plugin_failures_name_the_plugin_and_keep_finished_work(plugin, message,
         assert not cells  # nothing finished: no empty run directory is left behind
 
 
-def test_plugin_failure_then_fixed_plugin_resumes(data, tmp_path, capsys):
-    """The batch a failing batch_end generated is kept; a rerun with a working plugin of that name resumes."""
+@pytest.mark.parametrize("override, message", [
+    ("clva.pos_layer=99", r"plugin 'clva' failed in hallufix_configure: ValueError: pos_layer=99 is outside"),
+    ("clva.apply_layers=abc", r"plugin 'clva' failed in hallufix_configure: ValueError: .*'abc'"),
+])
+def test_config_values_only_the_model_can_refute(override, message, data, tmp_path, capsys):
+    """Layer indices need the model's depth: refused when the method configures, before any sample runs."""
+    import re
+
+    code, _, err = cli(run_builtin(data, tmp_path / "out", "--plugins", "clva", override), capsys)
+    assert code == 2 and re.search(message, one_line_error(err)), err
+    assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir())
+
+
+def test_plugin_failure_then_fixed_plugin_resumes(data, tmp_path, capsys, monkeypatch):
+    """The batch a failing batch_end generated is kept; once the plugin works, the same command resumes."""
     out = tmp_path / "out"
-    assert cli(run_builtin(data, out, "--plugins", f"{data}/plug_batch_end.py"), capsys)[0] == 2
+    args = run_builtin(data, out, "--plugins", f"{data}/plug_batch_end.py")
+    assert cli(args, capsys)[0] == 2
     cell = next(out.iterdir())
     kept = records(cell / "samples.jsonl")
     assert [r["id"] for r in kept] == ["q1", "q2"]
-    assert "1 of" not in capsys.readouterr().err
+    monkeypatch.setenv("BATCH_END_FAIL_AT", "99")
+    assert cli(args, capsys)[0] == 0
+    assert records(cell / "samples.jsonl")[:2] == kept and len(records(cell / "samples.jsonl")) == 3
+    overhead = json.loads((cell / "results.json").read_text())["overhead"]
+    assert overhead["samples_timed"] == 3 and overhead["processes"] == 2
 
 
 def test_nonfinite_plugin_diagnostics_stay_strict_json(data, tmp_path, capsys):
@@ -279,13 +297,31 @@ def test_bad_data_at_run_time_names_sample_and_keeps_work(task, message, finishe
         assert not (out / "baseline").exists()
 
 
-def test_interrupt_says_resume_only_when_something_finished(data, tmp_path, capsys):
+def test_interrupt_says_resume_only_when_something_finished(data, tmp_path, capsys, monkeypatch):
     out = tmp_path / "out"
     code, _, err = cli(run_builtin(data, out, "--plugins", f"{data}/plug_interrupt.py"), capsys)
     assert code == 130 and "1 of 3 samples are finished" in err and "rerun the same command" in err
-    code, _, err = cli(run_builtin(data, tmp_path / "other", "--plugins", f"{data}/plug_interrupt.py",
-                                   batch_size=3), capsys)  # one batch: interrupted before anything finished
-    assert code == 130 or code == 0
+    assert len(records(next(out.iterdir()) / "samples.jsonl")) == 1
+    monkeypatch.setenv("INTERRUPT_AT_BATCH", "1")  # interrupted before anything finished: no resume promise
+    code, _, err = cli(run_builtin(data, tmp_path / "other", "--plugins", f"{data}/plug_interrupt.py"), capsys)
+    assert code == 130 and err.strip().endswith("hallufix: interrupted") and "resume" not in err
+    assert not (tmp_path / "other").exists() or not list((tmp_path / "other").iterdir())
+
+
+def test_non_utf8_file_read_by_any_reader_names_the_file(tmp_path, capsys, monkeypatch):
+    """A reader that does not use tasks.base.read_text still gives a one-line message naming the file."""
+    import hallufix.cli.report as verb
+
+    bad = tmp_path / "gt.txt"
+    bad.write_bytes("caf\u00e9\n".encode("latin-1"))
+
+    def reader(args):
+        path = bad
+        return len(path.read_text(encoding="utf-8"))
+
+    monkeypatch.setattr(verb, "_report", reader)
+    code, _, err = cli(["report", str(tmp_path)], capsys)
+    assert code == 2 and f"{bad} is not UTF-8 text" in one_line_error(err)
 
 
 # ---------------------------------------------------------------------------------------------------- run dirs
@@ -501,7 +537,6 @@ def test_internal_bug_keeps_traceback_and_asks_for_a_report(monkeypatch, capsys)
     import hallufix.cli.plugins as verb
 
     monkeypatch.setattr(verb, "_plugins", lambda args: 1 / 0)
-    monkeypatch.setattr(verb, "register", verb.register)  # handler bound at parse time: patch the module function
     code, _, err = cli(["plugins"], capsys)
     assert code == 1 and "Traceback" in err and "ZeroDivisionError" in err and "please report" in err
 

@@ -3,7 +3,7 @@ the model's context are refused, generated token ids end at EOS.
 
 * :class:`FiniteLogitsGuard` is the last ``LogitsProcessor`` of every ``generate`` (after the methods' own): a row
   whose next-token scores hold NaN or +/-inf raises :class:`NonFiniteLogits` instead of letting greedy decoding pick
-  an arbitrary token (a silently scored ``""``). Cost: one ``isfinite`` over ``(B, V)`` per step.
+  an arbitrary token (a silently scored ``""``). Cost: one max-reduction over ``(B, V)`` per step.
 * :func:`locate_nonfinite` replays the failing batch with a forward hook on every decoder layer and reports the
   first layer whose output is non-finite in the failing rows, and the methods acting there.
 * :func:`check_context` refuses a batch whose prompt plus generation budget exceeds the language model's positions.
@@ -47,7 +47,8 @@ class FiniteLogitsGuard(LogitsProcessor):
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         # -inf is how a method (or transformers' own processors) bans a token; a row is broken when a value is NaN
         # or +inf, or when nothing is left to choose (every score -inf). Rows that already ended are not looked at.
-        bad = torch.isnan(scores).any(-1) | torch.isposinf(scores).any(-1) | torch.isneginf(scores).all(-1)
+        # one reduction: a row's max is NaN if any score is NaN, +inf if any is +inf, -inf if all are -inf
+        bad = ~torch.isfinite(scores.amax(-1))
         if self.step > 0 and self.eos:
             ended = torch.isin(input_ids[:, -1], torch.tensor(self.eos, device=input_ids.device))
             self.finished = ended if self.finished is None else self.finished | ended
