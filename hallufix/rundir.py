@@ -172,22 +172,25 @@ def rewrite_jsonl(path: Path, records: list[dict]) -> None:
 
 
 def append_records(f, records: list[dict]) -> None:
-    """Append ``records`` to the open file ``f`` as one write, flushed and fsynced. On failure (disk full) the file
-    is cut back to where it was, so no torn line is left; the error propagates."""
-    text = "".join(dumps(r) + "\n" for r in records).encode("utf-8")
-    start = f.tell()
+    """Append ``records`` to the file ``f`` (opened ``"ab"``) as strict-JSON lines, written with ``os.write`` and
+    fsynced. If the write fails (disk full) the file is cut back to its previous length, so it never ends in a torn
+    line; the error propagates, naming the file. (Python's buffered writer cannot be rolled back: a failed flush
+    keeps its buffer and fails again on every seek, so the bytes go through the file descriptor directly.)"""
+    data = "".join(dumps(r) + "\n" for r in records).encode("utf-8")
+    f.flush()  # nothing of ours is buffered; whatever is, goes first
+    fd = f.fileno()
+    start = os.fstat(fd).st_size
     try:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    except BaseException:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        os.fsync(fd)
+    except OSError as exc:
         try:
-            f.seek(start)
-            f.truncate(start)
-            f.flush()
-        except (OSError, ValueError):
+            os.ftruncate(fd, start)
+        except OSError:
             pass
-        raise
+        raise OSError(exc.errno, exc.strerror, getattr(f, "name", None)) from None
 
 
 # ---------------------------------------------------------------------------------------------------- measurements
