@@ -210,3 +210,23 @@ def measurements(out_dir: Path, ids: set[str]) -> dict:
                 total[key][k] = total[key].get(k, 0) + int(v)
     total["processes"] = len(total["processes"])
     return total
+
+
+def remove_empty_run(out_dir: Path) -> None:
+    """Undo a fresh run directory in which nothing finished (only the files a run writes; never anything else)."""
+    for name in ("config.yaml", "env.json", SAMPLES, BATCHES, LOCK, "config.yaml.tmp",
+                 "env.json.tmp"):
+        try:
+            (out_dir / name).unlink()
+        except OSError:
+            pass
+    try:
+        out_dir.rmdir()
+    except OSError:
+        pass
+
+
+def config_diff(previous: dict, config: dict) -> str:
+    """``"key: old -> new, ..."`` for the top-level keys where two run configs differ (first four)."""
+    keys = sorted(k for k in set(previous) | set(config) if previous.get(k) != config.get(k))
+    return ", ".join(f"{k}: {previous.get(k)!r} -> {config.get(k)!r}" for k in keys[:4])[:300]

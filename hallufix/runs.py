@@ -105,13 +105,17 @@ def metrics_block(task: Task, scores: dict[str, dict[str, float]], counts: dict[
 
 
 def execute(session, task: Task, spec: RunSpec, out_dir: Path, *, methods=None, progress: bool = True,
-            on_batch=None, samples: list | None = None, drop_corrupt: bool = False) -> dict:
+            on_batch=None, samples: list | None = None, drop_corrupt: bool = False,
+            on_nonfinite: str = "stop") -> dict:
     """Run (or resume) ``spec`` on ``task`` with ``session`` into ``out_dir``; return the results dict.
 
     :param methods: an already activated :class:`~hallufix.plugins.ActiveMethods` (else built from ``spec``).
     :param on_batch: optional callback ``(n_done, n_total)`` after each batch (tests use it to interrupt).
     :param samples: the task's samples as already checked by :func:`hallufix.validate.check_samples` (else read).
     :param drop_corrupt: drop corrupt middle lines of ``samples.jsonl`` (kept aside) instead of refusing.
+    :param on_nonfinite: ``"stop"`` (default): non-finite logits stop the run naming the method and layer;
+        ``"record"``: such samples are recorded with ``output: null`` and a ``nonfinite`` message, left out of the
+        metrics and listed under ``results["nonfinite"]``.
 
     Holds ``out_dir``'s writer lock throughout. An exception escaping the run carries how many samples are
     finished (:func:`hallufix.errors.note_progress`); a fresh directory in which nothing finished is removed.
@@ -125,39 +129,49 @@ def execute(session, task: Task, spec: RunSpec, out_dir: Path, *, methods=None, 
     try:
         with rundir.RunLock(out_dir):
             return _execute_locked(session, task, spec, out_dir, methods, progress, on_batch, samples, drop_corrupt,
-                                   done)
+                                   done, on_nonfinite)
     except BaseException as exc:
         note_progress(exc, out_dir, len(done), len(samples))
         if fresh and not done:
-            _remove_empty_run(out_dir)
+            rundir.remove_empty_run(out_dir)
         raise
 
 
-def _remove_empty_run(out_dir: Path) -> None:
-    """Undo a fresh run directory in which nothing finished (only the files a run writes; never anything else)."""
-    for name in ("config.yaml", "env.json", rundir.SAMPLES, rundir.BATCHES, rundir.LOCK, "config.yaml.tmp",
-                 "env.json.tmp"):
-        try:
-            (out_dir / name).unlink()
-        except OSError:
-            pass
+def _generate(run, batch, images, max_new: int, on_nonfinite: str):
+    """One batch: ``(generations, {row: message})``. Non-finite logits stop the run with the method and layer that
+    produced them (:mod:`hallufix.intercept.guards`); with ``on_nonfinite="record"`` the batch is redone one row at a
+    time and the rows that still break are returned flagged (their message says where) instead."""
+    import torch
+
+    from hallufix.api import Generation
+    from hallufix.intercept.guards import NonFiniteLogits, describe_nonfinite, locate_nonfinite
+
+    questions = [s.question for s in batch]
     try:
-        out_dir.rmdir()
-    except OSError:
-        pass
+        return run.generate(images, questions, max_new_tokens=max_new), {}
+    except NonFiniteLogits as exc:
+        info = locate_nonfinite(run, images, questions, exc.rows, exc.step)
+        dtype = str(next(run.session.model.parameters()).dtype)
+        message = describe_nonfinite(info, [batch[r].id for r in exc.rows], run.order, dtype)
+        if on_nonfinite != "record":
+            raise NumericalError(message + " (or --on-nonfinite record to flag such samples and go on)") from None
+    outs, flagged = [], {}
+    for i, (image, question) in enumerate(zip(images, questions)):
+        try:
+            outs.extend(run.generate([image], [question], max_new_tokens=max_new))
+        except NonFiniteLogits:
+            outs.append(Generation("", torch.zeros(0, dtype=torch.long)))
+            flagged[i] = message
+    return outs, flagged
 
 
-def _config_diff(previous: dict, config: dict) -> str:
-    keys = sorted(k for k in set(previous) | set(config) if previous.get(k) != config.get(k))
-    return ", ".join(f"{k}: {previous.get(k)!r} -> {config.get(k)!r}" for k in keys[:4])[:300]
-
-
-def _execute_locked(session, task, spec, out_dir, methods, progress, on_batch, samples, drop_corrupt, done) -> dict:
+def _execute_locked(session, task, spec, out_dir, methods, progress, on_batch, samples, drop_corrupt, done,
+                    on_nonfinite) -> dict:
     import torch
     import yaml
     from tqdm import tqdm
 
-    from hallufix.intercept.guards import NonFiniteLogits, PromptTooLong, describe_nonfinite, locate_nonfinite
+    from hallufix.intercept.guards import PromptTooLong, check_questions_fit
 
     run = session.start(spec.plugins, spec.overrides, methods=methods)
     ids = [s.id for s in samples]
@@ -170,7 +184,7 @@ def _execute_locked(session, task, spec, out_dir, methods, progress, on_batch, s
     if cfg_path.is_file():
         previous = yaml.safe_load(cfg_path.read_text(encoding="utf-8")) or {}
         if previous != config:
-            raise RunDirError(f"{out_dir} holds a run with a different config ({_config_diff(previous, config)}) — "
+            raise RunDirError(f"{out_dir} holds a run with a different config ({rundir.config_diff(previous, config)}) — "
                               f"choose another --output, or delete that folder to start over")
     else:
         rundir.write_text(cfg_path, yaml.safe_dump(config, sort_keys=False))
@@ -185,7 +199,7 @@ def _execute_locked(session, task, spec, out_dir, methods, progress, on_batch, s
         # rewrite once (atomically); else leave the file alone
         rundir.rewrite_jsonl(samples_path, clean)
     todo = [s for s in samples if s.id not in done]
-    _check_prompt_lengths(session, todo, max_new)
+    check_questions_fit(session, todo, max_new)
     torch.manual_seed(spec.seed)
     process = f"{os.getpid()}@{time.time():.0f}"
     bar = tqdm(total=len(samples), initial=len(samples) - len(todo), desc=f"{spec.stack} on {task.name}",
@@ -197,21 +211,19 @@ def _execute_locked(session, task, spec, out_dir, methods, progress, on_batch, s
             t0 = time.perf_counter()
             failure = None
             try:
-                outs = run.generate(images, [s.question for s in batch], max_new_tokens=max_new)
+                outs, flagged = _generate(run, batch, images, max_new, on_nonfinite)
             except BatchEndFailed as exc:  # the batch was generated: keep it, then report the plugin's error
-                outs, failure = exc.generations, exc.original
-            except NonFiniteLogits as exc:
-                info = locate_nonfinite(run, images, [s.question for s in batch], exc.rows, exc.step)
-                raise NumericalError(describe_nonfinite(info, [batch[r].id for r in exc.rows], run.order,
-                                                        str(next(session.model.parameters()).dtype))) from None
+                outs, flagged, failure = exc.generations, {}, exc.original
             except PromptTooLong as exc:
                 raise TaskError(f"sample(s) {', '.join(batch[r].id for r in sorted(exc.rows))}: {exc}") from None
             wall = time.perf_counter() - t0
             recs = []
-            for s, o in zip(batch, outs):
+            for i, (s, o) in enumerate(zip(batch, outs)):
                 recs.append({"id": s.id, "split": s.split, "question": s.question, "answer": s.answer,
                              "output": o.text, "parsed": task.parse(s, o.text), "meta": s.meta,
                              "diagnostics": o.diagnostics})
+                if i in flagged:  # --on-nonfinite record: kept, flagged, left out of the metrics
+                    recs[-1].update(output=None, parsed=None, nonfinite=flagged[i])
                 bad: list[str] = []
                 recs[-1] = rundir.strict(recs[-1], "", bad)
                 if bad:
@@ -227,7 +239,11 @@ def _execute_locked(session, task, spec, out_dir, methods, progress, on_batch, s
             if on_batch is not None:
                 on_batch(len(done), len(samples))
     bar.close()
-    records = [done[i] for i in ids]
+    records = [done[i] for i in ids if not done[i].get("nonfinite")]
+    broken = [i for i in ids if done[i].get("nonfinite")]
+    if not records:
+        raise NumericalError(f"every sample of {out_dir} had non-finite logits — nothing to score; "
+                             f"{done[broken[0]]['nonfinite']}")
     scores = task.score(records)
     counts: dict[str, int] = {}
     for r in records:
@@ -240,6 +256,7 @@ def _execute_locked(session, task, spec, out_dir, methods, progress, on_batch, s
             "attn_implementation": session.adapter.get_text_attn_implementation(session.model)},
         "methods": run.methods.record(), "task": {"name": task.name, "n": len(records)},
         "swept": spec.swept, "seed": spec.seed, "metrics": metrics_block(task, scores, counts),
+        "nonfinite": {"n": len(broken), "ids": broken, "excluded_from_metrics": True} if broken else None,
         "overhead": {"wall_s_per_sample": (m["wall_s"] / m["samples"]) if m["samples"] else None,
                      "wall_s_per_token": (m["wall_s"] / m["tokens"]) if m["tokens"] else None,
                      "samples_timed": m["samples"], "processes": m["processes"]},
@@ -252,20 +269,3 @@ def _execute_locked(session, task, spec, out_dir, methods, progress, on_batch, s
 
 def _diff(now: dict, before: dict) -> dict:
     return {k: v - before.get(k, 0) for k, v in now.items() if v - before.get(k, 0)}
-
-
-def _check_prompt_lengths(session, samples: list, max_new: int) -> None:
-    """Refuse before generating when a question alone (no template, no image tokens) plus the budget already
-    exceeds the model's context; the exact per-batch check is :func:`hallufix.intercept.guards.check_context`."""
-    from hallufix.intercept.guards import context_limit
-
-    limit = context_limit(session.model)
-    tok = getattr(session.processor, "tokenizer", None)
-    if not limit or tok is None or not samples:
-        return
-    lengths = tok([s.question for s in samples], add_special_tokens=False)["input_ids"]
-    over = [(s.id, len(ln)) for s, ln in zip(samples, lengths) if len(ln) + max_new > limit]
-    if over:
-        shown = ", ".join(f"{i} ({n} tokens)" for i, n in over[:5])
-        raise TaskError(f"question(s) longer than the model's context of {limit} positions (with {max_new} new "
-                        f"tokens): {shown} — shorten them, or drop them from the task file")

@@ -118,6 +118,24 @@ class NanLogits(Method):
     def hallufix_logits(self, event):
         event.scores = event.scores * float("nan")
 ''',
+    # NaN logits only for questions about a star: with --on-nonfinite record, only that sample is flagged
+    "nan_star": HEADER + '''
+class NanStar(Method):
+    name = "nan-star"
+
+    @hallufix.hookimpl
+    def hallufix_configure(self, model):
+        return points.logits()
+
+    @hallufix.hookimpl
+    def hallufix_batch_start(self, batch):
+        self.rows = [i for i, q in enumerate(batch.questions) if "star" in q]
+
+    @hallufix.hookimpl
+    def hallufix_logits(self, event):
+        if self.rows:
+            event.scores[self.rows] = float("nan")
+''',
     "nan_bias": HEADER + '''
 class NanBias(Method):
     name = "nan-bias"

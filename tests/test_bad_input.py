@@ -268,6 +268,23 @@ def test_nonfinite_plugin_diagnostics_stay_strict_json(data, tmp_path, capsys):
     assert recs[0]["nonfinite_fields"] == ["diagnostics.nan-diagnostics.ratio", "diagnostics.nan-diagnostics.peak"]
 
 
+@pytest.mark.parametrize("batch_size", [1, 3])
+def test_nonfinite_rows_can_be_recorded_flagged_and_left_out(batch_size, data, tmp_path, capsys):
+    out = tmp_path / "out"
+    code, _, err = cli(run_builtin(data, out, "--plugins", f"{data}/plug_nan_star.py", "--on-nonfinite", "record",
+                                   batch_size=batch_size), capsys)
+    assert code == 0 and "warning: 1 sample(s)" in err and "left out of its metrics" in err
+    cell = next(out.iterdir())
+    recs = {r["id"]: r for r in records(cell / "samples.jsonl")}
+    assert recs["q3"]["output"] is None and "method 'nan-star' edits the logits" in recs["q3"]["nonfinite"]
+    assert recs["q1"]["output"] and "nonfinite" not in recs["q1"]
+    res = json.loads((cell / "results.json").read_text())
+    assert res["nonfinite"]["ids"] == ["q3"] and res["metrics"]["all"]["n"]["value"] == 2
+    code, _, err = cli(run_builtin(data, tmp_path / "stop", "--plugins", f"{data}/plug_nan_star.py",
+                                   batch_size=batch_size), capsys)
+    assert code == 2 and "for samples q3" in one_line_error(err) and "--on-nonfinite record" in err
+
+
 @pytest.mark.xfail(strict=True, reason="needs the -inf bias fix in intercept/attention.py (issue 21 item 1, core "
                                         "branch); remove this mark when it lands")
 def test_neg_inf_on_every_visual_key_matches_one_at_a_time(data, tmp_path, capsys):

@@ -26,6 +26,9 @@ def _common(p) -> None:
     p.add_argument("--dtype", default=None, help="auto, float32, bfloat16, float16")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ...")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--on-nonfinite", choices=("stop", "record"), default="stop",
+                   help="non-finite logits (NaN/inf): stop naming the method and layer (default), or record the "
+                        "sample flagged, leave it out of the metrics and go on")
     p.add_argument("--drop-corrupt-lines", action="store_true",
                    help="when a resumed samples.jsonl has corrupt lines, drop just those (kept in "
                         "samples.jsonl.dropped) and redo their samples")
@@ -97,7 +100,12 @@ def _execute(args, fixed: dict, axes: dict) -> int:
                            model=session.info.name)
         out_dir = out_root / cell_dirname(cell)
         res = execute(session, task, cell, out_dir, methods=methods, progress=not args.quiet,
-                      samples=samples[cell.limit], drop_corrupt=args.drop_corrupt_lines)
+                      samples=samples[cell.limit], drop_corrupt=args.drop_corrupt_lines,
+                      on_nonfinite=args.on_nonfinite)
+        if res.get("nonfinite"):
+            print(f"hallufix: warning: {res['nonfinite']['n']} sample(s) of {out_dir} had non-finite logits and are "
+                  f"left out of its metrics (ids in results.json 'nonfinite'; samples.jsonl says where)",
+                  file=sys.stderr)
         results.append((cell, out_dir, res))
     _print_summary(results, out_root)
     return 0

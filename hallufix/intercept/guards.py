@@ -140,3 +140,20 @@ def describe_nonfinite(info: dict, ids: list[str], run_order: list[str], dtype: 
     fix = ("check that method's settings (a NaN/inf factor, an empty selection) or report it to its authors"
            if info["methods"] else f"the model overflowed in {dtype}: try --dtype float32")
     return f"non-finite values (NaN/inf) for samples {shown}: first at {where}; {who} — {fix}"
+
+
+def check_questions_fit(session, samples: list, max_new: int) -> None:
+    """Refuse before generating when a question alone (no template, no image tokens) plus the budget already
+    exceeds the model's context; the exact per-batch check is :func:`hallufix.intercept.guards.check_context`."""
+    from hallufix.tasks.base import TaskError
+
+    limit = context_limit(session.model)
+    tok = getattr(session.processor, "tokenizer", None)
+    if not limit or tok is None or not samples:
+        return
+    lengths = tok([s.question for s in samples], add_special_tokens=False)["input_ids"]
+    over = [(s.id, len(ln)) for s, ln in zip(samples, lengths) if len(ln) + max_new > limit]
+    if over:
+        shown = ", ".join(f"{i} ({n} tokens)" for i, n in over[:5])
+        raise TaskError(f"question(s) longer than the model's context of {limit} positions (with {max_new} new "
+                        f"tokens): {shown} — shorten them, or drop them from the task file")
