@@ -132,8 +132,8 @@ class MethodRun:
         inputs = s.adapter.inputs(s.processor, rows, questions, s.device)
         layout = s.adapter.layout(s.model, inputs, rows)
         batch = BatchInfo(s.info, layout, list(questions), [{} for _ in questions], self.stash)
+        guards.check_context(s.model, inputs, max_new_tokens)  # before any method sees the batch
         self.methods.pm.hook.hallufix_batch_start(batch=batch)
-        guards.check_context(s.model, inputs, max_new_tokens)
         guard = guards.FiniteLogitsGuard(s.model.generation_config.eos_token_id)
         kw = dict(max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens, do_sample=False, num_beams=1,
                   return_dict_in_generate=True, output_logits=output_logits, **generate_kw)
@@ -155,8 +155,9 @@ class MethodRun:
         texts = s.processor.batch_decode(new, skip_special_tokens=True)
         logits = torch.stack(out.logits, 1) if output_logits else None
         eos = s.model.generation_config.eos_token_id
-        gens = [Generation(t.strip(), guards.trim_at_eos(new[i], eos), batch.diagnostics[i],
-                           None if logits is None else logits[i]) for i, t in enumerate(texts)]
+        ids = [guards.trim_at_eos(new[i], eos) for i in range(len(texts))]  # batched rows: no pad after EOS
+        gens = [Generation(t.strip(), ids[i], batch.diagnostics[i],
+                           None if logits is None else logits[i][: len(ids[i])]) for i, t in enumerate(texts)]
         if ended is not None:  # the outputs exist: hand them over with the plugin's error (the runner keeps them)
             raise BatchEndFailed(gens, ended) from ended
         return gens

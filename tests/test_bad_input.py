@@ -551,3 +551,22 @@ def test_trimmed_token_ids_in_a_batch():
     assert trim_at_eos(torch.tensor([34, 2, 0, 0, 0, 0]), 2).tolist() == [34, 2]
     assert trim_at_eos(torch.tensor([34, 5, 6]), [2, 7]).tolist() == [34, 5, 6]
     assert trim_at_eos(torch.tensor([7, 2]), [2, 7]).tolist() == [7]
+
+
+def test_batched_token_ids_match_one_at_a_time(data):
+    """A left-padded batch on the built-in model: each row's ids end at its EOS, as generated alone."""
+    from hallufix.api import Session
+
+    s = Session.load("builtin")
+    images = [Image.open(data / n).convert("RGB") for n in ("a.png", "b.png", "c.png")]
+    questions = ["is there a circle ?", "describe the image .", "is there a square in the picture , near the top ?"]
+    run = s.start([])
+    batched = run.generate(images, questions, max_new_tokens=12, output_logits=True)
+    eos = s.model.generation_config.eos_token_id
+    eos = set(eos if isinstance(eos, list) else [eos])
+    assert all(int(b.token_ids[-1]) in eos for b in batched)
+    assert len({len(b.token_ids) for b in batched}) > 1  # rows end at different steps: the shorter ones were padded
+    for img, q, b in zip(images, questions, batched):
+        alone = run.generate([img], [q], max_new_tokens=12)[0]
+        assert b.token_ids.tolist() == alone.token_ids.tolist() and b.text == alone.text
+        assert b.logits.shape[0] == len(b.token_ids)
