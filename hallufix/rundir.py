@@ -127,8 +127,10 @@ def check_unlocked(out_dir: Path) -> None:
 
 
 # ---------------------------------------------------------------------------------------------------- records
-def read_jsonl(path: Path, *, drop_corrupt: bool = False, what: str = "record") -> list[dict]:
-    """Finished lines of a (possibly interrupted) JSONL file; see the module docstring for torn / corrupt lines."""
+def read_jsonl(path: Path, *, drop_corrupt: bool = False, what: str = "record", keep_aside: bool = True
+               ) -> list[dict]:
+    """Finished lines of a (possibly interrupted) JSONL file; see the module docstring for torn / corrupt lines.
+    ``keep_aside``: append dropped lines to ``<file>.dropped``."""
     path = Path(path)
     if not path.is_file():
         return []
@@ -154,7 +156,7 @@ def read_jsonl(path: Path, *, drop_corrupt: bool = False, what: str = "record") 
                 f"{path}:{i + 1}: corrupt {what} ({type(exc).__name__}: {str(exc)[:80]}) — rerun with "
                 f"--drop-corrupt-lines to drop only that line and redo its sample ({len(lines) - 1} other lines "
                 f"are kept)") from None
-    if dropped:
+    if dropped and keep_aside:
         with open(path.with_name(path.name + ".dropped"), "ab") as f:
             f.write(b"\n".join(dropped) + b"\n")
     return records
@@ -185,12 +187,25 @@ def append_records(f, records: list[dict]) -> None:
         while view:
             view = view[os.write(fd, view):]
         os.fsync(fd)
-    except OSError as exc:
+    except BaseException as exc:  # a full disk, or Ctrl-C between two writes
         try:
             os.ftruncate(fd, start)
         except OSError:
             pass
-        raise OSError(exc.errno, exc.strerror, getattr(f, "name", None)) from None
+        if isinstance(exc, OSError):
+            raise OSError(exc.errno, exc.strerror, getattr(f, "name", None)) from None
+        raise
+
+
+def cut_torn_tail(path: Path) -> None:
+    """Cut a torn last line (no final newline, from a kill mid-write) so that the next append starts a new line."""
+    path = Path(path)
+    if not path.is_file():
+        return
+    with open(path, "rb+") as f:
+        raw = f.read()
+        if raw and not raw.endswith(b"\n"):
+            f.truncate(raw.rfind(b"\n") + 1)
 
 
 # ---------------------------------------------------------------------------------------------------- measurements
@@ -198,7 +213,7 @@ def measurements(out_dir: Path, ids: set[str]) -> dict:
     """Timing and hook counts summed over every logged batch whose samples are all among ``ids`` (finished ones):
     ``{"wall_s", "samples", "tokens", "processes", "fired", "paths"}``."""
     total = {"wall_s": 0.0, "samples": 0, "tokens": 0, "processes": set(), "fired": {}, "paths": {}}
-    for b in read_jsonl(Path(out_dir) / BATCHES, drop_corrupt=True, what="batch log line"):
+    for b in read_jsonl(Path(out_dir) / BATCHES, drop_corrupt=True, what="batch log line", keep_aside=False):
         if not b.get("ids") or not set(b["ids"]) <= ids:
             continue
         total["wall_s"] += float(b.get("wall_s") or 0.0)

@@ -182,7 +182,11 @@ def _execute_locked(session, task, spec, out_dir, methods, progress, on_batch, s
     config = json.loads(rundir.dumps(config, default=str))
     cfg_path = out_dir / "config.yaml"
     if cfg_path.is_file():
-        previous = yaml.safe_load(cfg_path.read_text(encoding="utf-8")) or {}
+        try:
+            previous = yaml.safe_load(cfg_path.read_text(encoding="utf-8")) or {}
+        except (yaml.YAMLError, UnicodeDecodeError) as exc:
+            raise RunDirError(f"{cfg_path} is unreadable ({type(exc).__name__}) — restore it, or choose another "
+                              f"--output") from None
         if previous != config:
             raise RunDirError(f"{out_dir} holds a run with a different config ({rundir.config_diff(previous, config)}) — "
                               f"choose another --output, or delete that folder to start over")
@@ -198,6 +202,7 @@ def _execute_locked(session, task, spec, out_dir, methods, progress, on_batch, s
     if clean != found or not rundir.holds_exactly(samples_path, len(clean)):  # torn / dropped / foreign lines:
         # rewrite once (atomically); else leave the file alone
         rundir.rewrite_jsonl(samples_path, clean)
+    rundir.cut_torn_tail(out_dir / rundir.BATCHES)
     todo = [s for s in samples if s.id not in done]
     check_questions_fit(session, todo, max_new)
     torch.manual_seed(spec.seed)

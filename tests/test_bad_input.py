@@ -570,3 +570,28 @@ def test_batched_token_ids_match_one_at_a_time(data):
         alone = run.generate([img], [q], max_new_tokens=12)[0]
         assert b.token_ids.tolist() == alone.token_ids.tolist() and b.text == alone.text
         assert b.logits.shape[0] == len(b.token_ids)
+
+
+def test_killed_mid_batch_log_line_loses_no_later_measurement(data, tmp_path, capsys):
+    """A kill can tear batches.jsonl's last line too: it is cut, and the next batch's timing still counts."""
+    out = tmp_path / "out"
+    args = run_builtin(data, out, "--limit", "2")
+    assert cli(args, capsys)[0] == 0
+    cell = out / "baseline"
+    lines = (cell / "samples.jsonl").read_text().splitlines()
+    (cell / "samples.jsonl").write_text(lines[0] + "\n")  # the second sample "never finished" ...
+    log = (cell / "batches.jsonl").read_text().splitlines()
+    (cell / "batches.jsonl").write_text(log[0] + "\n" + log[1][:20])  # ... and its log line was torn
+    assert cli(run_builtin(data, out, "--limit", "2"), capsys)[0] == 0
+    assert json.loads((cell / "results.json").read_text())["overhead"]["samples_timed"] == 2
+    assert len(records(cell / "batches.jsonl")) == 2
+
+
+def test_unreadable_config_of_an_existing_run(data, tmp_path, capsys):
+    out = tmp_path / "out"
+    args = run_builtin(data, out, "--limit", "1")
+    assert cli(args, capsys)[0] == 0
+    (out / "baseline" / "config.yaml").write_text("model: [unclosed\n")
+    code, _, err = cli(args, capsys)
+    assert code == 2 and "config.yaml is unreadable" in one_line_error(err)
+    assert len(records(out / "baseline" / "samples.jsonl")) == 1

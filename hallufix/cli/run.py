@@ -19,10 +19,11 @@ def _common(p) -> None:
     p.add_argument("--task", default=None, help="task NAME or NAME:PATH (default: shapes-pope)")
     p.add_argument("--output", default=None, help="directory for the run(s) (default runs/<model>-<task>); "
                                                   "rerunning into the same directory resumes")
-    p.add_argument("--batch-size", type=int, default=None)
-    p.add_argument("--limit", type=int, default=None, help="first N samples only")
-    p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--max-new-tokens", type=int, default=None)
+    p.add_argument("--batch-size", type=int, default=None, help="rows per generate call, at least 1 (default 32)")
+    p.add_argument("--limit", type=int, default=None, help="first N samples only, at least 1 (default: all)")
+    p.add_argument("--seed", type=int, default=None, help="torch seed, 0 or more (default 0)")
+    p.add_argument("--max-new-tokens", type=int, default=None,
+                   help="generation budget, at least 1 (default: the task's, e.g. POPE 16, CHAIR 512)")
     p.add_argument("--dtype", default=None, help="auto, float32, bfloat16, float16")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ...")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
