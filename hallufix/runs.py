@@ -206,7 +206,7 @@ def _execute_locked(session, task, spec, out_dir, methods, progress, on_batch, s
     todo = [s for s in samples if s.id not in done]
     check_questions_fit(session, todo, max_new)
     torch.manual_seed(spec.seed)
-    process = f"{os.getpid()}@{time.time():.0f}"
+    process = f"{os.getpid()}-{time.time_ns()}"  # one per execute call (a resume in the same process counts)
     bar = tqdm(total=len(samples), initial=len(samples) - len(todo), desc=f"{spec.stack} on {task.name}",
                disable=not progress, unit="q")
     with samples_path.open("ab") as f, (out_dir / rundir.BATCHES).open("ab") as log:
