@@ -76,7 +76,8 @@ class Registry:
 
     def get(self, name: str) -> MethodInfo:
         if name in self.conflicts:
-            raise PluginError(f"method '{name}' is provided by several distributions ({', '.join(self.conflicts[name])})"
+            dists = ", ".join(self.conflicts[name])
+            raise PluginError(f"method '{name}' is provided by several distributions ({dists})"
                               f" — uninstall one, or choose with HALLUFIX_LOAD_PLUGINS=DIST")
         if name in self.methods:
             return self.methods[name]

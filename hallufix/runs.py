@@ -188,7 +188,8 @@ def _execute_locked(session, task, spec, out_dir, methods, progress, on_batch, s
             raise RunDirError(f"{cfg_path} is unreadable ({type(exc).__name__}) — restore it, or choose another "
                               f"--output") from None
         if previous != config:
-            raise RunDirError(f"{out_dir} holds a run with a different config ({rundir.config_diff(previous, config)}) — "
+            diff = rundir.config_diff(previous, config)
+            raise RunDirError(f"{out_dir} holds a run with a different config ({diff}) — "
                               f"choose another --output, or delete that folder to start over")
     else:
         rundir.write_text(cfg_path, yaml.safe_dump(config, sort_keys=False))

@@ -141,7 +141,8 @@ PRELOAD = [
     ("task-missing-image", RUN + ["--task", "jsonl:{d}/missing_image.jsonl"],
      r"image not found: .*nowhere.png \(sample q2\)"),
     ("task-unknown-option", RUN + ["task.bogus=1"], "Task options:"),
-    ("task-bad-option-value", RUN + ["--task", "jsonl:{d}/good.jsonl", "task.parser=nonsense"], "unknown yes/no parser"),
+    ("task-bad-option-value", RUN + ["--task", "jsonl:{d}/good.jsonl", "task.parser=nonsense"],
+     "unknown yes/no parser"),
     # the output folder
     ("output-is-file", RUN + ["--output", "{d}/a_file"], "is a file, not a folder"),
     ("output-under-file", RUN + ["--output", "{d}/a_file/run"], "is a file, so no folder can be made under it"),
