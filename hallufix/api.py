@@ -22,9 +22,10 @@ from transformers import LogitsProcessorList
 from hallufix import points as P
 from hallufix.capture import PrefillCapture, gather_visual
 from hallufix.events import BatchInfo, ImageEvent
-from hallufix.intercept import HookTable, Interceptor
+from hallufix.errors import BatchEndFailed
+from hallufix.intercept import HookTable, Interceptor, guards
 from hallufix.models.adapters import adapter_for
-from hallufix.plugins import ActiveMethods, activate, new_manager, split_plugins
+from hallufix.plugins import ActiveMethods, PluginError, activate, new_manager, split_plugins
 
 
 @dataclass
@@ -97,8 +98,8 @@ class MethodRun:
             pts = [p for r in results for p in (r or [])]
             for p in pts:
                 if p.layer is not None and not 0 <= p.layer < session.info.num_layers:
-                    raise ValueError(f"method '{name}' declared {p.name}, but the model has "
-                                     f"{session.info.num_layers} layers (0-based)")
+                    raise PluginError(f"method '{name}' declared {p.name}, but the model has "
+                                      f"{session.info.num_layers} layers (0-based) — check its layer settings")
             if pts:
                 self.declared[inst] = pts
         self.table = HookTable(methods.pm, self.declared)
@@ -131,23 +132,35 @@ class MethodRun:
         inputs = s.adapter.inputs(s.processor, rows, questions, s.device)
         layout = s.adapter.layout(s.model, inputs, rows)
         batch = BatchInfo(s.info, layout, list(questions), [{} for _ in questions], self.stash)
+        guards.check_context(s.model, inputs, max_new_tokens)  # before any method sees the batch
         self.methods.pm.hook.hallufix_batch_start(batch=batch)
+        guard = guards.FiniteLogitsGuard(s.model.generation_config.eos_token_id)
         kw = dict(max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens, do_sample=False, num_beams=1,
                   return_dict_in_generate=True, output_logits=output_logits, **generate_kw)
         with torch.inference_mode():
             if not self.table.points:
-                out = s.model.generate(**inputs, **kw)
+                out = s.model.generate(**inputs, logits_processor=LogitsProcessorList([guard]), **kw)
             else:
                 with Interceptor(s.model, s.adapter, self.table, self.methods.pm, layout, s.info, self.stash) as ic:
-                    out = s.model.generate(**inputs, logits_processor=LogitsProcessorList(ic.logits_processors()),
-                                           **kw)
+                    out = s.model.generate(**inputs, logits_processor=LogitsProcessorList(ic.logits_processors()
+                                                                                          + [guard]), **kw)
                 self._accumulate(ic)
-        self.methods.pm.hook.hallufix_batch_end(batch=batch)
+        try:
+            self.methods.pm.hook.hallufix_batch_end(batch=batch)
+        except Exception as exc:
+            ended = exc
+        else:
+            ended = None
         new = s.adapter.new_tokens(out.sequences, inputs)
         texts = s.processor.batch_decode(new, skip_special_tokens=True)
         logits = torch.stack(out.logits, 1) if output_logits else None
-        return [Generation(t.strip(), new[i], batch.diagnostics[i], None if logits is None else logits[i])
-                for i, t in enumerate(texts)]
+        eos = s.model.generation_config.eos_token_id
+        ids = [guards.trim_at_eos(new[i], eos) for i in range(len(texts))]  # batched rows: no pad after EOS
+        gens = [Generation(t.strip(), ids[i], batch.diagnostics[i],
+                           None if logits is None else logits[i][: len(ids[i])]) for i, t in enumerate(texts)]
+        if ended is not None:  # the outputs exist: hand them over with the plugin's error (the runner keeps them)
+            raise BatchEndFailed(gens, ended) from ended
+        return gens
 
     def _geometry(self, image, grid=None):
         s = self.session

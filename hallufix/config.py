@@ -80,6 +80,9 @@ def method_config(cls: type, *, family: str | None = None, overrides: list[str] 
             raise ConfigError(f"{where}: preset {path} has an unknown key: {exc}") from None
     conf = apply_overrides(conf, list(overrides), where)
     obj = OmegaConf.to_object(conf)
+    from hallufix.validate import check_finite
+
+    check_finite(obj, where, getattr(cls, "name", cls.__name__))  # NaN / inf never reach a method
     validate = getattr(obj, "validate", None)
     if callable(validate):
         try:

@@ -29,6 +29,7 @@ from typing import Any
 
 from hallufix.config import ConfigError
 from hallufix.runs import RunSpec
+from hallufix.validate import run_value
 
 RUN_KEYS = {"batch_size": int, "limit": int, "seed": int, "max_new_tokens": int, "model": str, "task": str,
             "dtype": str, "device": str}
@@ -62,13 +63,37 @@ def _axes_from_items(items: list[str]) -> dict[str, list[str]]:
 
 
 def load_grid(path: str | Path) -> tuple[dict[str, Any], dict[str, list[str]]]:
-    """Read a grid YAML: ``(fixed settings, {key: [values]})``."""
-    from omegaconf import OmegaConf
+    """Read a grid YAML: ``(fixed settings, {key: [values]})``. Top-level dotted keys (``clva.alpha: 10``) are fixed
+    overrides (one-value axes). Malformed, non-UTF-8 or badly shaped files and unknown top-level keys raise
+    :class:`ConfigError` naming the file (and line)."""
+    import yaml
 
-    conf = OmegaConf.to_container(OmegaConf.load(path))
-    grid = conf.pop("grid", {}) or {}
-    axes = {str(k): [str(x) for x in (v if isinstance(v, list) else [v])] for k, v in grid.items()}
+    from hallufix.validate import check_grid
+
+    path = Path(path)
+    try:
+        conf = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start}) — save the grid file as UTF-8") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        at = f":{mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"{path}{at}: malformed YAML ({getattr(exc, 'problem', None) or exc}) — fix the file"
+                          ) from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read grid file {path}: {exc.strerror} — check the path") from None
+    conf = {} if conf is None else conf
+    check_grid(conf, path)
+    grid = conf.pop("grid", None) or {}
+    axes = {str(k): [_as_text(x) for x in (v if isinstance(v, list) else [v])] for k, v in grid.items()}
+    for key in [k for k in conf if "." in k]:
+        axes.setdefault(key, [_as_text(conf.pop(key))])
     return conf, axes
+
+
+def _as_text(value: Any) -> str:
+    """A YAML scalar back to override text (``True`` -> ``true``, so the typed parse gives a bool again)."""
+    return "null" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
 
 
 def plan(base: dict[str, Any], items: list[str], plugins: str | None = None,
@@ -93,12 +118,12 @@ def plan(base: dict[str, Any], items: list[str], plugins: str | None = None,
         spec = RunSpec(plugins=stack)
         for k, v in base.items():
             if k in RUN_KEYS and v is not None:
-                setattr(spec, k, RUN_KEYS[k](v))
+                setattr(spec, k, run_value(k, v))
         swept: dict[str, Any] = {}
         for key, value in setting.items():
             head, _, rest = key.partition(".")
             if key in RUN_KEYS:
-                setattr(spec, key, RUN_KEYS[key](value))
+                setattr(spec, key, run_value(key, value))
             elif head == "task" and rest:
                 out.task_options[rest] = _yaml_value(value)
             elif rest:

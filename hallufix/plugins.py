@@ -51,10 +51,15 @@ class MethodInfo:
     description: str = ""
 
     def load(self) -> type:
+        from hallufix.errors import register_plugin_module
+
         if not isinstance(self.target, str):
-            return self.target
-        module, _, attr = self.target.partition(":")
-        return getattr(importlib.import_module(module), attr)
+            cls = self.target
+        else:
+            module, _, attr = self.target.partition(":")
+            cls = getattr(importlib.import_module(module), attr)
+        register_plugin_module(cls.__module__, self.name, self.dist)  # failures in its code name it
+        return cls
 
 
 @dataclass
@@ -63,11 +68,17 @@ class Registry:
 
     methods: dict[str, MethodInfo] = field(default_factory=dict)
     errors: dict[str, str] = field(default_factory=dict)
+    #: method name -> the distributions that all register it (ambiguous: refused when selected)
+    conflicts: dict[str, list[str]] = field(default_factory=dict)
 
     def names(self) -> list[str]:
         return sorted(self.methods)
 
     def get(self, name: str) -> MethodInfo:
+        if name in self.conflicts:
+            dists = ", ".join(self.conflicts[name])
+            raise PluginError(f"method '{name}' is provided by several distributions ({dists})"
+                              f" — uninstall one, or choose with HALLUFIX_LOAD_PLUGINS=DIST")
         if name in self.methods:
             return self.methods[name]
         close = difflib.get_close_matches(name, self.names(), n=1)
@@ -83,7 +94,8 @@ def new_manager() -> pluggy.PluginManager:
     return pm
 
 
-def _collect(registry: Registry, module: Any, dist: str, version: str) -> None:
+def _collect(registry: Registry, module: Any, dist: str, version: str) -> list[str]:
+    """Add the methods ``module`` registers; returns the names it registered that a built-in already owns."""
     pm = new_manager()
     pm.register(module)
     seen: list[MethodInfo] = []
@@ -92,15 +104,24 @@ def _collect(registry: Registry, module: Any, dist: str, version: str) -> None:
         seen.append(MethodInfo(name, target, dist, version, description))
 
     pm.hook.hallufix_register_methods(register=register)
+    shadowed = []
     for info in seen:
         prev = registry.methods.get(info.name)
         if prev is not None and prev.dist != info.dist:
             if prev.dist == BUILTIN_DIST:
+                shadowed.append(info.name)
                 continue  # a built-in wins over a plugin with the same name
             if info.dist != BUILTIN_DIST:
-                raise PluginError(f"method '{info.name}' is provided by two distributions: {prev.dist} and "
-                                  f"{info.dist}; uninstall one or block it with HALLUFIX_LOAD_PLUGINS")
+                # ambiguous: only runs that select this name are refused (Registry.get); the rest still work
+                dists = registry.conflicts.setdefault(info.name, [prev.dist])
+                if info.dist not in dists:
+                    dists.append(info.dist)
+                registry.errors[f"{info.name} ({info.dist})"] = (
+                    f"method name '{info.name}' is also registered by {prev.dist}; uninstall one or choose with "
+                    f"HALLUFIX_LOAD_PLUGINS")
+                continue
         registry.methods[info.name] = info
+    return shadowed
 
 
 def discover() -> Registry:
@@ -118,9 +139,9 @@ def discover() -> Registry:
             continue
         try:
             module = ep.load()
-            _collect(registry, module, dist, ep.dist.version if ep.dist else "")
-        except PluginError:
-            raise
+            for name in _collect(registry, module, dist, ep.dist.version if ep.dist else ""):
+                registry.errors[f"{name} ({dist})"] = (f"method name '{name}' is a built-in method's; the built-in is "
+                                                       f"used — ask the authors of {dist} to rename theirs")
         except Exception as exc:  # a broken plugin must not hide the others
             registry.errors[f"{ep.name} ({dist})"] = f"{type(exc).__name__}: {exc}"
     return registry
@@ -133,20 +154,35 @@ def load_local(spec: str, registry: Registry) -> MethodInfo:
     if not path.is_file():
         raise PluginError(f"local plugin file not found: {path}")
     mod_name = f"hallufix_local_{path.stem}"
+    from hallufix.errors import register_plugin_module
+
+    register_plugin_module(mod_name, path.stem, f"local:{path}")
     module_spec = importlib.util.spec_from_file_location(mod_name, path)
     module = importlib.util.module_from_spec(module_spec)
     sys.modules[mod_name] = module
-    module_spec.loader.exec_module(module)
+    try:
+        module_spec.loader.exec_module(module)
+    except SyntaxError as exc:
+        raise PluginError(f"local plugin {path}:{exc.lineno}: syntax error ({exc.msg}) — fix the file") from None
+    except Exception as exc:
+        raise PluginError(f"local plugin {path} failed to import: {type(exc).__name__}: {exc} — fix the file or "
+                          f"install what it imports") from None
     before = set(registry.methods)
+    builtins = {n for n, m in registry.methods.items() if m.dist == BUILTIN_DIST}
     if hasattr(module, "hallufix_register_methods"):
-        _collect(registry, module, f"local:{path}", "")
+        shadowed = _collect(registry, module, f"local:{path}", "")
         new = [n for n in registry.methods if n not in before or registry.methods[n].dist == f"local:{path}"]
     else:
         classes = [v for v in vars(module).values() if isinstance(v, type) and isinstance(getattr(v, "name", None), str)
                    and v.__module__ == mod_name]
+        shadowed = [c.name for c in classes if c.name in builtins]
         for cls in classes:
-            registry.methods[cls.name] = MethodInfo(cls.name, cls, f"local:{path}", "")
-        new = [c.name for c in classes]
+            if cls.name not in builtins:
+                registry.methods[cls.name] = MethodInfo(cls.name, cls, f"local:{path}", "")
+        new = [c.name for c in classes if c.name not in builtins]
+    if shadowed and not new:
+        raise PluginError(f"{path} defines method '{shadowed[0]}', which is the name of a built-in method — rename "
+                          f"it (e.g. name = \"my-{shadowed[0]}\") so the two can be told apart")
     if wanted:
         return registry.get(wanted)
     if len(new) != 1:
@@ -226,7 +262,7 @@ def activate(names: list, *, family: str | None = None, overrides: dict[str, lis
         except Exception as exc:
             raise PluginError(f"plugin '{info.name}' ({info.dist}) failed to import: {type(exc).__name__}: {exc}")
         cfg = method_config(cls, family=family, model=model, overrides=(overrides or {}).get(info.name, []))
-        instances.append(cls(cfg) if cfg is not None else cls())
+        instances.append(cls(cfg) if cfg is not None else cls())  # a raise here is attributed to the plugin
         configs.append(cfg)
     for inst, info in reversed(list(zip(instances, infos))):
         pm.register(inst, name=info.name)

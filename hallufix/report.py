@@ -119,7 +119,8 @@ def read_samples(run_dir: str | Path) -> dict[str, dict]:
                 r = json.loads(line)
             except json.JSONDecodeError as exc:
                 raise ReportError(f"{path}:{i}: malformed JSON line ({exc.msg})") from None
-            recs[str(r["id"])] = r
+            if not r.get("nonfinite"):  # flagged by --on-nonfinite record: left out, as in the run's metrics
+                recs[str(r["id"])] = r
     return recs
 
 

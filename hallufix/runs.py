@@ -4,12 +4,16 @@ Layout of a run directory::
 
     config.yaml     the resolved run config (model, task, plugins, per-method configs, generation settings)
     env.json        versions, git hash, device, dtype, attention implementation, batch size, seed
-    samples.jsonl   one record per finished sample, appended and flushed after every batch
+    samples.jsonl   one record per finished sample (strict JSON), appended and fsynced after every batch
+    batches.jsonl   one line per finished batch: its ids, wall seconds, generated tokens, hook counts
     results.json    schema-versioned metrics with their direction, method order, overhead; written at the end
-    hooks.json      fired count per hook point and which attention path each layer ran
+    hooks.json      fired count per hook point and which attention path each layer ran (all processes)
+    .lock           held (flock) by the one process writing the directory
 
 An interrupted run (killed, Ctrl-C, crash) keeps every finished batch; the same command resumes from
-``samples.jsonl`` and produces the same ``results.json`` metrics as an uninterrupted run.
+``samples.jsonl`` and produces the same ``results.json`` metrics as an uninterrupted run; overhead and hook counts
+come from ``batches.jsonl``, so they add up over every process and a rerun of a finished run keeps them. Reading
+and writing go through :mod:`hallufix.rundir`.
 """
 from __future__ import annotations
 
@@ -22,6 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hallufix import rundir
+from hallufix.errors import BatchEndFailed, NumericalError, RunDirError, note_progress
 from hallufix.tasks.base import Task, TaskError, iter_batches
 
 SCHEMA_VERSION = 1
@@ -80,34 +86,13 @@ def environment(session, spec: RunSpec, methods) -> dict:
 
 
 def _write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
-    os.replace(tmp, path)
+    rundir.write_json(path, obj)
 
 
-def read_samples(path: Path) -> list[dict]:
-    """Finished records of a (possibly interrupted) run; a torn last line from a kill is dropped."""
-    if not path.is_file():
-        return []
-    records, lines = [], path.read_text().splitlines()
-    for i, line in enumerate(lines):
-        if not line.strip():
-            continue
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
-            if i == len(lines) - 1:
-                break  # torn write of the last record: it is redone
-            raise TaskError(f"{path}:{i + 1}: malformed record; delete the run directory to start over") from None
-    return records
-
-
-def _rewrite_clean(path: Path, records: list[dict]) -> None:
-    tmp = path.with_suffix(".jsonl.tmp")
-    with tmp.open("w") as f:
-        for r in records:
-            f.write(json.dumps(r) + "\n")
-    os.replace(tmp, path)
+def read_samples(path: Path, *, drop_corrupt: bool = False) -> list[dict]:
+    """Finished records of a (possibly interrupted) run; a torn last line from a kill is dropped, a corrupt line
+    elsewhere is refused (or, with ``drop_corrupt``, dropped and redone); see :mod:`hallufix.rundir`."""
+    return rundir.read_jsonl(path, drop_corrupt=drop_corrupt)
 
 
 def metrics_block(task: Task, scores: dict[str, dict[str, float]], counts: dict[str, int]) -> dict:
@@ -120,79 +105,173 @@ def metrics_block(task: Task, scores: dict[str, dict[str, float]], counts: dict[
 
 
 def execute(session, task: Task, spec: RunSpec, out_dir: Path, *, methods=None, progress: bool = True,
-            on_batch=None) -> dict:
+            on_batch=None, samples: list | None = None, drop_corrupt: bool = False,
+            on_nonfinite: str = "stop") -> dict:
     """Run (or resume) ``spec`` on ``task`` with ``session`` into ``out_dir``; return the results dict.
 
     :param methods: an already activated :class:`~hallufix.plugins.ActiveMethods` (else built from ``spec``).
     :param on_batch: optional callback ``(n_done, n_total)`` after each batch (tests use it to interrupt).
+    :param samples: the task's samples as already checked by :func:`hallufix.validate.check_samples` (else read).
+    :param drop_corrupt: drop corrupt middle lines of ``samples.jsonl`` (kept aside) instead of refusing.
+    :param on_nonfinite: ``"stop"`` (default): non-finite logits stop the run naming the method and layer;
+        ``"record"``: such samples are recorded with ``output: null`` and a ``nonfinite`` message, left out of the
+        metrics and listed under ``results["nonfinite"]``.
+
+    Holds ``out_dir``'s writer lock throughout. An exception escaping the run carries how many samples are
+    finished (:func:`hallufix.errors.note_progress`); a fresh directory in which nothing finished is removed.
     """
+    from hallufix.validate import check_samples, check_spec
+
+    check_spec(spec)
+    samples = check_samples(task, spec.limit) if samples is None else samples
+    fresh = not out_dir.exists()
+    done: dict = {}
+    try:
+        with rundir.RunLock(out_dir):
+            return _execute_locked(session, task, spec, out_dir, methods, progress, on_batch, samples, drop_corrupt,
+                                   done, on_nonfinite)
+    except BaseException as exc:
+        note_progress(exc, out_dir, len(done), len(samples))
+        if fresh and not done:
+            rundir.remove_empty_run(out_dir)
+        raise
+
+
+def _generate(run, batch, images, max_new: int, on_nonfinite: str):
+    """One batch: ``(generations, {row: message})``. Non-finite logits stop the run with the method and layer that
+    produced them (:mod:`hallufix.intercept.guards`); with ``on_nonfinite="record"`` the batch is redone one row at a
+    time and the rows that still break are returned flagged (their message says where) instead."""
     import torch
-    from omegaconf import OmegaConf
+
+    from hallufix.api import Generation
+    from hallufix.intercept.guards import NonFiniteLogits, describe_nonfinite, locate_nonfinite
+
+    questions = [s.question for s in batch]
+    try:
+        return run.generate(images, questions, max_new_tokens=max_new), {}
+    except NonFiniteLogits as exc:
+        info = locate_nonfinite(run, images, questions, exc.rows, exc.step)
+        dtype = str(next(run.session.model.parameters()).dtype)
+        message = describe_nonfinite(info, [batch[r].id for r in exc.rows], run.order, dtype)
+        if on_nonfinite != "record":
+            raise NumericalError(message + " (or --on-nonfinite record to flag such samples and go on)") from None
+    outs, flagged = [], {}
+    for i, (image, question) in enumerate(zip(images, questions)):
+        try:
+            outs.extend(run.generate([image], [question], max_new_tokens=max_new))
+        except NonFiniteLogits:
+            outs.append(Generation("", torch.zeros(0, dtype=torch.long)))
+            flagged[i] = message
+    return outs, flagged
+
+
+def _execute_locked(session, task, spec, out_dir, methods, progress, on_batch, samples, drop_corrupt, done,
+                    on_nonfinite) -> dict:
+    import torch
+    import yaml
     from tqdm import tqdm
 
+    from hallufix.intercept.guards import PromptTooLong, check_questions_fit
+
     run = session.start(spec.plugins, spec.overrides, methods=methods)
-    samples = task.samples()
-    if spec.limit is not None:
-        samples = samples[: spec.limit]
-    if not samples:
-        raise TaskError(f"task '{task.name}' has no samples (check its files and --limit)")
     ids = [s.id for s in samples]
-    if len(set(ids)) != len(ids):
-        raise TaskError(f"task '{task.name}' has duplicate sample ids")
-    out_dir.mkdir(parents=True, exist_ok=True)
+    max_new = spec.max_new_tokens or task.max_new_tokens
     config = {"model": spec.model, "task": task.name, "plugins": run.order, "methods": run.methods.record(),
-              "batch_size": spec.batch_size, "limit": spec.limit, "seed": spec.seed,
-              "max_new_tokens": spec.max_new_tokens or task.max_new_tokens, "dtype": spec.dtype,
-              "device": spec.device, "swept": spec.swept}
+              "batch_size": spec.batch_size, "limit": spec.limit, "seed": spec.seed, "max_new_tokens": max_new,
+              "dtype": spec.dtype, "device": spec.device, "swept": spec.swept}
+    config = json.loads(rundir.dumps(config, default=str))
     cfg_path = out_dir / "config.yaml"
     if cfg_path.is_file():
-        previous = OmegaConf.to_container(OmegaConf.load(cfg_path))
-        if previous != json.loads(json.dumps(config, default=str)):
-            raise TaskError(f"{out_dir} holds a run with a different config; choose another --output or delete it")
+        try:
+            previous = yaml.safe_load(cfg_path.read_text(encoding="utf-8")) or {}
+        except (yaml.YAMLError, UnicodeDecodeError) as exc:
+            raise RunDirError(f"{cfg_path} is unreadable ({type(exc).__name__}) — restore it, or choose another "
+                              f"--output") from None
+        if previous != config:
+            diff = rundir.config_diff(previous, config)
+            raise RunDirError(f"{out_dir} holds a run with a different config ({diff}) — "
+                              f"choose another --output, or delete that folder to start over")
     else:
-        OmegaConf.save(OmegaConf.create(json.loads(json.dumps(config, default=str))), cfg_path)
-    _write_json(out_dir / "env.json", environment(session, spec, run.methods))
+        rundir.write_text(cfg_path, yaml.safe_dump(config, sort_keys=False))
+    rundir.write_json(out_dir / "env.json", environment(session, spec, run.methods))
 
-    samples_path = out_dir / "samples.jsonl"
-    done = {r["id"]: r for r in read_samples(samples_path) if r.get("id") in set(ids)}
-    _rewrite_clean(samples_path, [done[i] for i in ids if i in done])
+    samples_path = out_dir / rundir.SAMPLES
+    wanted = set(ids)
+    found = read_samples(samples_path, drop_corrupt=drop_corrupt)
+    done.update((r["id"], r) for r in found if r.get("id") in wanted)
+    clean = [done[i] for i in ids if i in done]
+    if clean != found or not rundir.holds_exactly(samples_path, len(clean)):  # torn / dropped / foreign lines:
+        # rewrite once (atomically); else leave the file alone
+        rundir.rewrite_jsonl(samples_path, clean)
+    rundir.cut_torn_tail(out_dir / rundir.BATCHES)
     todo = [s for s in samples if s.id not in done]
+    check_questions_fit(session, todo, max_new)
     torch.manual_seed(spec.seed)
-    t0, generated = time.perf_counter(), 0
+    process = f"{os.getpid()}-{time.time_ns()}"  # one per execute call (a resume in the same process counts)
     bar = tqdm(total=len(samples), initial=len(samples) - len(todo), desc=f"{spec.stack} on {task.name}",
                disable=not progress, unit="q")
-    with samples_path.open("a") as f:
+    with samples_path.open("ab") as f, (out_dir / rundir.BATCHES).open("ab") as log:
         for batch in iter_batches(todo, spec.batch_size):
             images = [s.load_image() for s in batch]
-            outs = run.generate(images, [s.question for s in batch],
-                                max_new_tokens=spec.max_new_tokens or task.max_new_tokens)
-            for s, o in zip(batch, outs):
-                rec = {"id": s.id, "split": s.split, "question": s.question, "answer": s.answer, "output": o.text,
-                       "parsed": task.parse(s, o.text), "meta": s.meta, "diagnostics": o.diagnostics}
-                done[s.id] = rec
-                f.write(json.dumps(rec, default=str) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-            generated += len(batch)
+            before = {k: dict(v) for k, v in run.hook_stats.items()}
+            t0 = time.perf_counter()
+            failure = None
+            try:
+                outs, flagged = _generate(run, batch, images, max_new, on_nonfinite)
+            except BatchEndFailed as exc:  # the batch was generated: keep it, then report the plugin's error
+                outs, flagged, failure = exc.generations, {}, exc.original
+            except PromptTooLong as exc:
+                raise TaskError(f"sample(s) {', '.join(batch[r].id for r in sorted(exc.rows))}: {exc}") from None
+            wall = time.perf_counter() - t0
+            recs = []
+            for i, (s, o) in enumerate(zip(batch, outs)):
+                recs.append({"id": s.id, "split": s.split, "question": s.question, "answer": s.answer,
+                             "output": o.text, "parsed": task.parse(s, o.text), "meta": s.meta,
+                             "diagnostics": o.diagnostics})
+                if i in flagged:  # --on-nonfinite record: kept, flagged, left out of the metrics
+                    recs[-1].update(output=None, parsed=None, nonfinite=flagged[i])
+                bad: list[str] = []
+                recs[-1] = rundir.strict(recs[-1], "", bad)
+                if bad:
+                    recs[-1]["nonfinite_fields"] = bad  # NaN/inf a plugin reported, written as null
+            rundir.append_records(f, recs)
+            done.update((r["id"], r) for r in recs)
+            rundir.append_records(log, [{"ids": [s.id for s in batch], "wall_s": wall, "process": process,
+                                         "tokens": sum(int(o.token_ids.numel()) for o in outs),
+                                         **{k: _diff(run.hook_stats[k], before.get(k, {})) for k in run.hook_stats}}])
+            if failure is not None:
+                raise failure
             bar.update(len(batch))
             if on_batch is not None:
                 on_batch(len(done), len(samples))
     bar.close()
-    wall = time.perf_counter() - t0
-    records = [done[i] for i in ids]
+    records = [done[i] for i in ids if not done[i].get("nonfinite")]
+    broken = [i for i in ids if done[i].get("nonfinite")]
+    if not records:
+        raise NumericalError(f"every sample of {out_dir} had non-finite logits — nothing to score; "
+                             f"{done[broken[0]]['nonfinite']}")
     scores = task.score(records)
     counts: dict[str, int] = {}
     for r in records:
         counts[r["split"]] = counts.get(r["split"], 0) + 1
     counts["all"] = len(records)
+    m = rundir.measurements(out_dir, set(ids))
     results = {
         "schema_version": SCHEMA_VERSION, "run_id": out_dir.name, "model": {
             "id": spec.model, "family": session.info.family, "dtype": str(next(session.model.parameters()).dtype),
             "attn_implementation": session.adapter.get_text_attn_implementation(session.model)},
         "methods": run.methods.record(), "task": {"name": task.name, "n": len(records)},
         "swept": spec.swept, "seed": spec.seed, "metrics": metrics_block(task, scores, counts),
-        "overhead": {"wall_s_per_sample": (wall / generated) if generated else None, "samples_timed": generated},
+        "nonfinite": {"n": len(broken), "ids": broken, "excluded_from_metrics": True} if broken else None,
+        "overhead": {"wall_s_per_sample": (m["wall_s"] / m["samples"]) if m["samples"] else None,
+                     "wall_s_per_token": (m["wall_s"] / m["tokens"]) if m["tokens"] else None,
+                     "samples_timed": m["samples"], "processes": m["processes"]},
     }
-    _write_json(out_dir / "results.json", results)
-    _write_json(out_dir / "hooks.json", {"declared": run.declarations(), **run.hook_stats})
+    rundir.write_json(out_dir / "results.json", results)
+    rundir.write_json(out_dir / "hooks.json", {"declared": run.declarations(), "fired": m["fired"],
+                                               "paths": m["paths"]})
     return results
+
+
+def _diff(now: dict, before: dict) -> dict:
+    return {k: v - before.get(k, 0) for k, v in now.items() if v - before.get(k, 0)}

@@ -42,10 +42,12 @@ def test_run_compares_with_baseline_and_resumes(saved_model, jsonl_task, tmp_pat
     stack = json.loads((tmp_path / "out" / "visual-boost" / "results.json").read_text())
     assert base["methods"] == [] and stack["methods"][0]["config"]["w"] == 3.0
     assert stack["overhead"]["ratio"] > 0 and stack["task"]["n"] == 6
-    # rerunning the same command resumes: nothing is generated again, metrics are the same
+    hooks = (tmp_path / "out" / "visual-boost" / "hooks.json").read_text()
+    # rerunning the same command resumes: nothing is generated again, metrics, overhead and hook counts are kept
     assert main(args) == 0
     again = json.loads((tmp_path / "out" / "visual-boost" / "results.json").read_text())
-    assert again["metrics"] == stack["metrics"] and again["overhead"]["samples_timed"] == 0
+    assert again["metrics"] == stack["metrics"] and again["overhead"] == stack["overhead"]
+    assert (tmp_path / "out" / "visual-boost" / "hooks.json").read_text() == hooks
 
 
 def test_ablation_grid_cells_and_latex_report(saved_model, jsonl_task, tmp_path, capsys):

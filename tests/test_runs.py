@@ -65,7 +65,10 @@ def test_interrupted_run_resumes_to_identical_results(tmp_path):
         f.write('{"id": "q4", "spl')
     resumed = execute(s, YesNoTask(), spec, tmp_path / "cut", progress=False)
     assert resumed["metrics"] == full["metrics"]
-    assert resumed["overhead"]["samples_timed"] == 3
+    # timing and hook counts add up over both processes (4 samples before the cut, 3 after)
+    assert resumed["overhead"]["samples_timed"] == 7 and resumed["overhead"]["processes"] == 2
+    fired_cut = json.loads((tmp_path / "cut" / "hooks.json").read_text())["fired"]
+    assert fired_cut == json.loads((tmp_path / "full" / "hooks.json").read_text())["fired"]
     a = [json.loads(x)["output"] for x in (tmp_path / "full" / "samples.jsonl").read_text().splitlines()]
     b = [json.loads(x)["output"] for x in (tmp_path / "cut" / "samples.jsonl").read_text().splitlines()]
     assert a == b
@@ -79,12 +82,23 @@ def test_interrupted_run_resumes_to_identical_results(tmp_path):
     assert hooks["declared"]["visual-boost"] and hooks["fired"]
 
 
-def test_missing_image_names_its_path_and_keeps_finished_work(tmp_path):
+def test_missing_image_is_refused_before_any_work(tmp_path):
     s = tiny_session("llava")
     spec = RunSpec(batch_size=2)
-    with pytest.raises(TaskError, match="no_such_image.jpg"):
+    with pytest.raises(TaskError, match=r"no_such_image.jpg \(sample q3\)"):
         execute(s, YesNoTask(missing=True, tmp=tmp_path), spec, tmp_path / "run", progress=False)
+    assert not (tmp_path / "run").exists()  # nothing ran: no empty run directory is left
+
+
+def test_corrupt_image_names_sample_and_path_and_keeps_finished_work(tmp_path):
+    s = tiny_session("llava")
+    (tmp_path / "no_such_image.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
+    with pytest.raises(TaskError, match=r"cannot read image .*no_such_image.jpg \(sample q3\)") as info:
+        execute(s, YesNoTask(missing=True, tmp=tmp_path), RunSpec(batch_size=2), tmp_path / "run", progress=False)
     assert len(read_samples(tmp_path / "run" / "samples.jsonl")) == 2
+    from hallufix.errors import progress_hint
+
+    assert "2 of 7 samples are finished" in progress_hint(info.value)
 
 
 def test_empty_task_and_changed_config_are_refused(tmp_path):
@@ -92,5 +106,7 @@ def test_empty_task_and_changed_config_are_refused(tmp_path):
     with pytest.raises(TaskError, match="no samples"):
         execute(s, YesNoTask(n=0), RunSpec(), tmp_path / "empty", progress=False)
     execute(s, YesNoTask(n=2), RunSpec(batch_size=2), tmp_path / "r", progress=False)
-    with pytest.raises(TaskError, match="different config"):
+    from hallufix.errors import RunDirError
+
+    with pytest.raises(RunDirError, match="different config .batch_size: 2 -> 1"):
         execute(s, YesNoTask(n=2), RunSpec(batch_size=1), tmp_path / "r", progress=False)

@@ -175,7 +175,7 @@ def test_missing_model_raises(tmp_path):
     assert isinstance(info.value, RuntimeError)
     message = str(info.value)
     assert "some-org/not-cached-model" in message and "--model /path/to/folder" in message
-    assert "huggingface-cli download some-org/not-cached-model" in message
+    assert "hf download some-org/not-cached-model" in message
     with pytest.raises(ModelNotAvailableError, match="no config.json"):
         load_pretrained(str(tmp_path))
 

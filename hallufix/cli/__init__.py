@@ -10,6 +10,7 @@ import argparse
 import importlib
 import pkgutil
 import sys
+import traceback
 
 
 class CliError(Exception):
@@ -27,6 +28,8 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="store_true", help="print hallufix, torch, transformers and plugin versions")
+    parser.add_argument("--debug", action="store_true",
+                        help="show the traceback of an error too (anywhere on the line; or HALLUFIX_DEBUG=1)")
     sub = parser.add_subparsers(dest="verb", metavar="VERB")
     for mod in sorted(m.name for m in pkgutil.iter_modules(__path__)):
         if mod.startswith("_"):
@@ -39,6 +42,44 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one verb; the error boundary of the whole CLI.
+
+    User errors (bad input, data, plugin failures, environment) print ``hallufix: error: <what> — <fix>`` and
+    return 2 (the traceback too with ``--debug`` or ``HALLUFIX_DEBUG=1``); internal bugs print the traceback and ask
+    for a report (status 1); a closed pipe (``hallufix score ... | head``) ends quietly; Ctrl-C returns 130."""
+    from hallufix import errors
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    cut = argv.index("--") if "--" in argv else len(argv)
+    debug = "--debug" in argv[:cut] or errors.debug_enabled()
+    argv = [a for i, a in enumerate(argv) if not (a == "--debug" and i < cut)]
+    try:
+        return _dispatch(argv)
+    except CliError as exc:
+        return _user_error(str(exc), exc, debug)
+    except KeyboardInterrupt as exc:
+        hint = errors.progress_hint(exc)
+        print(f"hallufix: interrupted{hint or ''}", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        _quiet_stdout()
+        return 0
+    except SystemExit:
+        raise
+    except Exception as exc:  # the boundary: classify, never crash with a bare traceback for a user error
+        if _is_broken_pipe(exc):
+            _quiet_stdout()
+            return 0
+        message = errors.describe(exc)
+        if message is not None:
+            return _user_error(message, exc, debug)
+        traceback.print_exc()
+        print(f"hallufix: internal error: {type(exc).__name__}: {exc} — this is a bug in hallufix; please report it "
+              f"with the traceback above and the command line", file=sys.stderr)
+        return 1
+
+
+def _dispatch(argv: list[str]) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     # key=value overrides may sit anywhere among the options (`--plugins clva clva.alpha=10 --task T task.x=1`);
@@ -47,21 +88,40 @@ def main(argv: list[str] | None = None) -> int:
         args.overrides = list(args.overrides or []) + extra
     elif extra:
         parser.parse_args(argv)  # the usual error message and exit status for what is really unrecognised
-    try:
-        if args.version:
-            from hallufix.cli._version import print_versions
+    if args.version:
+        from hallufix.cli._version import print_versions
 
-            return print_versions()
-        if not getattr(args, "handler", None):
-            parser.print_help()
-            return 0
-        return int(args.handler(args) or 0)
-    except CliError as exc:
-        print(f"hallufix: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("hallufix: interrupted; finished samples are kept and a rerun resumes", file=sys.stderr)
-        return 130
+        return print_versions()
+    if not getattr(args, "handler", None):
+        parser.print_help()
+        return 0
+    return int(args.handler(args) or 0)
+
+
+def _user_error(message: str, exc: BaseException, debug: bool) -> int:
+    if debug:
+        traceback.print_exception(exc)
+    print(f"hallufix: error: {message}", file=sys.stderr)
+    return 2
+
+
+def _is_broken_pipe(exc: BaseException) -> bool:
+    while exc is not None:
+        if isinstance(exc, BrokenPipeError):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+def _quiet_stdout() -> None:
+    """After the reader of a pipe went away: point stdout at /dev/null so the interpreter's final flush is silent."""
+    import os
+
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):  # pytest's captured stdout has no real file descriptor
+        pass
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -57,11 +57,11 @@ def _inputs(args):
             raise CliError(str(exc)) from None
     if not (args.image and args.question):
         raise CliError("give --image and --question, or --task to average over samples")
-    from PIL import Image
+    from hallufix.tasks.base import Sample
 
     if not Path(args.image).is_file():
         raise CliError(f"image not found: {args.image}")
-    return [Image.open(args.image).convert("RGB")], [args.question]
+    return [Sample("--image", args.question, args.image).load_image()], [args.question]  # names a corrupt file
 
 
 def _inspect(args) -> int:

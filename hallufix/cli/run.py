@@ -19,13 +19,20 @@ def _common(p) -> None:
     p.add_argument("--task", default=None, help="task NAME or NAME:PATH (default: shapes-pope)")
     p.add_argument("--output", default=None, help="directory for the run(s) (default runs/<model>-<task>); "
                                                   "rerunning into the same directory resumes")
-    p.add_argument("--batch-size", type=int, default=None)
-    p.add_argument("--limit", type=int, default=None, help="first N samples only")
-    p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--max-new-tokens", type=int, default=None)
+    p.add_argument("--batch-size", type=int, default=None, help="rows per generate call, at least 1 (default 32)")
+    p.add_argument("--limit", type=int, default=None, help="first N samples only, at least 1 (default: all)")
+    p.add_argument("--seed", type=int, default=None, help="torch seed, 0 or more (default 0)")
+    p.add_argument("--max-new-tokens", type=int, default=None,
+                   help="generation budget, at least 1 (default: the task's, e.g. POPE 16, CHAIR 512)")
     p.add_argument("--dtype", default=None, help="auto, float32, bfloat16, float16")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ...")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--on-nonfinite", choices=("stop", "record"), default="stop",
+                   help="non-finite logits (NaN/inf): stop naming the method and layer (default), or record the "
+                        "sample flagged, leave it out of the metrics and go on")
+    p.add_argument("--drop-corrupt-lines", action="store_true",
+                   help="when a resumed samples.jsonl has corrupt lines, drop just those (kept in "
+                        "samples.jsonl.dropped) and redo their samples")
     p.add_argument("overrides", nargs="*", metavar="key=value",
                    help="method keys (clva.alpha=10), task options (task.image_root=DIR), run keys; a,b,c sweeps")
 
@@ -74,56 +81,77 @@ def _ablate(args) -> int:
 
 
 def _execute(args, fixed: dict, axes: dict) -> int:
-    from hallufix.config import ConfigError
     from hallufix.experiment import cell_dirname, default_output, plan
-    from hallufix.plugins import PluginError, discover
-    from hallufix.tasks.base import TaskError
+    from hallufix.plugins import activate
+    from hallufix.runs import execute
 
     base = _base_settings(args, fixed)
-    try:
-        p = plan(base, list(args.overrides), args.plugins, axes)
-        registry = discover()
-        from hallufix.config import method_config
-
-        for cell in p.cells:  # validate names and config keys before the model loads
-            for name in cell.plugins:
-                if not name.endswith(".py") and ".py:" not in name:
-                    info = registry.get(name)
-                    try:
-                        cls = info.load()
-                    except Exception as exc:
-                        raise PluginError(f"plugin '{name}' ({info.dist}) failed to import: "
-                                          f"{type(exc).__name__}: {exc}") from None
-                    method_config(cls, overrides=cell.overrides.get(name, []))
-        task = _make_task(base["task"], p.task_options)
-    except (ConfigError, PluginError, TaskError) as exc:
-        raise CliError(str(exc)) from None
+    p = plan(base, list(args.overrides), args.plugins, axes)
+    registry, samples, out_root = _preflight(args, base, p)
     cells = list(p.cells)
     if not args.no_baseline and len(cells) == 1 and cells[0].plugins:
         from dataclasses import replace
 
         cells.insert(0, replace(cells[0], plugins=[], overrides={}, swept={}))
-    out_root = Path(args.output) if args.output else default_output(base["model"], base["task"])
     session = _load(base)
-    from hallufix.plugins import activate
-
+    task = samples["task"]
     results = []
     for cell in cells:
-        try:
-            methods = activate(cell.plugins, family=session.info.family, overrides=cell.overrides,
-                               registry=registry, model=session.info.name)
-        except (ConfigError, PluginError) as exc:
-            raise CliError(str(exc)) from None
+        methods = activate(cell.plugins, family=session.info.family, overrides=cell.overrides, registry=registry,
+                           model=session.info.name)
         out_dir = out_root / cell_dirname(cell)
-        try:
-            from hallufix.runs import execute
-
-            res = execute(session, task, cell, out_dir, methods=methods, progress=not args.quiet)
-        except TaskError as exc:
-            raise CliError(f"{exc} (finished samples are kept in {out_dir}/samples.jsonl; rerun to resume)") from None
+        res = execute(session, task, cell, out_dir, methods=methods, progress=not args.quiet,
+                      samples=samples[cell.limit], drop_corrupt=args.drop_corrupt_lines,
+                      on_nonfinite=args.on_nonfinite)
+        if res.get("nonfinite"):
+            print(f"hallufix: warning: {res['nonfinite']['n']} sample(s) of {out_dir} had non-finite logits and are "
+                  f"left out of its metrics (ids in results.json 'nonfinite'; samples.jsonl says where)",
+                  file=sys.stderr)
         results.append((cell, out_dir, res))
     _print_summary(results, out_root)
     return 0
+
+
+def _preflight(args, base: dict, p):
+    """Everything that can be checked before the weights load: run settings, device and dtype, method names and
+    configs, the task's files and samples, the output folder and its locks. Returns ``(registry, {"task": task,
+    limit: samples}, out_root)``."""
+    from hallufix.config import method_config
+    from hallufix.experiment import cell_dirname, default_output
+    from hallufix.plugins import PluginError, discover, load_local
+    from hallufix.rundir import check_unlocked
+    from hallufix.validate import check_device, check_dtype, check_output, check_samples, check_spec
+
+    for cell in p.cells:
+        check_spec(cell)
+    check_dtype(base.get("dtype"))
+    check_device(base.get("device"))
+    registry = discover()
+    for cell in p.cells:  # validate names and config keys before the model loads
+        if len(set(cell.plugins)) != len(cell.plugins):
+            raise PluginError(f"a method is listed twice in {cell.plugins} — stack distinct methods")
+        for name in cell.plugins:
+            local = name.endswith(".py") or ".py:" in name
+            info = load_local(name, discover()) if local else registry.get(name)  # local: a scratch registry
+            try:
+                cls = info.load()
+            except Exception as exc:
+                raise PluginError(f"plugin '{name}' ({info.dist}) failed to import: "
+                                  f"{type(exc).__name__}: {exc} — reinstall it, or leave it out of --plugins"
+                                  ) from None
+            method_config(cls, overrides=cell.overrides.get(name, []))
+    task = _make_task(base["task"], p.task_options)
+    samples: dict = {"task": task}
+    for cell in p.cells:
+        if cell.limit not in samples:
+            samples[cell.limit] = check_samples(task, cell.limit)
+    out_root = Path(args.output) if args.output else default_output(base["model"], base["task"])
+    check_output(out_root)
+    for cell in p.cells:
+        check_unlocked(out_root / cell_dirname(cell))
+    if not args.no_baseline and len(p.cells) == 1 and p.cells[0].plugins:
+        check_unlocked(out_root / "baseline")
+    return registry, samples, out_root
 
 
 def _make_task(spec: str, options: dict):
@@ -134,6 +162,11 @@ def _make_task(spec: str, options: dict):
 
     try:
         return get_task(spec, **options)
+    except ValueError as exc:
+        if isinstance(exc, TaskError):
+            raise
+        raise TaskError(f"task '{spec.split(':')[0]}': bad option value ({exc}) — check the task.KEY=VALUE options"
+                        ) from None
     except TypeError as exc:
         from hallufix.tasks.base import _TASKS
 
@@ -160,5 +193,5 @@ def _print_summary(results, out_root: Path) -> None:
     print(summary_table(results), file=sys.stdout)  # also fills each result's overhead ratio vs the baseline
     for _, out_dir, res in results:
         _write_json(out_dir / "results.json", res)
-    print(f"\nrun directories under {out_root}/ (rerun the same command to resume; "
-          f"`hallufix report {out_root}/*` for CSV / Markdown / LaTeX tables)")
+    print(f"\nrun directories under {out_root}/ (`hallufix report {out_root}/*` for CSV / Markdown / LaTeX tables; "
+          f"rerunning the same command reuses the finished samples)")

@@ -30,9 +30,16 @@ class ModelNotAvailableError(RuntimeError):
     """The model's files are neither a local folder nor in the local Hugging Face cache (or are incomplete)."""
 
 
+class UnsupportedModelError(ModelNotAvailableError, ValueError):
+    """The checkpoint's ``model_type`` is outside the supported families."""
+
+
 def _how_to(path_or_id: str) -> str:
-    return (f"On a machine with internet run `huggingface-cli download {path_or_id} --local-dir /path/to/folder`, "
-            f"copy the folder here and pass --model /path/to/folder (or point HF_HOME at a cache that holds it).")
+    if Path(str(path_or_id)).expanduser().is_dir():  # a local folder: downloading its own path makes no sense
+        return ("Copy the complete save_pretrained folder (config.json, the *.safetensors weights and their index, "
+                "the tokenizer and processor files) and pass that folder to --model.")
+    return (f"On a machine with internet run `hf download {path_or_id} --local-dir /path/to/folder` (huggingface_hub's "
+            f"CLI), copy the folder here and pass --model /path/to/folder (or point HF_HOME at a cache that holds it).")
 
 
 def downloads_allowed(allow_download: bool | None) -> bool:
@@ -98,9 +105,15 @@ def load_pretrained(path_or_id: str | Path, *, dtype: str = "auto", device: str 
     if dtype != "auto" and dtype not in DTYPES:
         raise ValueError(f"dtype must be 'auto' or one of {', '.join(DTYPES)}, not '{dtype}'")
     folder = resolve_local(path_or_id, allow_download=allow_download)
-    model_type = json.loads((folder / "config.json").read_text()).get("model_type")
+    try:
+        model_type = json.loads((folder / "config.json").read_text(encoding="utf-8")).get("model_type")
+    except (ValueError, AttributeError) as exc:
+        raise ModelNotAvailableError(f"{folder / 'config.json'} is not a valid JSON config ({exc}) — copy the "
+                                     f"model folder again") from None
     if model_type not in MODEL_TYPE_FAMILY:
-        raise ValueError(f"'{path_or_id}' has model_type '{model_type}'; supported: {', '.join(MODEL_TYPE_FAMILY)}")
+        raise UnsupportedModelError(f"'{path_or_id}' has model_type '{model_type}', which hallufix does not support — "
+                                    f"use a LLaVA-1.5, Qwen2-VL / Qwen2.5-VL or InstructBLIP checkpoint (model_type "
+                                    f"{', '.join(MODEL_TYPE_FAMILY)})")
     if dtype == "auto":
         torch_dtype = torch.float32 if str(device) == "cpu" else "auto"
     else:
@@ -110,6 +123,11 @@ def load_pretrained(path_or_id: str | Path, *, dtype: str = "auto", device: str 
                                                          attn_implementation=attn_implementation)
         processor = load_processor(folder, family=MODEL_TYPE_FAMILY[model_type])
     except OSError as exc:  # missing weight / tokenizer files in the folder or cache snapshot
-        raise ModelNotAvailableError(f"could not load '{path_or_id}' from {folder}: {exc}. "
+        raise ModelNotAvailableError(f"could not load '{path_or_id}' from {folder}: {str(exc).rstrip('.')} — "
+                                     f"{_how_to(str(path_or_id))}") from None
+    except Exception as exc:
+        if type(exc).__name__ != "SafetensorError" and "deserializ" not in str(exc):
+            raise
+        raise ModelNotAvailableError(f"the weights in {folder} are corrupt or truncated ({exc}) — "
                                      f"{_how_to(str(path_or_id))}") from None
     return model.to(device).eval(), processor

@@ -21,6 +21,26 @@ class TaskError(ValueError):
     """Bad task input: names the file (and line) at fault and how to fix it."""
 
 
+def read_text(path: str | Path, what: str = "file") -> str:
+    """The UTF-8 text of a data file, or :class:`TaskError` naming the file (and the line of a non-UTF-8 byte) and the
+    fix. Use it for every task / answer / label file so a bad encoding never ends in a traceback."""
+    path = Path(path)
+    if not path.exists():
+        raise TaskError(f"{what} not found: {path} — check the path")
+    if path.is_dir():
+        raise TaskError(f"{path} is a folder, not a {what} — give the file inside it")
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise TaskError(f"cannot read {what} {path}: {exc.strerror} — check its permissions") from None
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise TaskError(f"{path}:{line}: not UTF-8 text (byte 0x{raw[exc.start]:02x}) — re-save the {what} as "
+                        f"UTF-8 (e.g. iconv -f latin1 -t utf-8)") from None
+
+
 @dataclass
 class Sample:
     """One question about one image.
@@ -54,10 +74,17 @@ class Sample:
                     f"image not found: {path} (sample {self.id}); point the task at the folder holding the images "
                     f"(e.g. image_root=/path/to/val2014)"
                 )
-            with Image.open(path) as opened:
-                return opened.convert("RGB")
+            try:
+                with Image.open(path) as opened:
+                    return opened.convert("RGB")
+            except (OSError, ValueError, Image.DecompressionBombError) as exc:  # corrupt, truncated, 0-byte, huge
+                raise TaskError(f"cannot read image {path} (sample {self.id}): {type(exc).__name__}: {exc} — replace "
+                                f"the file, or remove the sample from the task") from None
         if isinstance(img, Image.Image):
-            return img.convert("RGB")
+            try:
+                return img.convert("RGB")
+            except (OSError, ValueError) as exc:
+                raise TaskError(f"cannot read the image of sample {self.id}: {type(exc).__name__}: {exc}") from None
         raise TaskError(f"sample {self.id}: unsupported image value {type(img).__name__}")
 
     def to_record(self) -> dict:

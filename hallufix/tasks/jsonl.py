@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 
 from hallufix.scoring.pope import PARSERS, parse_yes_no, pope_metrics
-from hallufix.tasks.base import MetricInfo, Sample, Task, TaskError, register_task
+from hallufix.tasks.base import MetricInfo, Sample, Task, TaskError, read_text, register_task
 
 
 @register_task("jsonl")
@@ -29,10 +29,8 @@ class JsonlTask(Task):
         self.path, self.max_new_tokens, self.parser = Path(path), int(max_new_tokens), parser
 
     def samples(self):
-        if not self.path.is_file():
-            raise TaskError(f"task file not found: {self.path}")
         out = []
-        for i, line in enumerate(self.path.read_text().splitlines(), 1):
+        for i, line in enumerate(read_text(self.path, "task file").splitlines(), 1):
             if not line.strip():
                 continue
             try:
@@ -41,6 +39,8 @@ class JsonlTask(Task):
                 raise TaskError(f"{self.path}:{i}: malformed JSON line ({exc.msg})") from None
             if not isinstance(rec, dict) or "image" not in rec or "question" not in rec:
                 raise TaskError(f"{self.path}:{i}: each line needs 'image' and 'question'")
+            if not isinstance(rec["question"], str) or not isinstance(rec["image"], str):
+                raise TaskError(f"{self.path}:{i}: 'image' and 'question' must be strings")
             image = Path(rec["image"])
             image = image if image.is_absolute() else self.path.parent / image
             out.append(Sample(id=str(rec.get("id", i)), question=rec["question"], image=str(image),

@@ -21,7 +21,7 @@ import re
 from pathlib import Path
 
 from hallufix.scoring.pope import PARSERS, parse_yes_no, score_splits
-from hallufix.tasks.base import MetricInfo, Sample, Task, TaskError, register_task
+from hallufix.tasks.base import MetricInfo, Sample, Task, TaskError, read_text, register_task
 
 PROMPTS = {"llava": "\nAnswer the question using a single word or phrase.",
            "vcd": " Please answer this question with one word.", "none": ""}
@@ -32,10 +32,8 @@ SPLIT_NAMES = ("random", "popular", "adversarial")
 
 def read_records(path: Path) -> list[dict]:
     """JSON Lines or a JSON array of objects; a malformed line raises :class:`TaskError` with file and line."""
+    text = read_text(path)
     path = Path(path)
-    if not path.is_file():
-        raise TaskError(f"file not found: {path}")
-    text = path.read_text(encoding="utf-8")
     if text.lstrip().startswith("["):
         try:
             recs = json.loads(text)
