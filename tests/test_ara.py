@@ -36,7 +36,7 @@ class ImageSpy:
         self.images = [np.asarray(im, dtype=np.float64) for im in event.images]
 
 
-def reference(s, image, question):
+def reference(s, image, question, band=BAND):
     """Eager forward (output_attentions / output_hidden_states) and every ARA step written out with loops."""
     inputs = s.adapter.inputs(s.processor, [[image]], [question], s.device)
     prev = s.adapter.get_text_attn_implementation(s.model)
@@ -48,7 +48,7 @@ def reference(s, image, question):
         s.adapter.set_text_attn_implementation(s.model, prev)
     vis = (inputs["input_ids"][0] == s.model.config.image_token_id).nonzero().squeeze(1)
     sharp, conf, maps = {}, {}, {}
-    for l in BAND:
+    for l in band:
         att = out.attentions[l][0, :, -1][:, vis].double().numpy()  # (H, n)
         norms = out.hidden_states[l][0, vis].double().norm(dim=-1).numpy()
         med = sorted(norms)[len(norms) // 2] if len(norms) % 2 else float(np.median(norms))
@@ -93,19 +93,26 @@ def reference(s, image, question):
     return score, top, fused
 
 
-def test_pass1_and_pixels_match_independent_implementation():
-    s = tiny_session("llava", num_layers=8)
-    image, q = tiny_images(1)[0], "is there a cat in the image ?"
-    spy = ImageSpy()
-    out = s.start(["ara", spy], {"ara": TEST_CFG}).generate([image], [q], max_new_tokens=2)[0]
-    d = out.diagnostics["ara"]
-    score, top, fused = reference(s, image, q)
-    assert d["selected_layers"] == top
-    for l, v in score.items():
-        assert abs(d["scores"][str(l)] - v) <= 1e-5
-    assert np.abs(np.array(d["fused_map"]) - fused).max() <= 1e-5
-    # mask pixels: coverage cells (no dilation) on the 4x4 grid of a square image, feathered, dimmed
-    grid = (4, 4)
+def notes_band(L: int, base: int) -> list[int]:
+    """The notes' candidate band, layers floor(L/4) .. ceil(3L/4) counted from 1 (base 1) or read as 0-based indices
+    (base 0), as 0-based module indices below the last layer."""
+    first, last = L // 4, -(-3 * L // 4)
+    return [l - base for l in range(first, last + 1) if 0 <= l - base < L]
+
+
+def test_auto_band_follows_the_notes_in_either_base():
+    from hallufix_ara.method import Config, resolve_band
+
+    assert resolve_band(Config(), 32) == list(range(7, 24)) == notes_band(32, 1)  # the notes' layers 8-24
+    assert resolve_band(Config(band_base=0), 32) == list(range(8, 25)) == notes_band(32, 0)
+    assert resolve_band(Config(), 28) == list(range(6, 21))  # Qwen2.x-VL: the notes' 7-21
+    assert resolve_band(Config(), 8) == [1, 2, 3, 4, 5] and resolve_band(Config(band_base=0), 8) == [2, 3, 4, 5, 6]
+
+
+def _pixels_reference(image, fused, upsample):
+    """The mask on a square 56-px image with a 4x4 grid of 14-px cells, written per pixel: coverage cells (no
+    dilation), upsampled by the cell's value (nearest) or bilinearly between cell centres, feathered, dimmed."""
+    grid, px = (4, 4), 14
     order = np.argsort(-fused, kind="stable")
     cells, acc = np.zeros(16), 0.0
     for j in order:
@@ -113,17 +120,60 @@ def test_pass1_and_pixels_match_independent_implementation():
         acc += fused[j] / fused.sum()
         if acc >= 0.4 - 1e-12:
             break
-    B = np.repeat(np.repeat(cells.reshape(grid), 14, 0), 14, 1)
-    sigma = 0.5 * 14
+    cells = cells.reshape(grid)
+    if upsample == "nearest":
+        B = np.repeat(np.repeat(cells, px, 0), px, 1)
+    else:
+        B = np.zeros((56, 56))
+        for y in range(56):
+            for x in range(56):
+                u = min(max((x + 0.5) / px - 0.5, 0), 3)  # continuous cell coordinates of the pixel centre
+                v = min(max((y + 0.5) / px - 0.5, 0), 3)
+                i, j = min(int(v), 2), min(int(u), 2)
+                a, b = v - i, u - j
+                B[y, x] = ((1 - a) * (1 - b) * cells[i, j] + (1 - a) * b * cells[i, j + 1]
+                           + a * (1 - b) * cells[i + 1, j] + a * b * cells[i + 1, j + 1])
+    sigma = 0.5 * px
     r = math.ceil(3 * sigma)
     k = np.array([math.exp(-x * x / (2 * sigma * sigma)) for x in range(-r, r + 1)])
     k2 = np.outer(k, k) / k.sum() ** 2
     padded = np.pad(B, r, mode="edge")
     blurred = np.array([[(padded[y:y + 2 * r + 1, x:x + 2 * r + 1] * k2).sum() for x in range(56)]
                         for y in range(56)])
-    want = np.rint(np.asarray(image, dtype=np.float64) * (0.3 + 0.7 * blurred)[..., None])
+    return np.rint(np.asarray(image, dtype=np.float64) * (0.3 + 0.7 * blurred)[..., None])
+
+
+@pytest.mark.parametrize("band", ["2-5", "auto-base1", "auto-base0"])
+@pytest.mark.parametrize("upsample", ["bilinear", "nearest"])
+def test_pass1_and_pixels_match_independent_implementation(upsample, band):
+    s = tiny_session("llava", num_layers=8)
+    image, q = tiny_images(1)[0], "is there a cat in the image ?"
+    spy = ImageSpy()
+    layers = BAND if band == "2-5" else notes_band(8, int(band[-1]))
+    cfg = [c for c in TEST_CFG if not c.startswith("band=")] + [f"upsample={upsample}"]
+    cfg += ["band=2-5"] if band == "2-5" else ["band=auto", f"band_base={band[-1]}"]
+    out = s.start(["ara", spy], {"ara": cfg}).generate([image], [q], max_new_tokens=2)[0]
+    d = out.diagnostics["ara"]
+    score, top, fused = reference(s, image, q, layers)
+    assert sorted(int(k) for k in d["scores"]) == sorted(score) and set(score) <= set(layers)
+    assert d["selected_layers"] == top
+    for l, v in score.items():
+        assert abs(d["scores"][str(l)] - v) <= 1e-5
+    assert np.abs(np.array(d["fused_map"]) - fused).max() <= 1e-5
+    want = _pixels_reference(image, fused, upsample)
     assert np.abs(spy.images[0] - want).max() <= 1.0  # uint8 rounding
     assert np.abs(spy.images[0] - want).mean() <= 0.01
+
+
+def test_bilinear_upsampling_is_continuous_and_keeps_cell_centres():
+    from hallufix_ara.analysis import bilinear_cells
+
+    cells = np.array([[0.0, 1.0], [1.0, 0.0]])
+    idx = np.arange(4).reshape(2, 2).repeat(10, 0).repeat(10, 1)  # 2x2 cells of 10 px
+    B = bilinear_cells(cells, idx)
+    assert B.shape == (20, 20) and B[0, 0] == 0.0 and B[0, 19] == 1.0  # constant beyond the outer centres
+    assert np.abs(np.diff(B, axis=1)).max() <= 0.11  # no step at the cell border (nearest: a step of 1)
+    assert abs(B[10, 10] - 0.5) < 0.06
 
 
 @pytest.mark.parametrize("family", ["llava", "qwen2-vl", "instructblip"])

@@ -28,7 +28,9 @@ from hallufix_ara.analysis import coverage_mask, fuse, layer_maps, pixel_mask
 
 @dataclass
 class Config:
-    band: str = "auto"              # candidate layers; auto = [floor(L/4), ceil(3L/4)]
+    band: str = "auto"              # candidate layers; auto = layers [floor(L/4), ceil(3L/4)] counted from band_base
+    band_base: int = 1              # 1: the auto band's layers are 1-based (indices floor(L/4)-1 .. ceil(3L/4)-1,
+                                    # 7-23 of 32); 0: the same formula read as 0-based indices (8-24 of 32)
     sink_ratio: float = 5.0         # kappa_s: sink = hidden norm > ratio x median
     head_ratio: float = 0.6         # rho_ic: min non-sink share of a head's visual attention
     generic_test: bool = False      # also require the head's map to differ (JS above the layer median) from a
@@ -38,6 +40,7 @@ class Config:
     coverage: float = 0.6           # kappa: smallest cell set holding this share of the fused mass
     dilation: int = 1               # cells
     feather: float = 0.5            # Gaussian sigma in cells
+    upsample: str = "bilinear"      # cell mask -> pixels: bilinear (between cell centres) | nearest (the cell's value)
     dim_floor: float = 0.3          # delta: I' = I * (delta + (1 - delta) B); 1 = no dimming (no-op)
     guard_min_sharpness: float = 0.05  # leave the image alone if the best selected layer is less sharp than this
     guard_max_area: float = 0.8     # ... or if the kept area exceeds this fraction of the image
@@ -49,11 +52,16 @@ class Config:
             raise ValueError(f"mode must be replace, both or logit-bias, got {self.mode!r}")
         if not 0 <= self.dim_floor <= 1 or not 0 < self.coverage <= 1:
             raise ValueError("dim_floor must be in [0, 1] and coverage in (0, 1]")
+        if self.band_base not in (0, 1):
+            raise ValueError(f"band_base must be 0 or 1, got {self.band_base!r}")
+        if self.upsample not in ("bilinear", "nearest"):
+            raise ValueError(f"upsample must be bilinear or nearest, got {self.upsample!r}")
 
 
 def resolve_band(cfg: Config, L: int) -> list[int]:
-    if str(cfg.band) == "auto":
-        return list(range(L // 4, min(L - 1, math.ceil(3 * L / 4)) + 1))
+    if str(cfg.band) == "auto":  # the notes' [floor(L/4), ceil(3L/4)], in layers counted from band_base
+        shift = cfg.band_base
+        return list(range(max(0, L // 4 - shift), min(L - 1, math.ceil(3 * L / 4) - shift) + 1))
     return parse_layers(cfg.band, L)
 
 
@@ -153,7 +161,7 @@ class ARA(Method):
                 d["guard"] = "mask covers almost everything"
             else:
                 d["guard"] = None
-                B = pixel_mask(cells, index, c.feather)
+                B = pixel_mask(cells, index, c.feather, c.upsample)
                 arr = np.asarray(image.convert("RGB"), dtype=np.float64)
                 dimmed = arr * (c.dim_floor + (1 - c.dim_floor) * B)[..., None]
                 masked = Image.fromarray(np.clip(np.rint(dimmed), 0, 255).astype(np.uint8))
