@@ -16,7 +16,8 @@ from hallufix.testing.models import tiny_images, tiny_session
 
 BAND = [2, 3, 4, 5]
 TEST_CFG = ["band=2-5", "sink_ratio=1.5", "head_ratio=0.3", "top_k=2", "coverage=0.4", "dilation=0",
-            "feather=0.5", "dim_floor=0.3", "guard_min_sharpness=0", "guard_max_area=1.0"]
+            "feather=0.5", "dim_floor=0.3", "guard_min_sharpness=0", "guard_max_area=1.0", "generic_test=false"]
+GENERIC = "describe the image ."
 
 
 class ImageSpy:
@@ -36,8 +37,7 @@ class ImageSpy:
         self.images = [np.asarray(im, dtype=np.float64) for im in event.images]
 
 
-def reference(s, image, question, band=BAND):
-    """Eager forward (output_attentions / output_hidden_states) and every ARA step written out with loops."""
+def _eager(s, image, question):
     inputs = s.adapter.inputs(s.processor, [[image]], [question], s.device)
     prev = s.adapter.get_text_attn_implementation(s.model)
     s.adapter.set_text_attn_implementation(s.model, "eager")
@@ -47,6 +47,22 @@ def reference(s, image, question, band=BAND):
     finally:
         s.adapter.set_text_attn_implementation(s.model, prev)
     vis = (inputs["input_ids"][0] == s.model.config.image_token_id).nonzero().squeeze(1)
+    return out, vis
+
+
+def _js(p, q):
+    p, q = [x / sum(p) for x in p], [x / sum(q) for x in q]
+    m = [(a + b) / 2 for a, b in zip(p, q)]
+    kl = lambda a, b: sum(x * math.log(x / y) for x, y in zip(a, b) if x > 0)  # noqa: E731
+    return (kl(p, m) + kl(q, m)) / 2
+
+
+def reference(s, image, question, band=BAND, generic=False):
+    """Eager forward (output_attentions / output_hidden_states) and every ARA step written out with loops;
+    ``generic``: also the question-relevance test (JS between the non-sink maps under the question and under the
+    generic prompt above the layer's median)."""
+    out, vis = _eager(s, image, question)
+    gen_out = _eager(s, image, GENERIC)[0] if generic else None
     sharp, conf, maps = {}, {}, {}
     for l in band:
         att = out.attentions[l][0, :, -1][:, vis].double().numpy()  # (H, n)
@@ -59,6 +75,11 @@ def reference(s, image, question, band=BAND):
             ns = sum(att[h, j] for j in range(att.shape[1]) if not sink[j]) / masses[h]
             if ns >= 0.3 and masses[h] >= np.median(masses):
                 heads.append(h)
+        if generic:
+            g_att = gen_out.attentions[l][0, :, -1][:, vis].double().numpy()
+            js = [_js([0.0 if sink[j] else att[h, j] for j in range(att.shape[1])],
+                      [0.0 if sink[j] else g_att[h, j] for j in range(att.shape[1])]) for h in range(att.shape[0])]
+            heads = [h for h in heads if js[h] > np.median(js)]
         if not heads:
             continue
         bars = []
@@ -143,19 +164,24 @@ def _pixels_reference(image, fused, upsample):
     return np.rint(np.asarray(image, dtype=np.float64) * (0.3 + 0.7 * blurred)[..., None])
 
 
-@pytest.mark.parametrize("band", ["2-5", "auto-base1", "auto-base0"])
+@pytest.mark.parametrize("band", ["2-5", "auto-base1", "auto-base0", "2-5+generic"])
 @pytest.mark.parametrize("upsample", ["bilinear", "nearest"])
 def test_pass1_and_pixels_match_independent_implementation(upsample, band):
     s = tiny_session("llava", num_layers=8)
     image, q = tiny_images(1)[0], "is there a cat in the image ?"
     spy = ImageSpy()
+    generic = band.endswith("+generic")
+    band = band.split("+")[0]
     layers = BAND if band == "2-5" else notes_band(8, int(band[-1]))
-    cfg = [c for c in TEST_CFG if not c.startswith("band=")] + [f"upsample={upsample}"]
+    cfg = [c for c in TEST_CFG if not c.startswith("band=")] + [f"upsample={upsample}", f"generic_test={generic}",
+                                                                f"generic_prompt={GENERIC}"]
     cfg += ["band=2-5"] if band == "2-5" else ["band=auto", f"band_base={band[-1]}"]
     out = s.start(["ara", spy], {"ara": cfg}).generate([image], [q], max_new_tokens=2)[0]
     d = out.diagnostics["ara"]
-    score, top, fused = reference(s, image, q, layers)
+    score, top, fused = reference(s, image, q, layers, generic)
     assert sorted(int(k) for k in d["scores"]) == sorted(score) and set(score) <= set(layers)
+    if generic:  # the test removed heads (at least half per layer)
+        assert all(len(h) <= 2 for h in d["image_centric_heads"].values())
     assert d["selected_layers"] == top
     for l, v in score.items():
         assert abs(d["scores"][str(l)] - v) <= 1e-5

@@ -23,7 +23,7 @@ from hallufix.method import Method
 from hallufix import capture as C
 from hallufix import points
 from hallufix.config import parse_layers
-from hallufix_ara.analysis import coverage_mask, fuse, layer_maps, pixel_mask
+from hallufix_ara.analysis import coverage_mask, fuse, layer_maps, pixel_mask, sink_tokens
 
 
 @dataclass
@@ -33,7 +33,7 @@ class Config:
                                     # 7-23 of 32); 0: the same formula read as 0-based indices (8-24 of 32)
     sink_ratio: float = 5.0         # kappa_s: sink = hidden norm > ratio x median
     head_ratio: float = 0.6         # rho_ic: min non-sink share of a head's visual attention
-    generic_test: bool = False      # also require the head's map to differ (JS above the layer median) from a
+    generic_test: bool = True       # also require the head's map to differ (JS above the layer median) from a
     generic_prompt: str = "describe the image ."  # generic-prompt pass (cached per image)
     top_k: int = 3
     temperature: float = 1.0
@@ -109,9 +109,10 @@ class ARA(Method):
         scores, selected, fused = fuse(lm, c.top_k, c.temperature)
         return lm, scores, selected, fused
 
-    def _generic_heads(self, event, b, a_b):
+    def _generic_heads(self, event, b, a_b, n_b=None):
         """Heads whose non-sink map under the question differs from the generic-prompt map more than the layer's
-        median JS divergence (one extra prefill per image, cached)."""
+        median JS divergence (one extra prefill per image, cached). ``n_b``: the visual tokens' hidden norms per
+        layer; their sinks (the same under both prompts: the image precedes the text) are zeroed in both maps."""
         key = event.images[b].tobytes()[:4096] + bytes(str(event.images[b].size), "ascii")
         if key not in self._generic_cache:
             cap = event.capture([event.images[b]], [self.config.generic_prompt], layers=self.band)
@@ -119,7 +120,9 @@ class ARA(Method):
         gen = self._generic_cache[key]
         keep = {}
         for l in self.band:
-            js = np.array([_js(a_b[l][h], gen[l][h]) for h in range(a_b[l].shape[0])])
+            keep_tok = (~sink_tokens(n_b[l], self.config.sink_ratio) if n_b is not None
+                        else np.ones(a_b[l].shape[1], dtype=bool))
+            js = np.array([_js(a_b[l][h] * keep_tok, gen[l][h] * keep_tok) for h in range(a_b[l].shape[0])])
             keep[l] = [h for h in range(len(js)) if js[h] > np.median(js)]
         return keep
 
@@ -133,7 +136,7 @@ class ARA(Method):
         for b, image in enumerate(event.images):
             a_b = {l: cap.last_visual[l][b].numpy() for l in self.band}
             n_b = {l: cap.hidden_norms[l][b].numpy() for l in self.band}
-            keep = self._generic_heads(event, b, a_b) if c.generic_test else None
+            keep = self._generic_heads(event, b, a_b, n_b) if c.generic_test else None
             lm, scores, selected, fused = self._analyse(a_b, n_b, None, keep)
             d = {"selected_layers": selected, "scores": {str(k): round(v, 6) for k, v in scores.items()},
                  "image_centric_heads": {str(l): h for l, h in lm.heads.items()}}
