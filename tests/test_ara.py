@@ -47,7 +47,8 @@ def _eager(s, image, question):
     finally:
         s.adapter.set_text_attn_implementation(s.model, prev)
     vis = (inputs["input_ids"][0] == s.model.config.image_token_id).nonzero().squeeze(1)
-    return out, vis
+    lm = getattr(out, "language_model_outputs", None)  # InstructBLIP: the language model's own outputs
+    return (out if lm is None else lm), vis
 
 
 def _js(p, q):
@@ -189,6 +190,25 @@ def test_pass1_and_pixels_match_independent_implementation(upsample, band):
     want = _pixels_reference(image, fused, upsample)
     assert np.abs(spy.images[0] - want).max() <= 1.0  # uint8 rounding
     assert np.abs(spy.images[0] - want).mean() <= 0.01
+
+
+@pytest.mark.parametrize("setting", ["auto-base1", "auto-base0+generic"])
+@pytest.mark.parametrize("family", ["qwen2-vl", "qwen2.5-vl", "instructblip"])
+def test_pass1_matches_independent_implementation_on_other_families(family, setting):
+    """The band (both bases) and the question-relevance test are family-independent: layer scores and the chosen
+    layers match the loop implementation (and the fused map where it is not carried through the Q-Former)."""
+    s = tiny_session(family, num_layers=8)
+    image, q = tiny_images(1, size=112)[0], "is there a cat in the image ?"
+    base, generic = int(setting.split("+")[0][-1]), setting.endswith("+generic")
+    cfg = [c for c in TEST_CFG if not c.startswith(("band=", "generic_test="))] + [
+        "band=auto", f"band_base={base}", f"generic_test={generic}", f"generic_prompt={GENERIC}"]
+    d = s.start(["ara"], {"ara": cfg}).generate([image], [q], max_new_tokens=2)[0].diagnostics["ara"]
+    score, top, fused = reference(s, image, q, notes_band(8, base), generic)
+    assert d["selected_layers"] == top and sorted(int(k) for k in d["scores"]) == sorted(score)
+    for l, v in score.items():
+        assert abs(d["scores"][str(l)] - v) <= 1e-5
+    if family != "instructblip":
+        assert np.abs(np.array(d["fused_map"]) - fused).max() <= 1e-5
 
 
 def test_bilinear_upsampling_is_continuous_and_keeps_cell_centres():
