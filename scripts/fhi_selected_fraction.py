@@ -1,6 +1,6 @@
 """Share of all heads FHI-CCR selected per prompt, at prefill and at the last decode step, from a run directory.
 
-    python scripts/fhi_selected_fraction.py RUN_DIR [--heads L*H]
+    python scripts/fhi_selected_fraction.py RUN_DIR [--heads L*H] [--limit N]
 
 Reads ``RUN_DIR/samples.jsonl`` (the ``fhi`` diagnostics list the selected heads per layer for both phases) and
 prints the mean per-prompt fraction with its range; ``--heads`` defaults to the built-in model's 8 x 4 = 32.
@@ -28,8 +28,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("run_dir")
     ap.add_argument("--heads", type=int, default=32)
+    ap.add_argument("--limit", type=int, default=None, help="the run's first N samples only")
     args = ap.parse_args()
     records = [json.loads(line) for line in (Path(args.run_dir) / "samples.jsonl").open() if line.strip()]
+    records = records[: args.limit] if args.limit else records
     for phase, f in fractions(records, args.heads).items():
         print(f"{phase:>7}: {100 * f['mean']:.2f}% of heads per prompt (range {100 * f['min']:.1f}-"
               f"{100 * f['max']:.1f}%, {f['n']} prompts)")

@@ -286,3 +286,15 @@ class TestARAContract(MethodContract):
     noop = ["dim_floor=1"]
     active = ["band=1-2", "sink_ratio=1.5", "head_ratio=0.3", "dilation=0", "coverage=0.3", "guard_min_sharpness=0",
               "guard_max_area=1.0"]
+
+
+def test_the_generic_prompt_as_question_leaves_the_image_alone():
+    """With the question-relevance test on, a question that is the generic prompt has no question-relevant heads."""
+    s = tiny_session("llava", num_layers=8)
+    spy = ImageSpy()
+    image = tiny_images(1)[0]
+    cfg = [c for c in TEST_CFG if not c.startswith("generic_test=")] + ["generic_test=true",
+                                                                        f"generic_prompt={GENERIC}"]
+    d = s.start(["ara", spy], {"ara": cfg}).generate([image], [GENERIC], max_new_tokens=2)[0].diagnostics["ara"]
+    assert d["guard"] == "no image-centric heads"
+    assert np.array_equal(spy.images[0], np.asarray(image, dtype=np.float64))

@@ -10,6 +10,7 @@ the token-level mask becomes a log(delta + (1 - delta) B) bias on the visual key
 """
 from __future__ import annotations
 
+import hashlib
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -112,8 +113,13 @@ class ARA(Method):
     def _generic_heads(self, event, b, a_b, n_b=None):
         """Heads whose non-sink map under the question differs from the generic-prompt map more than the layer's
         median JS divergence (one extra prefill per image, cached). ``n_b``: the visual tokens' hidden norms per
-        layer; their sinks (the same under both prompts: the image precedes the text) are zeroed in both maps."""
-        key = event.images[b].tobytes()[:4096] + bytes(str(event.images[b].size), "ascii")
+        layer; their sinks (the same under both prompts: the image precedes the text) are zeroed in both maps. A
+        question that is the generic prompt has no question-relevant heads (its maps equal the generic ones up to
+        rounding, which must not pick heads): none are kept, so the guard leaves the image alone."""
+        if event.questions[b].strip() == self.config.generic_prompt.strip():
+            return {l: [] for l in self.band}
+        # the whole image keys the cache (a prefix of the bytes is shared by images with the same top rows)
+        key = hashlib.sha1(event.images[b].tobytes()).hexdigest() + str(event.images[b].size)
         if key not in self._generic_cache:
             cap = event.capture([event.images[b]], [self.config.generic_prompt], layers=self.band)
             self._generic_cache[key] = {l: cap.last_visual[l][0].numpy() for l in self.band}
