@@ -12,14 +12,20 @@ from hallufix.testing.models import tiny_images, tiny_session
 from hallufix.testing.reference import generate_with_attention, layout_of
 
 FAMILIES = ("llava", "qwen2-vl", "qwen2.5-vl", "instructblip")
-SETTING = dict(alpha=14.0, beta=0.9, tau=1.0, lam=0.5, neg=0, pos=1, drift=[2, 3, 4, 5, 6, 7])
+SETTING = dict(alpha=14.0, beta=0.9, tau=1.0, lam=0.5, neg=0, pos=1, drift=[2, 3, 4, 5, 6, 7],
+               renorm=True, eps_rel=False, phi_sample=False, map_sample=False)
+#: every value of CLVA's estimator switches other than the defaults: (overrides, reference setting changes)
+SWITCHES = {"renormalise_map=false": dict(renorm=False), "eps_scale=relative": dict(eps_rel=True),
+            "eps_scale=relative,renormalise_map=false": dict(eps_rel=True, renorm=False),
+            "phi_std=sample": dict(phi_sample=True), "map_std=sample": dict(map_sample=True)}
 OVERRIDES = ["tau=1.0", "lambda_vis=0.5", "pos_layer=1"]
 
 
 class EagerCLVA:
     """Eager attention with the paper's CLVA applied literally: full softmax, Phi averaged over every text row seen
-    so far (Eq. 1), head split by mean ± lambda*std (Eq. 2-3, population std), anchor maps from the last row
-    (Eq. 4), z-score masks (Eq. 8-9), multiplicative re-weighting of text rows' visual columns then
+    so far (Eq. 1), head split by mean ± lambda*std (Eq. 2-3, population or sample std), anchor maps from the last
+    row (Eq. 4), optionally rescaled to sum 1, z-score masks (Eq. 8-9; population or sample std, absolute or
+    relative eps), multiplicative re-weighting of text rows' visual columns then
     renormalisation over all keys (Eq. 10-11)."""
 
     def __init__(self, vis, text, s, dynamic=True):
@@ -55,7 +61,7 @@ class EagerCLVA:
                         self.phi_sum[key] = self.phi_sum.get(key, torch.zeros(H)) + mass
                         self.phi_n[key] = self.phi_n.get(key, 0) + 1
                 phi = self.phi_sum[key] / self.phi_n[key]
-                mu, sd = phi.mean(), phi.std(unbiased=False)
+                mu, sd = phi.mean(), phi.std(unbiased=s["phi_sample"])
                 for kind in ("pos", "neg"):
                     if layer != s[kind]:
                         continue
@@ -64,7 +70,10 @@ class EagerCLVA:
                     if not sel:
                         sel = [int(phi.argmax() if kind == "pos" else phi.argmin())]
                     M = torch.stack([A[b, h, q_len - 1][cols[b]] for h in sel]).mean(0)
-                    zs = (M - M.mean()) / (M.std(unbiased=False) + 1e-6)
+                    if s["renorm"]:
+                        M = M / M.sum()
+                    eps = 1e-6 * M.mean() if s["eps_rel"] else 1e-6
+                    zs = (M - M.mean()) / (M.std(unbiased=s["map_sample"]) + eps)
                     self.z[(kind, b)] = zs > s["tau"]
         if layer in s["drift"]:
             A = A.clone()
@@ -81,9 +90,9 @@ class EagerCLVA:
         return (A.to(v.dtype) @ v).transpose(1, 2).contiguous(), A
 
 
-def _reference(s, images, qs, dynamic, n_new):
+def _reference(s, images, qs, dynamic, n_new, setting=SETTING):
     layout = layout_of(s, images, qs)
-    ref = EagerCLVA(layout.visual, layout.text, SETTING, dynamic)
+    ref = EagerCLVA(layout.visual, layout.text, setting, dynamic)
     logits, _, layout = generate_with_attention(s, images, qs, ref, n_new)
     return ref, logits, layout
 
@@ -109,6 +118,33 @@ def test_matches_eager_paper_equations(family, anchors):
     base = s.start([]).generate(images, qs, max_new_tokens=3, min_new_tokens=3, output_logits=True)
     assert (base[0].logits - outs[0].logits).abs().max() > 1e-4
     assert outs[0].diagnostics["clva"]["prefill"]["positive_anchors"] >= 1
+
+
+@pytest.mark.parametrize("switch", sorted(SWITCHES))
+@pytest.mark.parametrize("family", FAMILIES)
+def test_estimator_switches_match_eager(family, switch):
+    s = tiny_session(family, num_layers=8)
+    images, qs = tiny_images(2), ["is there a cat in the image ?", "what colour is the large object ?"]
+    outs = s.start(["clva"], {"clva": OVERRIDES + switch.split(",")}).generate(
+        images, qs, max_new_tokens=3, min_new_tokens=3, output_logits=True)
+    ref, ref_logits, _ = _reference(s, images, qs, True, 3, {**SETTING, **SWITCHES[switch]})
+    for i, o in enumerate(outs):
+        assert (o.logits - ref_logits[i]).abs().max() <= 1e-5
+
+
+def test_a_tiny_negative_map_gets_anchors_only_when_scale_free():
+    """Layer-0 insensitive heads with ~3e-7 of their mass on the image (the built-in model's case): an absolute
+    eps of 1e-6 swamps sigma and no token is an outlier; renormalising M, or a relative eps, restores Eq. 8."""
+    from hallufix_clva.method import Config, anchor_mask
+
+    g = torch.Generator().manual_seed(0)
+    m = torch.rand(3, 64, generator=g) * 1e-8
+    m[:, 5] = 2e-7  # one clear outlier per row
+    assert not anchor_mask(m, Config(renormalise_map=False)).any()
+    for cfg in (Config(), Config(renormalise_map=False, eps_scale="relative")):
+        got = anchor_mask(m, cfg)
+        assert got[:, 5].all() and int(got.sum()) == 3
+    assert torch.equal(anchor_mask(m * 1e5, Config()), anchor_mask(m, Config()))  # scale-free
 
 
 @pytest.mark.parametrize("overrides", [["alpha=0", "beta=0"], ["use_pos=false", "use_neg=false"]])

@@ -20,8 +20,8 @@ class EagerContrast:
     """Full eager attention; the paper's steps written out with numpy: head-averaged renormalised last-row maps,
     Hellinger-argmax pre layer, |A_post - A_pre|, rho-quantile, then the chosen suppression at the review layer."""
 
-    def __init__(self, vis, text, mode):
-        self.vis, self.text, self.mode = vis, text, mode
+    def __init__(self, vis, text, mode, all_rows=False):
+        self.vis, self.text, self.mode, self.all_rows = vis, text, mode, all_rows
         self.maps, self.masked, self.chosen = {}, None, None
 
     def _cols(self, B, kv_len):
@@ -61,16 +61,16 @@ class EagerContrast:
                 idx = cols[b].nonzero().squeeze(1)[torch.tensor(self.masked[b])]
                 for i in range(q_len):
                     r = kv_len - q_len + i
-                    if r >= P_ or self.text[b, r]:
+                    if self.all_rows or r >= P_ or self.text[b, r]:
                         row = A[b, :, i].clone()
                         row[:, idx] *= LAM
                         A[b, :, i] = row / row.sum(-1, keepdim=True)
         return (A.to(v.dtype) @ v).transpose(1, 2).contiguous(), A
 
 
-def _reference(s, images, qs, mode):
+def _reference(s, images, qs, mode, all_rows=False):
     layout = layout_of(s, images, qs)
-    ref = EagerContrast(layout.visual, layout.text, mode)
+    ref = EagerContrast(layout.visual, layout.text, mode, all_rows)
     hooks = []
     if mode == "residual":
         def pre(module, args, kwargs):
@@ -86,19 +86,34 @@ def _reference(s, images, qs, mode):
     return ref, logits
 
 
-@pytest.mark.parametrize("mode", ["attn", "kv", "residual"])
+@pytest.mark.parametrize("mode", ["attn", "attn+all_rows", "kv", "residual"])
 @pytest.mark.parametrize("family", FAMILIES)
 def test_matches_eager_steps(family, mode):
     s = tiny_session(family, num_layers=8)
     images, qs = tiny_images(2), ["is there a cat in the image ?", "what colour is it ?"]
-    outs = s.start(["contrast"], {"contrast": OVR + [f"mode={mode}"]}).generate(
-        images, qs, max_new_tokens=3, min_new_tokens=3, output_logits=True)
-    ref, ref_logits = _reference(s, images, qs, mode)
+    all_rows = mode == "attn+all_rows"
+    mode = mode.split("+")[0]
+    outs = s.start(["contrast"], {"contrast": OVR + [f"mode={mode}", f"rows={'all' if all_rows else 'text'}"]}
+                   ).generate(images, qs, max_new_tokens=3, min_new_tokens=3, output_logits=True)
+    ref, ref_logits = _reference(s, images, qs, mode, all_rows)
     for b, o in enumerate(outs):
         d = o.diagnostics["contrast"]
         assert d["pre_layer"] == ref.chosen[b]
         assert d["suppressed_tokens"] == int(ref.masked[b].sum()) > 0
         assert (o.logits - ref_logits[b]).abs().max() <= 1e-5
+
+
+def test_auto_layers_scale_without_collisions_and_leave_a_layer_after_review():
+    from hallufix_contrast.method import Config, resolve_layers
+
+    assert resolve_layers(Config(), 32) == ([1, 3, 7, 10, 11, 12], 27, 28)  # the LLaVA preset
+    fusion, post, review = resolve_layers(Config(), 28)
+    assert fusion == [1, 3, 6, 9, 10, 11]  # the Qwen presets' set: paper layers 12 and 13 stay apart
+    assert (post, review) == (24, 25)
+    for L in (4, 6, 8, 12, 16):
+        fusion, post, review = resolve_layers(Config(), L)
+        assert max(fusion) < post < review <= L - 2, L
+    assert resolve_layers(Config(), 8) == ([0, 1, 2, 3], 5, 6)  # the built-in model
 
 
 def test_noop_settings_declare_nothing():

@@ -32,16 +32,19 @@ class EagerFHI:
         B, H, q_len, kv_len = A.shape
         layer, c = module.layer_idx, self.cfg
         if not self.frozen or q_len == kv_len:
+            decode = q_len < kv_len
+            t_perc = c.get("tau_perc_decode", c["tau_perc"]) if decode else c["tau_perc"]
+            t_reas = c.get("tau_reas_decode", c["tau_reas"]) if decode else c["tau_reas"]
             cols = torch.zeros(B, kv_len, dtype=torch.bool)
             cols[:, : self.vis.shape[1]] = self.vis
             g = torch.ones(B, H)
             for b in range(B):
                 for h in range(H):
                     sv = A[b, h, q_len - 1][cols[b]].sum()
-                    if layer <= c["perc_max"] and sv >= c["tau_perc"]:
+                    if layer <= c["perc_max"] and sv >= t_perc:
                         g[b, h] = c["g_perc"]
                         self.selected += 1
-                    elif layer >= c["reas_min"] and sv <= c["tau_reas"]:
+                    elif layer >= c["reas_min"] and sv <= t_reas:
                         g[b, h] = c["g_reas"]
                         self.selected += 1
             self.gains[layer] = g
@@ -59,13 +62,15 @@ def _settings(s):
 
     cal = FHI.calibrate(s, tiny_images(2), QS, fraction=0.3, perc_max_layer=5, reas_min_layer=2)
     return {"perc_max": 5, "reas_min": 2, "tau_perc": cal["tau_perc"], "tau_reas": cal["tau_reas"],
-            "g_perc": 1.5, "g_reas": 1.8}
+            "g_perc": 1.5, "g_reas": 1.8, "decode": (cal["tau_perc_decode"], cal["tau_reas_decode"])}
 
 
 def _overrides(c, query_row="last", fold=False):
+    extra = [f"tau_perc_decode={c['tau_perc_decode']!r}", f"tau_reas_decode={c['tau_reas_decode']!r}"] \
+        if "tau_perc_decode" in c else []
     return [f"perc_max_layer={c['perc_max']}", f"reas_min_layer={c['reas_min']}", f"tau_perc={c['tau_perc']!r}",
             f"tau_reas={c['tau_reas']!r}", f"g_perc={c['g_perc']}", f"g_reas={c['g_reas']}",
-            f"query_row={query_row}", f"fold={str(fold).lower()}"]
+            f"query_row={query_row}", f"fold={str(fold).lower()}"] + extra
 
 
 def _eager(s, images, qs, c, frozen, n_new=3):
@@ -74,11 +79,14 @@ def _eager(s, images, qs, c, frozen, n_new=3):
     return ref, logits
 
 
-@pytest.mark.parametrize("query_row", ["last", "prompt_last"])
+@pytest.mark.parametrize("query_row", ["last", "prompt_last", "last+decode_taus"])
 @pytest.mark.parametrize("family", FAMILIES)
 def test_matches_eager_per_head_scaling(family, query_row):
     s = tiny_session(family, num_layers=8)
     c = _settings(s)
+    if query_row == "last+decode_taus":  # decode steps with their own calibrated pair
+        query_row = "last"
+        c["tau_perc_decode"], c["tau_reas_decode"] = c["decode"]
     images, qs = tiny_images(2), QS
     outs = s.start(["fhi"], {"fhi": _overrides(c, query_row)}).generate(images, qs, max_new_tokens=3,
                                                                          min_new_tokens=3, output_logits=True)
@@ -125,3 +133,85 @@ class TestFHIContract(MethodContract):
     method = "fhi"
     noop = ["g_perc=1", "g_reas=1"]
     active = ["tau_perc=0.05", "tau_reas=0.04", "g_perc=1.5", "g_reas=1.8"]
+
+
+# ---------------------------------------------------------------------------------------------- calibration
+def test_pooled_thresholds_hit_the_fraction_on_held_apart_prompts():
+    """Per-prompt S_v with head-specific levels and a wide spread (like real heads: ~1e-8 to 1): thresholds from
+    pooled per-prompt values select the fraction on fresh prompts; the per-head-mean rule does not."""
+    import numpy as np
+
+    from hallufix_fhi.calibration import selected, thresholds
+
+    rng = np.random.default_rng(0)
+    L, H = 8, 4
+    level = rng.normal(-6, 4, size=(L, H))
+
+    def draw(n):
+        return 1 / (1 + np.exp(-(level[None] + rng.normal(0, 5, size=(n, L, H)))))
+
+    calib, held = draw(400), draw(2000)
+    tau_p, tau_r = thresholds(calib, 1, 2, fraction=0.064)
+    sel = selected(held, tau_p, tau_r, 1, 2)
+    assert abs(sel["fraction"] - 0.064) <= 0.01, sel
+    assert abs(sel["perception_heads"] - sel["reasoning_heads"]) <= 0.35  # half per class
+    means = calib.mean(0)  # the old rule: one perception and one reasoning head among the per-head means
+    old_p, old_r = np.sort(means[:2].ravel())[::-1][0], np.sort(means[2:].ravel())[0]
+    assert selected(held, old_p, old_r, 1, 2)["fraction"] > 0.074
+
+
+shipped = pytest.mark.skipif(not __import__("hallufix.builtin", fromlist=["x"]).builtin_model_available(),
+                             reason="no shipped built-in weights")
+
+
+@shipped
+def test_calibrated_rule_selects_its_fraction_on_held_apart_builtin_prompts():
+    """Calibrate on 200 dev-split prompts, apply to 200 prompts of another seed: the mean share of heads selected
+    per prompt is the target within 1 point at prefill and at the last decode step."""
+    from hallufix.api import Session
+    from hallufix.tasks import get_task
+    from hallufix_fhi.method import FHI
+
+    s = Session.load("builtin")
+
+    def prompts(seed):
+        smp = get_task("shapes-pope", seed=seed).samples()[:200]
+        return [x.load_image() for x in smp], [x.question for x in smp]
+
+    cal = FHI.calibrate(s, *prompts(1), fraction=0.064)
+    assert abs(cal["selected"]["prefill"]["fraction"] - 0.064) <= 0.005  # on its own prompts
+    keys = ("tau_perc", "tau_reas", "tau_perc_decode", "tau_reas_decode")
+    run = s.start(["fhi"], {"fhi": [f"{k}={cal[k]!r}" for k in keys]})
+    images, qs = prompts(2)
+    counts = {"prefill": [], "last": []}
+    for k in range(0, len(qs), 50):
+        for o in run.generate(images[k:k + 50], qs[k:k + 50], max_new_tokens=3):
+            sel = o.diagnostics["fhi"]["selected_heads"]
+            for phase in counts:
+                layers = sel[phase] if phase == "prefill" or sel["last"] else sel["prefill"]
+                counts[phase].append(sum(len(v["perception"]) + len(v["reasoning"]) for v in layers.values()))
+    for phase, n in counts.items():
+        assert abs(sum(n) / len(n) / 32 - 0.064) <= 0.01, (phase, sum(n) / len(n) / 32)
+
+
+@shipped
+def test_calibrate_verb_writes_a_preset_that_runs(tmp_path, capsys):
+    from hallufix.cli import main
+    from hallufix.config import method_config
+    from hallufix_fhi.method import FHI
+
+    out = tmp_path / "fhi-builtin.yaml"
+    out.write_text("# hand-written note\ng_perc: 1.2\n")
+    assert main(["calibrate", "fhi", "--limit", "40", "task.seed=1", "--output", str(out)]) == 0
+    text = out.read_text()
+    assert text.startswith("# hand-written note\n") and "#: Thresholds written by" in text
+    import yaml
+
+    data = yaml.safe_load(text)
+    assert data["g_perc"] == 1.2 and data["tau_reas"] < data["tau_perc"]
+    assert "shapes-pope (seed=1); 40 prompts" in data["calibrated_on"]
+    cfg = method_config(FHI, overrides=[f"{k}={v!r}" if isinstance(v, float) else f"{k}={v}"
+                                        for k, v in data.items()])
+    assert cfg.tau_perc_decode == data["tau_perc_decode"]
+    assert "wrote" in capsys.readouterr().out
+    assert main(["calibrate", "fhi", "--fraction", "2"]) == 2

@@ -119,11 +119,50 @@ def gaussian_blur(img: np.ndarray, sigma: float) -> np.ndarray:
     return sum(k[i] * rows[i:i + img.shape[0], :] for i in range(2 * r + 1))
 
 
-def pixel_mask(cells: np.ndarray, cell_index: np.ndarray, feather_cells: float) -> np.ndarray:
+def pixel_mask(cells: np.ndarray, cell_index: np.ndarray, feather_cells: float,
+               upsample: str = "nearest") -> np.ndarray:
     """Step 7.4-7.5: the cell mask on the original image's pixels (cropped-away pixels keep 1: the model does not
-    see them), feathered with sigma = ``feather_cells`` x the cell size in pixels."""
+    see them), feathered with sigma = ``feather_cells`` x the cell size in pixels. ``upsample``: ``nearest`` gives
+    each pixel its cell's value; ``bilinear`` interpolates between cell centres (:func:`bilinear_cells`)."""
     flat = cells.reshape(-1)
-    B = np.where(cell_index >= 0, flat[np.clip(cell_index, 0, None)], 1.0)
+    if upsample == "bilinear":
+        B = np.where(cell_index >= 0, bilinear_cells(cells, cell_index), 1.0)
+    else:
+        B = np.where(cell_index >= 0, flat[np.clip(cell_index, 0, None)], 1.0)
     H, W = cell_index.shape
     cell_px = min(H / cells.shape[0], W / cells.shape[1])
     return np.clip(gaussian_blur(B, feather_cells * cell_px), 0.0, 1.0)
+
+
+def _cell_coordinate(cell_of: np.ndarray, n_cells: int) -> np.ndarray:
+    """Per pixel line (``cell_of (W,)``: the cell column of each image column, -1 where cropped away): the
+    continuous cell coordinate of the line's centre, ``c + (x - x0 + 0.5) / (x1 - x0)`` for the cell's span
+    ``[x0, x1)`` (cell centres sit at ``c + 0.5``)."""
+    coord = np.zeros(cell_of.shape, dtype=np.float64)
+    for c in range(n_cells):
+        xs = np.nonzero(cell_of == c)[0]
+        if xs.size:
+            coord[xs] = c + (xs - xs.min() + 0.5) / (xs.max() - xs.min() + 1)
+    return coord
+
+
+def bilinear_cells(cells: np.ndarray, cell_index: np.ndarray) -> np.ndarray:
+    """Bilinear upsampling of ``cells (rows, cols)`` onto the pixels of ``cell_index (H, W)`` (the processor's
+    pixel -> cell map; -1 for cropped-away pixels): values interpolate between cell centres and are constant from
+    the outermost centres to the border (``align_corners=False`` with edge clamping). Cells are axis-aligned
+    rectangles of the image for every family, so the interpolation is separable. -> ``(H, W)``."""
+    rows, cols = cells.shape
+    visible = cell_index >= 0
+    col_of = np.where(visible, cell_index % cols, -1).max(0)   # (W,) cell column of each image column
+    row_of = np.where(visible, cell_index // cols, -1).max(1)  # (H,) cell row of each image row
+
+    def weights(coord, n):
+        p = np.clip(coord - 0.5, 0, n - 1)
+        i0 = np.floor(p).astype(int)
+        i1 = np.minimum(i0 + 1, n - 1)
+        return i0, i1, p - i0
+
+    c0, c1, wc = weights(_cell_coordinate(col_of, cols), cols)
+    r0, r1, wr = weights(_cell_coordinate(row_of, rows), rows)
+    across = cells[:, c0] * (1 - wc) + cells[:, c1] * wc          # (rows, W)
+    return across[r0] * (1 - wr)[:, None] + across[r1] * wr[:, None]  # (H, W)

@@ -10,6 +10,7 @@ the token-level mask becomes a log(delta + (1 - delta) B) bias on the visual key
 """
 from __future__ import annotations
 
+import hashlib
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,21 +24,24 @@ from hallufix.method import Method
 from hallufix import capture as C
 from hallufix import points
 from hallufix.config import parse_layers
-from hallufix_ara.analysis import coverage_mask, fuse, layer_maps, pixel_mask
+from hallufix_ara.analysis import coverage_mask, fuse, layer_maps, pixel_mask, sink_tokens
 
 
 @dataclass
 class Config:
-    band: str = "auto"              # candidate layers; auto = [floor(L/4), ceil(3L/4)]
+    band: str = "auto"              # candidate layers; auto = layers [floor(L/4), ceil(3L/4)] counted from band_base
+    band_base: int = 1              # 1: the auto band's layers are 1-based (indices floor(L/4)-1 .. ceil(3L/4)-1,
+                                    # 7-23 of 32); 0: the same formula read as 0-based indices (8-24 of 32)
     sink_ratio: float = 5.0         # kappa_s: sink = hidden norm > ratio x median
     head_ratio: float = 0.6         # rho_ic: min non-sink share of a head's visual attention
-    generic_test: bool = False      # also require the head's map to differ (JS above the layer median) from a
+    generic_test: bool = True       # also require the head's map to differ (JS above the layer median) from a
     generic_prompt: str = "describe the image ."  # generic-prompt pass (cached per image)
     top_k: int = 3
     temperature: float = 1.0
     coverage: float = 0.6           # kappa: smallest cell set holding this share of the fused mass
     dilation: int = 1               # cells
     feather: float = 0.5            # Gaussian sigma in cells
+    upsample: str = "bilinear"      # cell mask -> pixels: bilinear (between cell centres) | nearest (the cell's value)
     dim_floor: float = 0.3          # delta: I' = I * (delta + (1 - delta) B); 1 = no dimming (no-op)
     guard_min_sharpness: float = 0.05  # leave the image alone if the best selected layer is less sharp than this
     guard_max_area: float = 0.8     # ... or if the kept area exceeds this fraction of the image
@@ -49,11 +53,16 @@ class Config:
             raise ValueError(f"mode must be replace, both or logit-bias, got {self.mode!r}")
         if not 0 <= self.dim_floor <= 1 or not 0 < self.coverage <= 1:
             raise ValueError("dim_floor must be in [0, 1] and coverage in (0, 1]")
+        if self.band_base not in (0, 1):
+            raise ValueError(f"band_base must be 0 or 1, got {self.band_base!r}")
+        if self.upsample not in ("bilinear", "nearest"):
+            raise ValueError(f"upsample must be bilinear or nearest, got {self.upsample!r}")
 
 
 def resolve_band(cfg: Config, L: int) -> list[int]:
-    if str(cfg.band) == "auto":
-        return list(range(L // 4, min(L - 1, math.ceil(3 * L / 4)) + 1))
+    if str(cfg.band) == "auto":  # the notes' [floor(L/4), ceil(3L/4)], in layers counted from band_base
+        shift = cfg.band_base
+        return list(range(max(0, L // 4 - shift), min(L - 1, math.ceil(3 * L / 4) - shift) + 1))
     return parse_layers(cfg.band, L)
 
 
@@ -101,17 +110,25 @@ class ARA(Method):
         scores, selected, fused = fuse(lm, c.top_k, c.temperature)
         return lm, scores, selected, fused
 
-    def _generic_heads(self, event, b, a_b):
+    def _generic_heads(self, event, b, a_b, n_b=None):
         """Heads whose non-sink map under the question differs from the generic-prompt map more than the layer's
-        median JS divergence (one extra prefill per image, cached)."""
-        key = event.images[b].tobytes()[:4096] + bytes(str(event.images[b].size), "ascii")
+        median JS divergence (one extra prefill per image, cached). ``n_b``: the visual tokens' hidden norms per
+        layer; their sinks (the same under both prompts: the image precedes the text) are zeroed in both maps. A
+        question that is the generic prompt has no question-relevant heads (its maps equal the generic ones up to
+        rounding, which must not pick heads): none are kept, so the guard leaves the image alone."""
+        if event.questions[b].strip() == self.config.generic_prompt.strip():
+            return {l: [] for l in self.band}
+        # the whole image keys the cache (a prefix of the bytes is shared by images with the same top rows)
+        key = hashlib.sha1(event.images[b].tobytes()).hexdigest() + str(event.images[b].size)
         if key not in self._generic_cache:
             cap = event.capture([event.images[b]], [self.config.generic_prompt], layers=self.band)
             self._generic_cache[key] = {l: cap.last_visual[l][0].numpy() for l in self.band}
         gen = self._generic_cache[key]
         keep = {}
         for l in self.band:
-            js = np.array([_js(a_b[l][h], gen[l][h]) for h in range(a_b[l].shape[0])])
+            keep_tok = (~sink_tokens(n_b[l], self.config.sink_ratio) if n_b is not None
+                        else np.ones(a_b[l].shape[1], dtype=bool))
+            js = np.array([_js(a_b[l][h] * keep_tok, gen[l][h] * keep_tok) for h in range(a_b[l].shape[0])])
             keep[l] = [h for h in range(len(js)) if js[h] > np.median(js)]
         return keep
 
@@ -125,7 +142,7 @@ class ARA(Method):
         for b, image in enumerate(event.images):
             a_b = {l: cap.last_visual[l][b].numpy() for l in self.band}
             n_b = {l: cap.hidden_norms[l][b].numpy() for l in self.band}
-            keep = self._generic_heads(event, b, a_b) if c.generic_test else None
+            keep = self._generic_heads(event, b, a_b, n_b) if c.generic_test else None
             lm, scores, selected, fused = self._analyse(a_b, n_b, None, keep)
             d = {"selected_layers": selected, "scores": {str(k): round(v, 6) for k, v in scores.items()},
                  "image_centric_heads": {str(l): h for l, h in lm.heads.items()}}
@@ -153,7 +170,7 @@ class ARA(Method):
                 d["guard"] = "mask covers almost everything"
             else:
                 d["guard"] = None
-                B = pixel_mask(cells, index, c.feather)
+                B = pixel_mask(cells, index, c.feather, c.upsample)
                 arr = np.asarray(image.convert("RGB"), dtype=np.float64)
                 dimmed = arr * (c.dim_floor + (1 - c.dim_floor) * B)[..., None]
                 masked = Image.fromarray(np.clip(np.rint(dimmed), 0, 255).astype(np.uint8))

@@ -43,6 +43,10 @@ class Config:
     reverse: bool = False        # both signs flipped (the paper's Table 4, last row)
     empty_heads: str = "top1"    # empty head set: top1 (top/bottom head by Phi) or skip (no anchor)
     eps: float = 1e-6            # z-score stabiliser
+    eps_scale: str = "absolute"  # absolute (z = (M - mu)/(sd + eps)) | relative (eps x mu: a scale-free z)
+    renormalise_map: bool = True  # rescale each anchor map M to sum 1 over the visual tokens before Eq. 8
+    phi_std: str = "population"  # sigma of Eq. 2-3 over a layer's heads: population | sample
+    map_std: str = "population"  # sigma of Eq. 8 over the visual tokens: population | sample
     record_maps: bool = False    # put the anchor maps into the diagnostics
 
     def validate(self):
@@ -52,6 +56,21 @@ class Config:
             raise ValueError(f"empty_heads must be top1 or skip, got {self.empty_heads!r}")
         if self.alpha < 0 or self.beta < 0:
             raise ValueError("alpha and beta must be >= 0")
+        if self.eps_scale not in ("absolute", "relative"):
+            raise ValueError(f"eps_scale must be absolute or relative, got {self.eps_scale!r}")
+        for key in ("phi_std", "map_std"):
+            if getattr(self, key) not in ("population", "sample"):
+                raise ValueError(f"{key} must be population or sample, got {getattr(self, key)!r}")
+
+
+def anchor_mask(m: torch.Tensor, cfg: Config) -> torch.Tensor:
+    """Eq. 8-9 on anchor maps ``m (B, n)`` (float, any device): ``(M - mu) / (sd + eps) > tau`` over the visual
+    tokens, with ``M`` optionally renormalised to sum 1 (``renormalise_map``), ``sd`` the population or sample
+    estimator (``map_std``) and ``eps`` absolute or ``eps x mu`` (``eps_scale``). -> ``(B, n)`` bool."""
+    if cfg.renormalise_map:
+        m = C.normalise(m)
+    eps = cfg.eps * m.mean(-1, keepdim=True) if cfg.eps_scale == "relative" else cfg.eps
+    return C.zscore(m, eps=eps, unbiased=cfg.map_std == "sample") > cfg.tau
 
 
 def resolve_layers(cfg: Config, num_layers: int) -> tuple[int, int, list[int]]:
@@ -123,7 +142,7 @@ class CLVA(Method):
             self.phi_sum[layer] = s
             self.phi_n[layer] = torch.full_like(s[:, 0], float(n)) if isinstance(n, int) else n
         phi = self.phi_sum[layer] / self.phi_n[layer].clamp(min=1)[:, None]  # Eq. 1
-        sd, mu = torch.std_mean(phi, 1, correction=0, keepdim=True)
+        sd, mu = torch.std_mean(phi, 1, correction=int(c.phi_std == "sample"), keepdim=True)
         for kind, anchor_layer in (("pos", self.pos), ("neg", self.neg)):
             if layer != anchor_layer:
                 continue
@@ -135,7 +154,7 @@ class CLVA(Method):
                     fallback = torch.zeros_like(heads).scatter_(1, pick[:, None], True)
                     heads = torch.where(empty[:, None], fallback, heads)
             m = C.head_average(last, heads)  # Eq. 4: (B, n); zeros for skipped empty sets
-            z = C.zscore_mask(m, c.tau, eps=c.eps)  # Eq. 8-9
+            z = anchor_mask(m, c)  # Eq. 8-9
             z = z & heads.any(1, keepdim=True)
             self.z[kind], self.maps[kind], self.heads[kind] = z, m, heads
             self._z_version += 1

@@ -40,6 +40,7 @@ class Config:
     quantile: float = 0.2            # rho: fraction of visual tokens suppressed
     scale: float = 0.1               # lambda (0.1: a third-party port's value; the paper's is not public)
     signed: bool = False             # contrast A_post - A_pre instead of |A_post - A_pre| (review variant)
+    rows: str = "text"               # attn mode: query rows biased at the review layer: text | all
     crop_quantile: float = 0.8       # crop: cells at or above this quantile of the positive contrast
     crop_margin: float = 0.1         # crop: margin added on each side, as a fraction of the box
     crop_min_side: float = 0.3333    # crop: minimum side as a fraction of the image side
@@ -51,15 +52,33 @@ class Config:
             raise ValueError(f"mode must be attn, kv or residual, got {self.mode!r}")
         if not 0 <= self.quantile < 1 or self.scale < 0:
             raise ValueError("quantile must be in [0, 1) and scale >= 0")
+        if self.rows not in ("text", "all"):
+            raise ValueError(f"rows must be text or all, got {self.rows!r}")
+
+
+def scale_layer(paper_layer: int, L: int) -> int:
+    """A paper layer (1-based, of the 32-layer LLaVA-1.5) as a 0-based index of an ``L``-layer model:
+    ``(paper_layer - 1) * L / 32`` rounded half up (Python's ``round`` rounds halves to even and maps the paper's
+    layers 12 and 13 both to index 10 on 28 layers; half-up gives the Qwen presets' 1, 3, 6, 9, 10, 11)."""
+    return math.floor((paper_layer - 1) * L / PAPER_DEPTH + 0.5)
 
 
 def resolve_layers(cfg: Config, L: int) -> tuple[list[int], int, int]:
-    """``(fusion layers, post layer, review layer)``, 0-based; ``auto`` scales the paper's LLaVA layers by L/32."""
-    post = int(cfg.post_layer) if str(cfg.post_layer) != "auto" else min(L - 2, round((PAPER_POST - 1) * L /
-                                                                                        PAPER_DEPTH))
-    review = int(cfg.review_layer) if str(cfg.review_layer) != "auto" else min(L - 1, post + 1)
+    """``(fusion layers, post layer, review layer)``, 0-based; ``auto`` scales the paper's LLaVA layers by L/32.
+
+    The paper's review layer (29) has three layers after it; a model too shallow for the scaled layers to leave
+    one keeps the review layer below the last layer (``auto``: at most ``L - 2``, the post layer below it), since
+    at the last layer the ``residual`` mode has no later layer to act through and the others act on the answer's
+    last attention only."""
+    review_auto = str(cfg.review_layer) == "auto"
+    if str(cfg.post_layer) != "auto":
+        post = int(cfg.post_layer)
+    else:
+        cap = L - 3 if review_auto else int(cfg.review_layer) - 1
+        post = min(cap, scale_layer(PAPER_POST, L))
+    review = int(cfg.review_layer) if not review_auto else min(L - 2, max(post + 1, scale_layer(PAPER_REVIEW, L)))
     if str(cfg.fusion_layers) == "auto":
-        fusion = sorted({min(post - 1, round((f - 1) * L / PAPER_DEPTH)) for f in PAPER_FUSION})
+        fusion = sorted({min(post - 1, scale_layer(f, L)) for f in PAPER_FUSION})
     else:
         fusion = parse_layers(cfg.fusion_layers, L)
     if not fusion or max(fusion) >= post or post >= review or review >= L:
@@ -184,7 +203,9 @@ class Contrast(Method):
     @hallufix.hookimpl
     def hallufix_attn_bias(self, event):
         keys = self._key_mask(event.visual_keys)
-        event.add(torch.where(keys, math.log(self.config.scale) if self.config.scale > 0 else float("-inf"), 0.0))
+        rows = torch.ones_like(event.text_rows) if self.config.rows == "all" else None  # None: the text rows
+        event.add(torch.where(keys, math.log(self.config.scale) if self.config.scale > 0 else float("-inf"), 0.0),
+                  rows)
 
     @hallufix.hookimpl
     def hallufix_attn_kv(self, event):

@@ -16,6 +16,7 @@ rescaled in the same forward.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Optional
 
 import torch
 
@@ -31,20 +32,32 @@ class Config:
     reas_min_layer: int = 2      # 0-based; the paper's layer 3
     tau_perc: float = 0.22       # min S_v of perception heads
     tau_reas: float = 0.01       # max S_v of reasoning heads
+    tau_perc_decode: Optional[float] = None  # the same thresholds at decode steps (query_row=last); None = tau_perc
+    tau_reas_decode: Optional[float] = None  # (S_v of a generated token's row is distributed unlike the prompt's)
     g_perc: float = 1.16
     g_reas: float = 1.30
     query_row: str = "last"      # last | prompt_last | mean
     fold: bool = False           # with a frozen query row: fold gains into o_proj (exact, restored afterwards)
+    record_sv: bool = False      # put every declared head's S_v at prefill and at the last step into the diagnostics
+    calibrated_on: str = ""      # provenance of tau_perc / tau_reas (written by `hallufix calibrate`); not used
 
     def validate(self):
         if self.query_row not in ("last", "prompt_last", "mean"):
             raise ValueError(f"query_row must be last, prompt_last or mean, got {self.query_row!r}")
         if self.tau_reas >= self.tau_perc:
             raise ValueError(f"tau_reas ({self.tau_reas}) must be below tau_perc ({self.tau_perc})")
+        if self.decode_taus()[1] >= self.decode_taus()[0]:
+            raise ValueError(f"tau_reas_decode ({self.decode_taus()[1]}) must be below tau_perc_decode "
+                             f"({self.decode_taus()[0]})")
         if self.g_perc < 0 or self.g_reas < 0:
             raise ValueError("gains must be >= 0")
         if self.fold and self.query_row == "last":
             raise ValueError("fold needs frozen head classes: use query_row=prompt_last or mean")
+
+    def decode_taus(self) -> tuple[float, float]:
+        """``(tau_perc, tau_reas)`` applied at decode steps."""
+        return (self.tau_perc if self.tau_perc_decode is None else self.tau_perc_decode,
+                self.tau_reas if self.tau_reas_decode is None else self.tau_reas_decode)
 
 
 class FHI(Method):
@@ -73,6 +86,7 @@ class FHI(Method):
         self.idle: set[int] = set()  # layers whose frozen gains are all 1
         self.selected = {"prefill": {}, "last": {}}
         self.stats: dict[int, dict] = {}
+        self.sv_phase: dict[str, dict[int, torch.Tensor]] = {"prefill": {}, "last": {}}
 
     @hallufix.hookimpl
     def hallufix_attn_probs(self, event):
@@ -84,13 +98,16 @@ class FHI(Method):
         else:
             sv = (event.last().float() * vis[:, None, :]).sum(-1)  # Eq. 7: (B, H)
         self.sv[event.layer] = sv
+        if self.config.record_sv:  # the calibration's input (hallufix_fhi.calibration): per phase, per head
+            self.sv_phase["prefill" if event.forward.phase == "prefill" else "last"][event.layer] = sv
         self.stats[event.layer] = sv  # summarised at batch end (no per-layer host sync during generation)
 
-    def _gains(self, layer: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _gains(self, layer: int, phase: str = "prefill") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         c, sv = self.config, self.sv[layer]
+        tau_perc, tau_reas = (c.tau_perc, c.tau_reas) if phase == "prefill" else c.decode_taus()
         no = torch.zeros_like(sv, dtype=torch.bool)
-        perc = sv >= c.tau_perc if layer <= c.perc_max_layer and c.g_perc != 1 else no
-        reas = sv <= c.tau_reas if layer >= c.reas_min_layer and c.g_reas != 1 else no
+        perc = sv >= tau_perc if layer <= c.perc_max_layer and c.g_perc != 1 else no
+        reas = sv <= tau_reas if layer >= c.reas_min_layer and c.g_reas != 1 else no
         gains = torch.ones_like(sv) + (c.g_perc - 1) * perc.float() + (c.g_reas - 1) * reas.float()
         return gains, perc, reas
 
@@ -100,7 +117,7 @@ class FHI(Method):
         if layer in self.folded or layer in self.idle:
             return  # the gains live in o_proj (or are all 1) for the rest of this generation
         if phase == "prefill" or self.config.query_row == "last":
-            gains, perc, reas = self._gains(layer)
+            gains, perc, reas = self._gains(layer, phase)
             self.gains[layer] = gains
             key = "prefill" if phase == "prefill" else "last"
             self.selected[key][layer] = (perc, reas)  # (B, H) masks; listed at batch end
@@ -135,33 +152,39 @@ class FHI(Method):
             diag[self.name] = {"selected_heads": per_layer, "n_perception": n_perc, "n_reasoning": n_reas,
                                "folded_layers": sorted(self.folded),
                                "s_v": {str(l): v for l, v in sorted(stats.items())}}
+            if self.config.record_sv:
+                diag[self.name]["s_v_heads"] = {key: {str(l): sv[r].tolist() for l, sv in sorted(per.items())}
+                                                for key, per in self.sv_phase.items()}
 
     # ------------------------------------------------------------------ calibration
     @staticmethod
     def calibrate(session, images, questions, fraction: float = 0.064, perception_share: float = 0.5,
-                  perc_max_layer: int | None = None, reas_min_layer: int | None = None) -> dict:
-        """Thresholds that select about ``fraction`` of all heads (``perception_share`` of them perception heads),
-        from the mean S_v of each head's last prompt row over the given prompts (one analysis prefill).
+                  perc_max_layer: int | None = None, reas_min_layer: int | None = None,
+                  overrides: list[str] = (), max_new_tokens: int = 3, batch_size: int = 16) -> dict:
+        """Thresholds that select ``fraction`` of all heads per prompt on average (``perception_share`` of them
+        perception heads), from the pooled per-prompt S_v at prefill and at the last decode step of greedy
+        generation on the given prompts (``hallufix_fhi.calibration``; docs/methods/fhi.md, "Calibration").
 
         Raw S_v levels depend on the number of visual tokens per model (576 for LLaVA, 32 for InstructBLIP, image-
         dependent for Qwen), so copying the paper's 0.22 / 0.01 across models selects very different head sets.
-        Returns ``{"tau_perc", "tau_reas", "n_perception", "n_reasoning"}``; pass them as overrides or in a preset.
+        Layer bounds and ``query_row`` come from the model's preset and ``overrides`` unless given.
+        Returns ``{"tau_perc", "tau_reas", "n_perception", "n_reasoning", "selected"}`` (mean heads per prompt at
+        prefill; ``selected`` per phase); pass them as overrides or in a preset (``hallufix calibrate fhi``).
         """
-        c = Config()
-        pmax = c.perc_max_layer if perc_max_layer is None else perc_max_layer
-        rmin = c.reas_min_layer if reas_min_layer is None else reas_min_layer
-        L, H = session.info.num_layers, session.info.num_heads
-        run = session.start([])
-        cap = run.capture(list(images), list(questions), layers=range(L))
-        sv = torch.stack([cap.last_mass[l].mean(0) for l in range(L)])  # (L, H), averaged over prompts
-        total = L * H
-        k_perc = max(1, round(fraction * perception_share * total))
-        k_reas = max(1, round(fraction * (1 - perception_share) * total))
-        band_p = sv[: pmax + 1].flatten()
-        band_r = sv[rmin:].flatten()
-        tau_perc = float(band_p.sort(descending=True).values[min(k_perc, band_p.numel()) - 1])
-        tau_reas = float(band_r.sort().values[min(k_reas, band_r.numel()) - 1])
-        if tau_reas >= tau_perc:
-            tau_reas = float(torch.nextafter(torch.tensor(tau_perc), torch.tensor(0.0)))
-        return {"tau_perc": tau_perc, "tau_reas": tau_reas, "n_perception": int((band_p >= tau_perc).sum()),
-                "n_reasoning": int((band_r <= tau_reas).sum())}
+        from hallufix_fhi.calibration import calibrate
+
+        bounds = [f"perc_max_layer={perc_max_layer}"] if perc_max_layer is not None else []
+        bounds += [f"reas_min_layer={reas_min_layer}"] if reas_min_layer is not None else []
+        # thresholds no S_v can meet, gains != 1 so every band layer is probed: the model runs as the baseline
+        probe = list(overrides) + bounds + ["tau_perc=2.0", "tau_reas=-1.0", "g_perc=2.0", "g_reas=2.0",
+                                            "tau_perc_decode=2.0", "tau_reas_decode=-1.0", "fold=false",
+                                            "record_sv=true"]
+        run = session.start(["fhi"], {"fhi": probe})
+        c = run.methods.instances[0].config
+        cal = calibrate(run, images, questions, fraction=fraction, perception_share=perception_share,
+                        perc_max_layer=c.perc_max_layer, reas_min_layer=c.reas_min_layer,
+                        max_new_tokens=max_new_tokens, batch_size=batch_size, decode=c.query_row == "last")
+        return {"tau_perc": cal.tau_perc, "tau_reas": cal.tau_reas, "tau_perc_decode": cal.tau_perc_decode,
+                "tau_reas_decode": cal.tau_reas_decode, "n_perception": cal.n_perception,
+                "n_reasoning": cal.n_reasoning, "selected": cal.selected,
+                "perc_max_layer": c.perc_max_layer, "reas_min_layer": c.reas_min_layer, "query_row": c.query_row}

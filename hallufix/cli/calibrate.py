@@ -1,0 +1,130 @@
+"""``hallufix calibrate fhi``: place FHI-CCR's thresholds on a model's prompts and write them into a preset file.
+
+The prompt set (model, task, task options, number of prompts, target fraction) is recorded in the preset's
+``calibrated_on`` key, which every run's recorded config then carries. See docs/methods/fhi.md, "Calibration".
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from hallufix.cli import CliError
+
+EPILOG = """examples:
+  hallufix calibrate fhi task.seed=1                                 built-in model, shapes-pope dev split
+  hallufix calibrate fhi --model llava-1.5 --task pope:/data/pope/coco task.image_root=/data/val2014 --limit 300 \\
+      --output presets/fhi-llava.yaml
+"""
+
+
+def register(sub) -> None:
+    import argparse
+
+    p = sub.add_parser("calibrate", help="calibrate a method's thresholds on a model's prompts (fhi)", epilog=EPILOG,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("method", choices=["fhi"], help="the method to calibrate")
+    p.add_argument("--model", default=None, help="alias, hub id or local folder (default: the built-in model)")
+    p.add_argument("--task", default=None, help="task NAME or NAME:PATH giving the prompts (default: shapes-pope)")
+    p.add_argument("--limit", type=int, default=None, help="first N prompts only")
+    p.add_argument("--fraction", type=float, default=0.064, help="share of all heads to select (default 0.064)")
+    p.add_argument("--perception-share", type=float, default=0.5, help="share of the selection that is perception "
+                                                                       "heads (default 0.5)")
+    p.add_argument("--output", default=None, help="preset file to write (default: the method's preset for the model, "
+                                                  "e.g. hallufix_fhi/presets/builtin.yaml); existing keys are kept")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--max-new-tokens", type=int, default=None, help="default: the task's")
+    p.add_argument("--dtype", default="auto")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="task options (task.seed=1) and method keys "
+                                                                    "(fhi.perc_max_layer=7, fhi.query_row=mean)")
+    p.set_defaults(handler=_calibrate)
+
+
+def _split(items: list[str], method: str) -> tuple[dict, list[str]]:
+    import yaml
+
+    task_options, method_overrides = {}, []
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise CliError(f"override '{item}' is not of the form key=value")
+        if key.startswith("task."):
+            task_options[key[5:]] = yaml.safe_load(value)
+        elif key.startswith(f"{method}."):
+            method_overrides.append(f"{key[len(method) + 1:]}={value}")
+        else:
+            raise CliError(f"override '{item}': use task.KEY=VALUE or {method}.KEY=VALUE")
+    return task_options, method_overrides
+
+
+def _calibrate(args) -> int:
+    from hallufix.cli.run import _load, _make_task
+    from hallufix.config import ConfigError, preset_path
+    from hallufix.tasks.base import TaskError
+
+    if not 0 < args.fraction < 1 or not 0 <= args.perception_share <= 1:
+        raise CliError("--fraction must be in (0, 1) and --perception-share in [0, 1]")
+    task_options, overrides = _split(list(args.overrides), args.method)
+    task_spec = args.task or "shapes-pope"
+    try:
+        task = _make_task(task_spec, task_options)
+        samples = task.samples()[: args.limit] if args.limit else task.samples()
+    except TaskError as exc:
+        raise CliError(str(exc)) from None
+    if not samples:
+        raise CliError(f"task '{task_spec}' gave no prompts (check its files and --limit)")
+    model = args.model or "builtin"
+    session = _load({"model": model, "dtype": args.dtype, "device": args.device})
+    from hallufix_fhi.method import FHI
+
+    try:
+        images = [s.load_image() for s in samples]
+        cal = FHI.calibrate(session, images, [s.question for s in samples], fraction=args.fraction,
+                            perception_share=args.perception_share, overrides=overrides,
+                            max_new_tokens=args.max_new_tokens or task.max_new_tokens, batch_size=args.batch_size)
+    except (ConfigError, TaskError, ValueError) as exc:
+        raise CliError(str(exc)) from None
+    target = Path(args.output) if args.output else (
+        preset_path(FHI, session.info.family, model=session.info.name)
+        or Path(sys.modules[FHI.__module__].__file__).parent / "presets" / f"{session.info.family}.yaml")
+    options = ", ".join(f"{k}={v}" for k, v in sorted(task_options.items()))
+    record = (f"model {model}; task {task_spec}{' (' + options + ')' if options else ''}; {len(samples)} prompts "
+              f"(the task's first {len(samples)}); fraction {args.fraction}, perception share {args.perception_share}; "
+              f"query_row {cal['query_row']}")
+    write_preset(target, cal, record, [f"fhi.{o}" for o in overrides])
+    sel = cal["selected"]
+    print(f"tau_perc {cal['tau_perc']!r}  tau_reas {cal['tau_reas']!r}  "
+          f"decode: {cal['tau_perc_decode']!r} / {cal['tau_reas_decode']!r}")
+    for phase in ("prefill", "last"):
+        s = sel[phase]
+        print(f"{phase:>7}: {s['perception_heads']:.3f} perception + {s['reasoning_heads']:.3f} reasoning heads per "
+              f"prompt = {100 * s['fraction']:.2f}% of heads (per prompt {100 * s['fraction_min']:.1f}-"
+              f"{100 * s['fraction_max']:.1f}%)")
+    print(f"wrote {target}")
+    return 0
+
+
+def write_preset(path: Path, cal: dict, record: str, overrides: list[str]) -> None:
+    """Merge the thresholds, the layer bounds used and the record into the YAML preset at ``path``: other keys and
+    the file's own comments are kept, the generated ``#:`` header is replaced."""
+    import yaml
+
+    data, comments = {}, []
+    if path.is_file():
+        text = path.read_text()
+        data = yaml.safe_load(text) or {}
+        comments = [line for line in text.splitlines() if line.startswith("#") and not line.startswith("#:")]
+    data.update({"perc_max_layer": cal["perc_max_layer"], "reas_min_layer": cal["reas_min_layer"],
+                 "tau_perc": cal["tau_perc"], "tau_reas": cal["tau_reas"],
+                 "tau_perc_decode": cal["tau_perc_decode"], "tau_reas_decode": cal["tau_reas_decode"],
+                 "calibrated_on": record})
+    sel = cal["selected"]
+    header = comments + [
+        "#: Thresholds written by `hallufix calibrate fhi` (docs/methods/fhi.md, \"Calibration\"): quantiles of the",
+        "#: pooled per-prompt S_v at prefill (tau_perc / tau_reas) and at the last decode step (*_decode).",
+        f"#: On the calibration prompts: {100 * sel['prefill']['fraction']:.2f}% of heads at prefill, "
+        f"{100 * sel['last']['fraction']:.2f}% at the last step. Recalibrate when the weights or prompts change."]
+    if overrides:
+        header.append(f"#: Method overrides during calibration: {' '.join(overrides)}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(header) + "\n" + yaml.safe_dump(data, sort_keys=False, width=120))
