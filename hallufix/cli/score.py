@@ -1,4 +1,4 @@
-"""``hallufix score pope|mme|chair`` (and ``repope|amber|hallusionbench|mmhal``, :mod:`.score_more`): score prediction files from any pipeline exactly as the community does.
+"""``hallufix score pope|mme|chair`` (and ``repope|amber|hallusionbench|mmhal``: :mod:`._score_repope`, :mod:`._score_amber_hb`, :mod:`._score_mmhal`): score prediction files from any pipeline exactly as the community does.
 
 Reads LLaVA's answer files, the MME eval_tool folders, caption JSONL and lmms-eval sample logs (``--log_samples``;
 :mod:`hallufix.tasks.lmms_eval_log`); the accepted formats per benchmark are listed in ``docs/benchmarks.md``.
@@ -79,9 +79,10 @@ def register(sub) -> None:
     ch.add_argument("--json", action="store_true", help="print one JSON object")
     ch.set_defaults(handler=_chair)
 
-    from hallufix.cli import score_more
+    from hallufix.cli import _score_amber_hb, _score_mmhal, _score_repope
 
-    score_more.register(ssub)
+    for more in (_score_repope, _score_amber_hb, _score_mmhal):
+        more.register(ssub)
 
 
 def _records(path: str) -> list[dict]:

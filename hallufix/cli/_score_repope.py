@@ -1,4 +1,4 @@
-"""``hallufix score repope|amber|hallusionbench|mmhal``: the newer hallucination benchmarks from the user's files.
+"""``hallufix score repope``: POPE answers scored under POPE's and RePOPE's labels (from the user's files).
 
 Each subcommand prints a table, or with ``--json`` one JSON object (keys in ``docs/benchmarks.md``). Bad input exits
 with status 2 and a message naming the file and what to fix.
@@ -24,9 +24,6 @@ def register(ssub) -> None:
     rp.add_argument("--parser", default="pope", help="pope (default), opera, vcd, lmms-eval, repope")
     rp.add_argument("--json", action="store_true", help="print one JSON object")
     rp.set_defaults(handler=_repope)
-    from hallufix.cli import score_more_b
-
-    score_more_b.register(ssub)
 
 
 def repope_result(questions: list[str], answers: str, repope_labels: str, parser: str = "pope") -> dict:
