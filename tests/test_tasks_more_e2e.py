@@ -104,6 +104,13 @@ def test_amber_disc_task(amber_data, tmp_path, capsys):
     assert base["task"]["response_rule"] == "first-word"
     cmp = compare_to_baseline([out / "baseline", out / "clva"])
     assert cmp[(cmp.metric == "accuracy") & (cmp.split == "overall")].iloc[0].n_paired == 5
+    # the run's responses as the official inference file, scored by hallufix score amber: the same numbers
+    written = tmp_path / "responses.json"
+    assert main(["score", "amber", "--run", str(out / "baseline"), "--data", str(amber_data), "--write",
+                 str(written), "--evaluation-type", "d", "--json"]) == 0
+    scored = json.loads(capsys.readouterr().out)
+    assert [r["id"] for r in json.loads(written.read_text())] == [2, 3, 4, 5, 6]
+    assert scored["overall"] == {k: v["value"] for k, v in base["metrics"]["overall"].items()}
 
 
 def test_amber_all_task_reports_the_amber_score(amber_data, tmp_path, capsys):

@@ -17,8 +17,11 @@ def register(ssub) -> None:
         "amber", help="AMBER: discriminative Acc/P/R/F1 (No = positive), generative CHAIR/Cover/Hal/Cog, AMBER score",
         epilog="example: hallufix score amber --responses responses.json --data AMBER/data --evaluation-type a",
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    am.add_argument("--responses", required=True, metavar="FILE",
-                    help="the official inference file: a JSON list of {\"id\", \"response\"}")
+    src = am.add_mutually_exclusive_group(required=True)
+    src.add_argument("--responses", metavar="FILE",
+                     help="the official inference file: a JSON list of {\"id\", \"response\"}")
+    src.add_argument("--run", metavar="DIR", help="a hallufix run directory of an amber task (its parsed responses)")
+    am.add_argument("--write", metavar="FILE", help="also write the responses as the official inference file")
     am.add_argument("--data", required=True, metavar="DIR",
                     help="AMBER's data/ folder (annotations.json, relation.json, safe_words.txt)")
     am.add_argument("--evaluation-type", default="a", choices=sorted(EVAL_TYPES),
@@ -108,10 +111,33 @@ def amber_result(responses: str, data: str, evaluation_type: str = "a", similari
     return out
 
 
+def _amber_run_responses(run: str, write: str | None) -> str:
+    """The official inference file (``[{"id", "response"}]``, by id) from a run's ``samples.jsonl``; returns its path
+    (``write``, or a file beside the run's samples)."""
+    from hallufix.report import ReportError, read_samples
+
+    try:
+        recs = read_samples(run).values()
+    except ReportError as exc:
+        raise CliError(str(exc)) from None
+    rows = sorted(({"id": int(r["meta"]["amber_id"]), "response": r["parsed"]} for r in recs
+                   if "amber_id" in (r.get("meta") or {})), key=lambda r: r["id"])
+    if not rows:
+        raise CliError(f"{run}: no AMBER samples in samples.jsonl (a run of amber, amber-disc or amber-gen?)")
+    path = Path(write) if write else Path(run) / "amber_responses.json"
+    path.write_text(json.dumps(rows, indent=1), encoding="utf-8")
+    return str(path)
+
+
 def _amber(args) -> int:
     from hallufix.cli.score import _emit
 
-    out = amber_result(args.responses, args.data, args.evaluation_type, args.similarity)
+    responses = args.responses
+    if args.run:
+        responses = _amber_run_responses(args.run, args.write)
+    elif args.write:
+        Path(args.write).write_text(Path(responses).read_text(encoding="utf-8"), encoding="utf-8")
+    out = amber_result(responses, args.data, args.evaluation_type, args.similarity)
 
     def table(o):
         for name, m in o.items():
