@@ -142,3 +142,28 @@ def test_official_annotations_counts():
     dims = [dimension_of(a["type"])[0] for a in anns if a["type"] != "generative"]
     assert (len(anns), dims.count("existence"), dims.count("attribute"), dims.count("relation")) == \
         (15220, 4924, 7628, 1664)
+
+
+def test_spacy_vectors_are_used_when_installed(amber_data, monkeypatch):
+    """With spaCy and en_core_web_lg importable, the similarity step runs through nlp(w1).similarity(nlp(w2)) > 0.8
+    (strict); a stand-in module plays spaCy here."""
+    import types
+
+    sims = {frozenset(("car", "tree")): 0.81, frozenset(("car", "cat")): 0.8}
+
+    class Doc:
+        def __init__(self, w):
+            self.w = w
+
+        def similarity(self, other):
+            return 1.0 if self.w == other.w else sims.get(frozenset((self.w, other.w)), 0.0)
+
+    loaded = []
+    fake = types.SimpleNamespace(load=lambda name: loaded.append(name) or Doc)
+    monkeypatch.setitem(__import__("sys").modules, "spacy", fake)
+    scorer = GenerativeScorer.from_folder(amber_data)
+    assert loaded == ["en_core_web_lg"] and scorer.similarity_source == "spaCy en_core_web_lg > 0.8"
+    scorer.nouns = lambda text: text.split()
+    one = scorer.one(ANNOTATIONS[0], "car")
+    # car == hallu "car" (Cog), car~cat is exactly 0.8 (not > 0.8), car~tree 0.81 saves it and covers tree
+    assert one["hallucinated"] == [] and one["covered"] == [0, 1] and one["cog"] == [0, 1]
