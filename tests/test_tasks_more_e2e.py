@@ -143,6 +143,13 @@ def test_hallusionbench_task(tmp_path, capsys):
     assert results["baseline"]["task"]["no_image"] == "blank"
     cmp = compare_to_baseline([out / "baseline", out / "clva"])
     assert cmp[cmp.metric == "accuracy"].iloc[0].n_paired == 3
+    # the run in the official result layout, for a judge; scored again by the yes/no path: the same numbers
+    written = tmp_path / "results.json"
+    assert main(["score", "hallusionbench", "--run", str(out / "baseline"), "--write", str(written), "--json"]) == 0
+    scored = json.loads(capsys.readouterr().out)
+    assert {k: scored[k] for k in ("aAcc", "fAcc", "qAcc")} == {k: base[k]["value"] for k in ("aAcc", "fAcc", "qAcc")}
+    layout = json.loads(written.read_text())
+    assert {"category", "figure_id", "question", "gt_answer", "model_prediction"} <= set(layout[0])
 
 
 def test_mmhal_task_writes_the_response_file_and_judges(tmp_path, capsys):

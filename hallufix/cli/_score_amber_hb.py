@@ -38,9 +38,13 @@ def register(ssub) -> None:
                "gpt4v_output_gpt_check\n          hallufix score hallusionbench --results "
                "HallusionBench_result_sample.json --questions HallusionBench.json   (yes/no path)",
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    hb.add_argument("--results", required=True, metavar="FILE",
-                    help="JSON list in the official result layout (category, subcategory, visual_input, set_id, "
-                         "figure_id, question_id, ...)")
+    hsrc = hb.add_mutually_exclusive_group(required=True)
+    hsrc.add_argument("--results", metavar="FILE",
+                      help="JSON list in the official result layout (category, subcategory, visual_input, set_id, "
+                           "figure_id, question_id, ...)")
+    hsrc.add_argument("--run", metavar="DIR", help="a hallufix run directory of the hallusionbench task")
+    hb.add_argument("--write", metavar="FILE",
+                    help="with --run: write its answers in the official result layout (model_prediction) here")
     hb.add_argument("--correctness-field", default=None, metavar="NAME",
                     help="per-row label 0 wrong / 1 correct / 2 uncertain (a judge's, e.g. "
                          "gpt4v_output_gpt_check, or a human label); gives the official metrics")
@@ -197,10 +201,31 @@ def hallusionbench_result(results: str, correctness_field: str | None = None,
     return out
 
 
+def _hallusionbench_run_results(run: str, write: str | None) -> str:
+    """The official result layout (one row per question, ``model_prediction`` = the generated text) from a run's
+    ``samples.jsonl``; returns its path (``write``, or a file in the run directory)."""
+    from hallufix.report import ReportError, read_samples
+
+    try:
+        recs = list(read_samples(run).values())
+    except ReportError as exc:
+        raise CliError(str(exc)) from None
+    rows = [{**r["meta"], "model_prediction": r.get("output", "")} for r in recs
+            if "visual_input" in (r.get("meta") or {})]
+    if not rows:
+        raise CliError(f"{run}: no HallusionBench samples in samples.jsonl (a run of the hallusionbench task?)")
+    path = Path(write) if write else Path(run) / "hallusionbench_results.json"
+    path.write_text(json.dumps(rows, indent=4), encoding="utf-8")
+    return str(path)
+
+
 def _hallusionbench(args) -> int:
     from hallufix.cli.score import _emit
 
-    out = hallusionbench_result(args.results, args.correctness_field, args.prediction_field, args.questions)
+    results = args.results
+    if args.run:
+        results = _hallusionbench_run_results(args.run, args.write)
+    out = hallusionbench_result(results, args.correctness_field, args.prediction_field, args.questions)
 
     def table(o):
         print(f"method: {o['method']}")

@@ -59,7 +59,9 @@ class HallusionBench(Task):
             key = "_".join(str(r[f]) for f in ("category", "subcategory", "set_id", "figure_id", "question_id"))
             out.append(Sample(id=key, question=r["question"], image=image,
                               answer="yes" if str(r.get("gt_answer")) == "1" else "no", split="all",
-                              meta={f: str(r[f]) for f in FIELDS} | {"gt_answer": str(r.get("gt_answer"))}))
+                              meta={f: str(r[f]) for f in FIELDS} | {
+                                  "gt_answer": str(r.get("gt_answer")), "question": r["question"],
+                                  "gt_answer_details": r.get("gt_answer_details"), "filename": r.get("filename")}))
         return out
 
     def parse(self, sample: Sample, text: str) -> str:
