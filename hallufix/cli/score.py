@@ -1,4 +1,5 @@
-"""``hallufix score pope|mme|chair`` (and ``repope|amber|hallusionbench|mmhal``: :mod:`._score_repope`, :mod:`._score_amber_hb`, :mod:`._score_mmhal`): score prediction files from any pipeline exactly as the community does.
+"""``hallufix score pope|mme|chair``, and ``repope|amber|hallusionbench|mmhal`` (:mod:`._score_repope`,
+:mod:`._score_amber_hb`, :mod:`._score_mmhal`): score prediction files from any pipeline exactly as the community does.
 
 Reads LLaVA's answer files, the MME eval_tool folders, caption JSONL and lmms-eval sample logs (``--log_samples``;
 :mod:`hallufix.tasks.lmms_eval_log`); the accepted formats per benchmark are listed in ``docs/benchmarks.md``.
@@ -17,7 +18,8 @@ from hallufix.cli import CliError
 
 
 def register(sub) -> None:
-    p = sub.add_parser("score", help="score prediction files (POPE, MME, CHAIR) from any pipeline",
+    p = sub.add_parser("score", help="score prediction files (POPE, MME, CHAIR, RePOPE, AMBER, HallusionBench, "
+                                     "MMHal) from any pipeline",
                        description="Score prediction files with the published rules (see docs/benchmarks.md).")
     ssub = p.add_subparsers(dest="benchmark", metavar="BENCHMARK")
     p.set_defaults(handler=lambda args: p.print_help() or 0)

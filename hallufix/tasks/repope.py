@@ -9,7 +9,8 @@ The model answers every POPE question once; the same answers are scored per spli
 RePOPE labels join POPE questions on (image, object): RePOPE relabels POPE's current files (v4), whose question
 ids it keeps, while LLaVA-1.5's random split (v1) numbers different questions; the object is read from the question
 text (``Is there a/an OBJECT in the image?``, tolerant of v1's "imange" typo). Options as for ``pope``, and
-``parser=repope`` (RePOPE's substring rule and its metrics, where unparsed answers leave the denominators).
+``parser=repope`` (RePOPE's substring rule and its metrics, where unparsed answers leave the denominators). The
+``vcd`` parser is label-dependent; it reads POPE's label, so its RePOPE-label scores use POPE-label parses.
 """
 from __future__ import annotations
 
@@ -69,13 +70,16 @@ class Repope(Pope):
     name = "repope"
     metrics = Pope.metrics + (MetricInfo("repope_mean_f1", True), MetricInfo("n_scored", None))
 
-    def __init__(self, path: str, repope_labels: str | None = None, parser: str = "pope", **options):
+    def __init__(self, path: str, repope_labels: str | None = None, parser: str = "pope", image_root: str = ".",
+                 prompt: str = "llava", splits: str | list[str] = "", labels: str | None = None,
+                 max_new_tokens: int = 8):
         if parser not in PARSERS:
             raise TaskError(f"unknown RePOPE/POPE parser '{parser}'; known: {', '.join(PARSERS)}")
         if not repope_labels:
             raise TaskError("the repope task needs the RePOPE label files: task.repope_labels=DIR (the annotations/ "
                             "folder of github.com/YanNeu/RePOPE, coco_repope_<split>.json)")
-        super().__init__(path, parser="pope", **options)
+        super().__init__(path, image_root=image_root, prompt=prompt, parser="pope", splits=splits, labels=labels,
+                         max_new_tokens=max_new_tokens)
         self.parser, self.repope_labels = parser, repope_labels
 
     def samples(self) -> list[Sample]:
