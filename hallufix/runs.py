@@ -189,7 +189,8 @@ def execute(session, task: Task, spec: RunSpec, out_dir: Path, *, methods=None, 
         "schema_version": SCHEMA_VERSION, "run_id": out_dir.name, "model": {
             "id": spec.model, "family": session.info.family, "dtype": str(next(session.model.parameters()).dtype),
             "attn_implementation": session.adapter.get_text_attn_implementation(session.model)},
-        "methods": run.methods.record(), "task": {**task.record(), "name": task.name, "n": len(records)},
+        "methods": run.methods.record(),
+        "task": {**getattr(task, "record", dict)(), "name": task.name, "n": len(records)},  # + file versions etc.
         "swept": spec.swept, "seed": spec.seed, "metrics": metrics_block(task, scores, counts),
         "overhead": {"wall_s_per_sample": (wall / generated) if generated else None, "samples_timed": generated},
     }
