@@ -139,13 +139,23 @@ def is_yes_no(records) -> bool:
     return bool(answers) and all(a in ("yes", "no") for a in answers)
 
 
-def _correct(r: dict) -> bool:
-    return str(r.get("parsed")).strip().lower() == str(r.get("answer")).strip().lower()
+def _gold(r: dict, split: str | None):
+    """The record's gold answer in ``split``: its own ``answer`` for its split (or ``None``/``"all"``), else the
+    answer its ``meta["answers"]`` gives for another split it is also scored in (RePOPE's ``repope-<split>``)."""
+    if split in (None, "all") or r.get("split") == split:
+        return r.get("answer")
+    return ((r.get("meta") or {}).get("answers") or {}).get(split)
+
+
+def _correct(r: dict, answer=None) -> bool:
+    answer = r.get("answer") if answer is None else answer
+    return str(r.get("parsed")).strip().lower() == str(answer).strip().lower()
 
 
 def paired_comparison(baseline_dir, run_dir, n_boot: int = 2000, seed: int = 0, split: str | None = None) -> dict:
     """Accuracy of ``run_dir`` vs ``baseline_dir`` on the samples both hold (matched by ``id``; only ``split`` if
-    given, ``None``/``"all"`` = every sample), for records with a gold answer.
+    given, ``None``/``"all"`` = every sample; a record also scored in another split under other labels carries them in
+    ``meta["answers"]``), for records with a gold answer.
 
     :returns: ``{}`` when nothing matches, else ``n`` (pairs), ``accuracy_baseline``, ``accuracy_run``,
         ``accuracy_diff`` (run - baseline, fraction), ``only_baseline_right``, ``only_run_right``, ``mcnemar_p``
@@ -153,9 +163,8 @@ def paired_comparison(baseline_dir, run_dir, n_boot: int = 2000, seed: int = 0, 
         resamples, deterministic for a ``seed``).
     """
     a, b = read_samples(baseline_dir), read_samples(run_dir)
-    ids = [i for i in sorted(set(a) & set(b)) if a[i].get("answer") is not None
-           and (split in (None, "all") or a[i].get("split") == split)]
-    pairs = [(_correct(a[i]), _correct(b[i])) for i in ids]
+    ids = [i for i in sorted(set(a) & set(b)) if _gold(a[i], split) is not None]
+    pairs = [(_correct(a[i], _gold(a[i], split)), _correct(b[i], _gold(a[i], split))) for i in ids]
     if not pairs:
         return {}
     n = len(pairs)

@@ -260,7 +260,8 @@ def _execute_locked(session, task, spec, out_dir, methods, progress, on_batch, s
         "schema_version": SCHEMA_VERSION, "run_id": out_dir.name, "model": {
             "id": spec.model, "family": session.info.family, "dtype": str(next(session.model.parameters()).dtype),
             "attn_implementation": session.adapter.get_text_attn_implementation(session.model)},
-        "methods": run.methods.record(), "task": {"name": task.name, "n": len(records)},
+        "methods": run.methods.record(),
+        "task": {**getattr(task, "record", dict)(), "name": task.name, "n": len(records)},  # + file versions etc.
         "swept": spec.swept, "seed": spec.seed, "metrics": metrics_block(task, scores, counts),
         "nonfinite": {"n": len(broken), "ids": broken, "excluded_from_metrics": True} if broken else None,
         "overhead": {"wall_s_per_sample": (m["wall_s"] / m["samples"]) if m["samples"] else None,

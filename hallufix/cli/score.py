@@ -1,4 +1,5 @@
-"""``hallufix score pope|mme|chair``: score prediction files from any pipeline exactly as the community does.
+"""``hallufix score pope|mme|chair``, and ``repope|amber|hallusionbench|mmhal`` (:mod:`._score_repope`,
+:mod:`._score_amber_hb`, :mod:`._score_mmhal`): score prediction files from any pipeline exactly as the community does.
 
 Reads LLaVA's answer files, the MME eval_tool folders, caption JSONL and lmms-eval sample logs (``--log_samples``;
 :mod:`hallufix.tasks.lmms_eval_log`); the accepted formats per benchmark are listed in ``docs/benchmarks.md``.
@@ -17,7 +18,8 @@ from hallufix.cli import CliError
 
 
 def register(sub) -> None:
-    p = sub.add_parser("score", help="score prediction files (POPE, MME, CHAIR) from any pipeline",
+    p = sub.add_parser("score", help="score prediction files (POPE, MME, CHAIR, RePOPE, AMBER, HallusionBench, "
+                                     "MMHal) from any pipeline",
                        description="Score prediction files with the published rules (see docs/benchmarks.md).")
     ssub = p.add_subparsers(dest="benchmark", metavar="BENCHMARK")
     p.set_defaults(handler=lambda args: p.print_help() or 0)
@@ -79,6 +81,11 @@ def register(sub) -> None:
     ch.add_argument("--json", action="store_true", help="print one JSON object")
     ch.set_defaults(handler=_chair)
 
+    from hallufix.cli import _score_amber_hb, _score_mmhal, _score_repope
+
+    for more in (_score_repope, _score_amber_hb, _score_mmhal):
+        more.register(ssub)
+
 
 def _records(path: str) -> list[dict]:
     from hallufix.tasks.base import TaskError
@@ -113,13 +120,35 @@ def _is_log(path: str) -> bool:
     return isinstance(rec, dict) and is_sample_log([rec])
 
 
+def pope_labels(questions: list[str] | None) -> tuple[dict, list | None]:
+    """``({split: label records}, LLaVA's combined question records or None)`` from ``--questions`` values."""
+    from hallufix.tasks.pope import is_combined, load_labels
+
+    if not questions:
+        raise CliError("an answer file needs --questions (POPE label files or their folder)")
+    labels: dict = {}
+    combined = None
+    for q in questions:
+        qp = Path(q)
+        if not qp.exists():
+            raise CliError(f"file not found: {qp}")
+        recs = _records(q) if qp.is_file() else None
+        if recs is not None and is_combined(recs) and not any("label" in r for r in recs):
+            combined = recs
+        else:
+            labels.update(load_labels(q))
+    if not labels:
+        raise CliError("no POPE label file among --questions (give coco_pope_<split>.json files or their folder)")
+    return labels, combined
+
+
 def pope_result(questions: list[str] | None, answers: str | list[str], parser: str = "pope") -> dict:
     """``{split: {accuracy, precision, recall, f1, yes_ratio, tp, fp, tn, fn, n}, "mean_f1": float}`` (plus
     ``notes`` for lmms-eval logs)."""
     from hallufix.scoring.pope import PARSERS, parse_yes_no, score_splits
     from hallufix.tasks.base import TaskError
     from hallufix.tasks.lmms_eval_log import NOTES, pope_pairs
-    from hallufix.tasks.pope import is_combined, join_answers, load_labels
+    from hallufix.tasks.pope import join_answers
 
     if parser not in PARSERS:
         raise CliError(f"unknown POPE parser '{parser}'; known: {', '.join(PARSERS)}")
@@ -128,8 +157,6 @@ def pope_result(questions: list[str] | None, answers: str | list[str], parser: s
         if not Path(a).is_file():
             raise CliError(f"file not found: {a}")
     logs = [a for a in answers if _is_log(a)]
-    labels: dict = {}
-    combined = None
     try:
         if logs:
             if len(logs) != len(answers):
@@ -143,20 +170,7 @@ def pope_result(questions: list[str] | None, answers: str | list[str], parser: s
         else:
             if len(answers) != 1:
                 raise CliError("give one answer file (or several lmms-eval sample logs) as --answers")
-            if not questions:
-                raise CliError("an answer file needs --questions (POPE label files or their folder)")
-            for q in questions:
-                qp = Path(q)
-                if not qp.exists():
-                    raise CliError(f"file not found: {qp}")
-                recs = _records(q) if qp.is_file() else None
-                if recs is not None and is_combined(recs) and not any("label" in r for r in recs):
-                    combined = recs
-                else:
-                    labels.update(load_labels(q))
-            if not labels:
-                raise CliError("no POPE label file among --questions (give coco_pope_<split>.json files or their "
-                               "folder)")
+            labels, combined = pope_labels(questions)
             pairs = join_answers(labels, _records(answers[0]), combined, where=answers[0])
     except TaskError as exc:
         raise CliError(str(exc)) from None

@@ -126,6 +126,10 @@ class Task:
         """
         raise NotImplementedError
 
+    def record(self) -> dict:
+        """What the run record (``results.json`` ``task``) should say about the inputs (file versions, parser)."""
+        return {}
+
 
 TaskFactory = Callable[..., Task]
 _TASKS: dict[str, TaskFactory] = {}

@@ -166,6 +166,7 @@ class Pope(Task):
     def samples(self) -> list[Sample]:
         questions = load_questions(self.path, self.labels)
         self.version = version_of(questions)
+        self.files = _describe_files(self.path, self.labels)
         unknown = [s for s in self.splits if s not in questions]
         if unknown:
             raise TaskError(f"POPE splits {unknown} not in {self.path}; available: {', '.join(sorted(questions))}")
@@ -188,8 +189,24 @@ class Pope(Task):
     def parse(self, sample: Sample, text: str) -> str:
         return parse_yes_no(text, self.parser, label=sample.answer)
 
+    def record(self) -> dict:
+        """Dataset (coco / aokvqa / gqa), COCO file version and per-split file hashes (:mod:`.pope_versions`)."""
+        return {"parser": self.parser, "pope_files": getattr(self, "files", None)}
+
     def score(self, records) -> dict[str, dict[str, float]]:
         return score_splits([(r["split"], r["answer"], r["parsed"]) for r in records])
+
+
+def _describe_files(path, labels) -> dict | None:
+    from hallufix.tasks.pope_versions import describe
+
+    p = Path(path)
+    if p.is_file() and labels is not None and is_combined(read_records(p)):
+        p = Path(labels)
+    try:
+        return describe(label_files(p))
+    except TaskError:
+        return None
 
 
 def _split_by_offset(qid: int) -> tuple[str, int]:
