@@ -3,9 +3,14 @@
 
 Fixtures: ``tiny_session(family)`` (factory), ``tiny_images``. Helpers: :class:`MethodContract` (the contract
 suite), :func:`hook_snapshot` / :func:`assert_no_hook_leaks`, :class:`HookRecorder`.
-Importing this module imports no torch; fixtures build models lazily.
+Importing this module imports no torch; fixtures build models lazily. As a pytest plugin it sets torch's CPU
+threads to ``$HALLUFIX_TEST_THREADS`` (default 1; ``auto`` leaves torch's choice) when the session starts: tiny
+models are fastest on one thread, and on a machine whose cores are shared an oversubscribed OpenMP pool runs
+them 10-100x slower. Models run on ``$HALLUFIX_TEST_DEVICE`` (default ``cpu``).
 """
 from __future__ import annotations
+
+import os
 
 import pytest
 
@@ -24,6 +29,14 @@ def __getattr__(name):
 
         return tiny_session
     raise AttributeError(name)
+
+
+def pytest_configure(config):
+    threads = os.environ.get("HALLUFIX_TEST_THREADS", "1").strip()
+    if threads != "auto":
+        import torch
+
+        torch.set_num_threads(int(threads))
 
 
 @pytest.fixture(scope="session")
