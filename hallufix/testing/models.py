@@ -15,27 +15,28 @@ from PIL import Image
 QUESTIONS = ("is there a cat in the image ?", "what colour is the large object on the left side ?",
              "describe the picture", "how many dogs are there ?")
 
-#: ``(width, height)`` of the mixed-size images, cycled: a square, a landscape 4:3, a portrait 3:5 and a
-#: landscape 3:2 -- on Qwen at the default 56 px minimum side these give 4, 12, 15 and 12 visual tokens (grids
-#: (2, 2), (3, 4), (5, 3), (3, 4) after the 2x2 merge; the last is scaled down to the pixel cap).
-MIXED_SIZES = ((56, 56), (112, 84), (84, 140), (168, 112))
+#: ``(width, height)`` of the mixed-size images, cycled: a square, landscape 4:3, portrait 3:5 and a 2:1
+#: panorama above the pixel cap. On Qwen at the default 56 px minimum side (3,136-12,544 pixels) these give 4,
+#: 12, 15 and 10 visual tokens (merged grids (2, 2), (3, 4), (5, 3), (2, 5); the panorama is scaled down to
+#: 56x140). 168x112, the size in issue 13's report, is scaled onto 112x84's grid, so it would not add a count.
+MIXED_SIZES = ((56, 56), (112, 84), (84, 140), (224, 112))
 #: PIL modes of the mixed images, cycled: what files on disk decode to (JPEG RGB / greyscale, PNG with alpha,
 #: palette GIF/PNG). The pipeline converts them to RGB.
 MIXED_MODES = ("RGB", "L", "RGBA", "P")
 
 
-def test_device() -> str:
+def device_for_tests() -> str:
     """The device tests run on: ``$HALLUFIX_TEST_DEVICE`` or ``cpu``."""
     return os.environ.get("HALLUFIX_TEST_DEVICE", "").strip() or "cpu"
 
 
 def tiny_session(family: str, shape: str = "default", dtype: str = "float32", device: str | None = None, **dims):
     """A cached :class:`~hallufix.api.Session` over ``hallufix.models.tiny.build_tiny(family, shape=shape,
-    dtype=dtype, **dims)`` on ``device`` (default :func:`test_device`).
+    dtype=dtype, **dims)`` on ``device`` (default :func:`device_for_tests`).
 
     ``shape="real"`` gives the 7B checkpoints' depth and head / KV-head counts at a small width; ``dtype`` is
     ``float32``, ``bfloat16`` or ``float16``. The same session object is returned for the same arguments."""
-    return _cached_session(family, shape, str(dtype).replace("torch.", ""), device or test_device(),
+    return _cached_session(family, shape, str(dtype).replace("torch.", ""), device or device_for_tests(),
                            tuple(sorted(dims.items())))
 
 

@@ -15,7 +15,13 @@ few units in the last place of the logits:
 Greedy answers: the batched and single token ids must match step by step. Where they part, the single run's
 logits must show a tie within the dtype's resolution -- its own choice beats the batched choice by at most
 ``2 * atol`` -- and comparison stops there, since later steps condition on different prefixes. (bf16 logits tie
-exactly in random tiny models; a decisive answer that batching flips fails.)
+exactly in random tiny models; a decisive answer that batching flips fails. With greedy decoding on the recorded
+logits the tie rule follows from the logit tolerance; it is checked on its own for what picks tokens elsewhere.)
+
+Presets at real depth: :func:`configured_points` sees the layers a method *declares* in ``hallufix_configure``.
+Layers it only probes inside ``ImageEvent.capture`` (ARA's band, contrast's crop-variant fusion / post layers) are
+not declared anywhere, so they are checked by the real-depth runs with the preset instead (same depths as the
+checkpoints; a probe past the last layer fails there).
 """
 from __future__ import annotations
 
