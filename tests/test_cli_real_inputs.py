@@ -9,7 +9,7 @@ import json
 import pytest
 
 from hallufix.cli import main
-from hallufix.testing.models import MIXED_MODES, MIXED_SIZES, tiny_images
+from hallufix.testing.models import MIXED_MODES, MIXED_SIZES, device_for_tests, tiny_images
 
 FAMILIES = ("qwen2.5-vl", "qwen2-vl", "llava", "instructblip")
 STACKS = ("clva,ara,contrast,fhi", "clva", "ara", "contrast", "fhi")
@@ -50,7 +50,7 @@ def real_folder(family, tmp_path_factory):
 
 def _answers(folder, task, stack, batch_size, out):
     args = ["run", "--model", str(folder), "--task", f"jsonl:{task}", "--plugins", stack, "--batch-size",
-            str(batch_size), "--max-new-tokens", "3", "--no-baseline", "--output", str(out), "--quiet"]
+            str(batch_size), "--max-new-tokens", "3", "--no-baseline", "--device", device_for_tests(), "--output", str(out), "--quiet"]
     assert main(args) == 0, f"hallufix {' '.join(args)} failed"
     (run_dir,) = [p for p in out.iterdir() if p.is_dir()]
     records = [json.loads(line) for line in (run_dir / "samples.jsonl").read_text().splitlines()]

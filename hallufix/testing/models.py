@@ -2,7 +2,8 @@
 deterministic images and prompts. Built once per process (per family, shape, dtype and device) and cached.
 
 The test device is ``HALLUFIX_TEST_DEVICE`` (default ``cpu``; e.g. ``cuda`` or ``cuda:1``), so one suite runs on
-the CPU in CI and on a GPU with ``HALLUFIX_TEST_DEVICE=cuda`` (``benchmarks/gpu_check.sh``).
+the CPU in CI and on a GPU with ``HALLUFIX_TEST_DEVICE=cuda`` (``benchmarks/gpu_check.sh``); on a GPU, float32
+kernels are kept IEEE float32 (no TF32) while tiny sessions are built.
 """
 from __future__ import annotations
 
@@ -46,12 +47,28 @@ def _cached_session(family, shape, dtype, device, dims):
     from hallufix.models.tiny import build_tiny
 
     model, processor = build_tiny(family, shape=shape, dtype=dtype, **dict(dims))
+    if device.startswith("cuda"):
+        _ieee_float32_on_cuda()
     name = f"tiny-{family}" + ("" if shape == "default" else f"-{shape}") + ("" if dtype == "float32" else
                                                                             f"-{dtype}")
     return Session(model.to(device), processor, name=name)
 
 
 tiny_session.cache_clear = _cached_session.cache_clear
+
+
+def _ieee_float32_on_cuda() -> None:
+    """float32 means float32 in tests on a GPU: cuDNN convolutions (the vision towers' patch embeddings) default to
+    TF32 (10-bit mantissa), which would put batched-vs-single differences far above the float32 tolerance."""
+    import torch
+
+    conv = getattr(torch.backends.cudnn, "conv", None)
+    if conv is not None and hasattr(conv, "fp32_precision"):  # torch >= 2.9
+        conv.fp32_precision = "ieee"
+        torch.backends.cuda.matmul.fp32_precision = "ieee"
+    else:
+        torch.backends.cudnn.allow_tf32 = False
+        torch.backends.cuda.matmul.allow_tf32 = False
 
 
 def tiny_images(n: int = 2, size: int = 56, seed: int = 0, *, mixed: bool = False) -> list[Image.Image]:
