@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from hallufix.visual import VisualTokens
+
 
 @dataclass(frozen=True)
 class ModelInfo:
@@ -62,7 +64,7 @@ class TokenLayout:
     visual: torch.Tensor
     text: torch.Tensor
     grids: list[list[tuple[int, int] | None]] = field(default_factory=list)
-    #: :meth:`visual_keys` per key length (not part of the layout's identity)
+    #: :meth:`visual_keys` per key length and the :attr:`visual_tokens` description (not part of the identity)
     _visual_keys_memo: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     @classmethod
@@ -83,6 +85,15 @@ class TokenLayout:
     @property
     def prompt_len(self) -> int:
         return self.input_ids.shape[1]
+
+    @property
+    def visual_tokens(self) -> VisualTokens:
+        """The batch's :class:`~hallufix.visual.VisualTokens` (per-row index, valid mask, counts, per-image grids
+        and slot ranges), built once per layout on first use."""
+        memo = self._visual_keys_memo
+        if "visual_tokens" not in memo:
+            memo["visual_tokens"] = VisualTokens.from_layout(self)
+        return memo["visual_tokens"]
 
     def visual_keys(self, kv_len: int) -> torch.Tensor:
         """``(B, kv_len)`` bool: key columns that are visual tokens (generated keys are never visual).
