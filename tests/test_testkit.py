@@ -19,6 +19,8 @@ def test_real_shape_has_the_checkpoints_depth_and_heads(family):
     assert (info.num_layers, info.num_heads, info.num_kv_heads) == (real.num_layers, real.num_heads,
                                                                    real.num_kv_heads)
     assert info.head_dim == 8 and info.hidden_size == 8 * real.num_heads
+    head = s.model.get_output_embeddings().weight
+    assert not head[:11].any() and head[11:].abs().sum(-1).min() > 0  # answers are text, never special tokens
     if family == "instructblip":
         assert s.model.config.num_query_tokens == s.processor.num_query_tokens == 32
     if family.startswith("qwen"):

@@ -102,7 +102,8 @@ def _text_config(tok, num_layers, hidden_size, num_heads, num_kv_heads, intermed
 #: keep it bitwise unchanged). ``real`` has the real 7B checkpoints' decoder depth, query heads, KV heads and
 #: InstructBLIP query tokens (LLaVA-1.5-7B: 32 layers, 32 heads over 32 KV heads; Qwen2-VL-7B and Qwen2.5-VL-7B:
 #: 28 layers, 28 heads over 4 KV heads; InstructBLIP-Vicuna-7B: 32 layers, 32 heads, 32 query tokens) at
-#: head_dim 8, so hidden sizes are 256 / 224 / 256 instead of 4096 / 3584 / 4096. Vision towers stay tiny.
+#: head_dim 8, so hidden sizes are 256 / 224 / 256 instead of 4096 / 3584 / 4096. Vision towers stay tiny. The
+#: real shape never emits special tokens (see ``_silence_specials``).
 SHAPES: dict[str, dict[str, dict]] = {
     "default": {f: dict(num_layers=4, hidden_size=64, num_heads=4, num_kv_heads=None, num_query_tokens=8)
                 for f in TINY_FAMILIES},
@@ -159,7 +160,19 @@ def build_tiny(family: str, *, shape: str = "default", num_layers: int | None = 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model, processor = builder(image_size, **extra, **lm)
+    if shape == "real":
+        _silence_specials(model)
     return model.to(torch.float32).to(dtype).eval(), processor
+
+
+def _silence_specials(model) -> None:
+    """Zero the output rows of the special tokens (ids ``0 .. len(_SPECIALS) - 1``), so greedy answers are ordinary
+    text as a trained model's are. A random model otherwise tends to repeat one token; at the real shapes Qwen2.5-VL
+    repeats ``<|vision_start|>``, whose decoded text is empty, and answer-level tests would compare empty strings.
+    The rows' logits are exactly 0, below the top of ~390 random logits (std ~0.3), so EOS is never chosen either:
+    every answer runs to ``max_new_tokens``."""
+    with torch.no_grad():
+        model.get_output_embeddings().weight[: len(_SPECIALS)] = 0
 
 
 def _llava(image_size, **shape):
