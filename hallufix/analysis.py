@@ -122,6 +122,10 @@ def analyse(session, images, questions, plugins=(), overrides=None, lambda_vis: 
 def average(analyses: list[LayerAnalysis]) -> LayerAnalysis:
     """Mean over samples (same model, same visual token count)."""
     first = analyses[0]
+    shapes = {tuple(a.last_map.shape) for a in analyses}
+    if len(shapes) > 1:
+        raise ValueError(f"cannot average maps over images with different visual-token grids ({sorted(shapes)}); "
+                         f"inspect images of one size (Qwen gives every image size its own grid) or one at a time")
     return LayerAnalysis(torch.stack([a.phi for a in analyses]).mean(0),
                          torch.stack([a.last_map for a in analyses]).mean(0), first.grid, first.lambda_vis,
                          first.mid_layer, first.neg_layer)

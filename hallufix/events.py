@@ -198,7 +198,11 @@ class BiasEvent(LayerEvent):
             raise ValueError(f"layer {self.layer}: bias must be (B={self.layout.batch_size}, 1|H={self.model.num_heads},"
                              f" kv={self.kv_len}), got {tuple(column_bias.shape)}")
         if column_bias.device != self.device or column_bias.dtype != self.dtype:
-            column_bias = column_bias.to(device=self.device, dtype=self.dtype)
+            # converted once per forward: a method that hands the same tensor to several layers keeps one term id,
+            # so the layers share the summed mask (the memo holds the source too, so its id is not reused)
+            src = column_bias
+            column_bias = self.forward.shared(("bias_to", id(src), self.dtype), lambda: (
+                src, src.to(device=self.device, dtype=self.dtype)))[1]
         if rows is None:  # the text rows: the same tensor for every layer of this forward
             rows = self.text_rows
             nonempty = self.forward.shared(("text_rows_nonempty", id(self.layout)), lambda: bool(rows.any()))
