@@ -62,8 +62,8 @@ case "$DEVICE" in
            "Install a CUDA build of torch, or run the dry run with --device cpu." >&2
       exit 2
     fi
-    SHAPE=llava-7b; ROUNDS="${ROUNDS:-5}" ;;
-  cpu) SHAPE=llava-cpu; ROUNDS="${ROUNDS:-1}" ;;
+    SHAPE=llava-7b; ROUNDS="${ROUNDS:-5}"; T_CONTRACT=420; T_OVERHEAD=150 ;;
+  cpu) SHAPE=llava-cpu; ROUNDS="${ROUNDS:-1}"; T_CONTRACT=1800; T_OVERHEAD=600 ;;
   *) echo "gpu_check.sh: --device must be cpu, cuda or cuda:N (got $DEVICE)" >&2; exit 2 ;;
 esac
 
@@ -74,7 +74,7 @@ if "$PY" -c "import hallufix_example" 2>/dev/null; then
   TESTS+=(docs/examples/hallufix-example/tests)
 fi
 echo "== 1/2 contract suite on $DEVICE (${TESTS[*]})"
-timeout 480 "$PY" -m pytest -q -p no:cacheprovider "${TESTS[@]}" \
+timeout "$T_CONTRACT" "$PY" -m pytest -q -p no:cacheprovider "${TESTS[@]}" \
   -k "Contract or testkit or real_inputs or real_shape" --junitxml="$OUT_DIR/contract.xml" \
   > "$OUT_DIR/contract.log" 2>&1
 CONTRACT_RC=$?
@@ -82,7 +82,7 @@ T1=$(date +%s)
 tail -3 "$OUT_DIR/contract.log"
 
 echo "== 2/2 overhead: $SHAPE in bfloat16 on $DEVICE, $ROUNDS round(s)"
-timeout 300 "$PY" benchmarks/overhead.py --device "$DEVICE" --shape "$SHAPE" --dtype bfloat16 --rounds "$ROUNDS" \
+timeout "$T_OVERHEAD" "$PY" benchmarks/overhead.py --device "$DEVICE" --shape "$SHAPE" --dtype bfloat16 --rounds "$ROUNDS" \
   --json > "$OUT_DIR/overhead.jsonl" 2> "$OUT_DIR/overhead.log"
 OVERHEAD_RC=$?
 T2=$(date +%s)

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from hallufix import hookimpl, points
 from hallufix.api import Generation
 from hallufix.models.tiny import TINY_FAMILIES, _real_mrope_section, build_tiny
 from hallufix.testing.models import MIXED_MODES, MIXED_SIZES, device_for_tests, tiny_images, tiny_session
@@ -111,3 +112,32 @@ def test_configured_points_read_the_family_preset():
     except ValueError:
         return  # a method may refuse a preset that does not fit; then the contract sees the error
     assert any(p.layer is not None and p.layer >= 24 for p in pts)
+
+
+
+class _NumpyInHook:
+    """Converts a model-device tensor to NumPy inside a hook: works on a CPU, raises on a GPU."""
+
+    name = "planted-numpy"
+
+    @hookimpl
+    def hallufix_configure(self, model):
+        return points.attn_bias([0])
+
+    @hookimpl
+    def hallufix_attn_bias(self, event):
+        event.visual_keys.numpy()
+
+
+def test_contract_real_runs_catch_a_planted_numpy():
+    from hallufix.intercept.strict import DeviceMisuseError
+    from hallufix.testing.real import RealInputsContract
+
+    if device_for_tests() != "cpu":
+        pytest.skip("strict device mode simulates a GPU on CPU test devices; a GPU raises by itself")
+
+    class Probe(RealInputsContract):
+        method, active = _NumpyInHook(), []
+
+    with pytest.raises(DeviceMisuseError):
+        Probe()._run_real("llava", "float32", "active")

@@ -25,11 +25,13 @@ checkpoints; a probe past the last layer fails there).
 """
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 import torch
 
 from hallufix.layout import ModelInfo
-from hallufix.testing.models import QUESTIONS, tiny_images, tiny_session
+from hallufix.testing.models import QUESTIONS, device_for_tests, tiny_images, tiny_session
 
 DTYPES = ("float32", "bfloat16", "float16")
 BATCH_ATOL = {"float32": 1e-4, "bfloat16": 4e-2, "float16": 5e-3}
@@ -83,12 +85,16 @@ class RealInputsContract:
 
     Class attributes a subclass may set: ``dtypes`` (default all of :data:`DTYPES`; a method that cannot run in
     a dtype says so by leaving it out), ``real_active`` (overrides of the "active" setting at real depth; default
-    ``active``), ``real_max_new_tokens`` (3), ``preset_declares`` (True: the family preset is not a no-op)."""
+    ``active``), ``real_max_new_tokens`` (3), ``preset_declares`` (True: the family preset is not a no-op),
+    ``strict_devices`` (True: on a CPU test device the real-depth runs run under
+    :func:`hallufix.intercept.strict.enforce`, so a hook that treats a model tensor as host memory -- ``.numpy()``,
+    mixing a host-built tensor into a device one -- fails here as it would on a GPU)."""
 
     dtypes: tuple[str, ...] = DTYPES
     real_active: list[str] | None = None
     real_max_new_tokens: int = 3
     preset_declares: bool = True
+    strict_devices: bool = True
     #: (method, family, dtype, setting) -> (batched, singles) or the exception; shared by the tests below
     _real_cache: dict = {}
 
@@ -131,10 +137,18 @@ class RealInputsContract:
         images, questions = tiny_images(4, mixed=True), list(QUESTIONS[:4])
         kw = dict(max_new_tokens=self.real_max_new_tokens, min_new_tokens=self.real_max_new_tokens,
                   output_logits=True)
-        run = session.start([self.method], {self.method: overrides})
-        batched = run.generate(images, questions, **kw)
-        singles = [run.generate([images[i]], [questions[i]], **kw)[0] for i in range(len(images))]
+        with self._device_guard():
+            run = session.start([self.method], {self.method: overrides})
+            batched = run.generate(images, questions, **kw)
+            singles = [run.generate([images[i]], [questions[i]], **kw)[0] for i in range(len(images))]
         return batched, singles
+
+    def _device_guard(self):
+        if self.strict_devices and device_for_tests() == "cpu":
+            from hallufix.intercept import strict
+
+            return strict.enforce()
+        return contextlib.nullcontext()
 
     def test_real_mixed_batch_logits_finite(self, family, dtype, setting):
         batched, singles = self._real_runs(family, dtype, setting)
