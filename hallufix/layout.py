@@ -140,12 +140,6 @@ class TokenLayout:
         return {"pad": n_pad, "system": (n_pad, first_vis), "visual": runs,
                 "instruction": (last_vis, self.prompt_len)}
 
-    def visual_index(self, row: int, image: int = 0) -> torch.Tensor:
-        """Positions ``(n,)`` of the visual tokens of ``image`` in ``row``, in raster order of its grid."""
-        runs = self.spans(row)["visual"]
-        a, b = runs[image]
-        return torch.arange(a, b, device=self.input_ids.device)
-
     def expand(self, times: int) -> "TokenLayout":
         """The layout repeated ``times`` per row (beam search / ``num_return_sequences``)."""
         rep = lambda t: t.repeat_interleave(times, dim=0)  # noqa: E731

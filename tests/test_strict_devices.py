@@ -117,3 +117,20 @@ def test_every_builtin_method_runs_clean_under_strict_mode(family, case):
     with strict.enforce():
         outs = _gen(s, plugins, overrides)
     assert all(torch.isfinite(o.logits).all() for o in outs)
+
+
+def test_host_copies_stay_host_through_dtype_changes_and_moves_make_device_tensors():
+    with strict.StrictDevices():
+        dev = torch.ones(3, device="cpu")  # made with device=: a device tensor
+        host = dev.cpu()
+        assert host is not dev and strict.is_host(host) and not strict.is_host(dev)
+        host.to(torch.float64).numpy()  # a dtype change stays on the host
+        (host.double() * 2).numpy()  # host-only arithmetic stays on the host
+        with pytest.raises(DeviceMisuseError):
+            dev.numpy()
+        with pytest.raises(DeviceMisuseError):
+            dev + host
+        moved = host.to(dev.device)
+        assert not strict.is_host(moved)
+        _ = dev + moved + torch.tensor(2.0)  # 0-dim host tensors mix, as on CUDA
+        _ = dev[torch.tensor([0, 2])]  # host index tensors index device tensors, as on CUDA

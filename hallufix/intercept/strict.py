@@ -15,8 +15,8 @@ the split between host and device memory:
   first), and on any operation mixing a host tensor with a device tensor (move it with ``.to(event.device)``);
   zero-dimensional host tensors and host index tensors in ``[...]`` are allowed, as CUDA allows them.
 
-``.to(...)`` of any tensor returns a device tensor (on a CPU machine ``.to(event.device)`` and ``.to("cpu")`` are
-the same call; use ``.cpu()`` for host copies). Python scalars (``float(t)``, ``.item()``, ``.tolist()``) are
+``.to(device)`` of any tensor returns a device tensor (on a CPU machine ``.to(event.device)`` and ``.to("cpu")``
+are the same call; use ``.cpu()`` for host copies); ``.to(dtype)`` keeps a host tensor on the host. Python scalars (``float(t)``, ``.item()``, ``.tolist()``) are
 always allowed (they synchronise, but work on CUDA).
 
 Turn it on with the environment variable ``HALLUFIX_STRICT_DEVICES=1`` (read when a run's hook table is built) or
@@ -102,7 +102,14 @@ class StrictDevices(TorchFunctionMode):
                 _mark(out)
             return out
         if func is torch.Tensor.to:
-            return func(*args, **kwargs)  # a move (to the model's device on a CPU machine)
+            out = func(*args, **kwargs)
+            moves = kwargs.get("device") is not None or any(isinstance(a, (str, torch.device, torch.Tensor, int))
+                                                            and not isinstance(a, bool) for a in args[1:])
+            if not moves and is_host(args[0]):
+                _mark(out)  # a dtype change keeps a host tensor on the host
+            elif moves and out is args[0] and is_host(out):
+                out = out.clone()  # on a CPU machine the "move" is a no-op: a distinct, device-side tensor
+            return out  # a move: to the model's device on a CPU machine
         tensors = [t for t in tree_flatten((args, kwargs))[0] if isinstance(t, torch.Tensor)]
         if func in _INDEXING:
             tensors = tensors[:1]
