@@ -269,7 +269,7 @@ class HeadsEvent(LayerEvent):
     def __init__(self, output: torch.Tensor, fold: Callable[[torch.Tensor], None] | None = None,
                  done: Callable[[], None] | None = None, **kw):
         super().__init__(**kw)
-        self.output, self._fold, self._done = output, fold, done
+        self._output, self._fold, self._done = output, fold, done
 
     def fold(self, gains: torch.Tensor) -> None:
         """Fold gains ``(H,)`` into ``o_proj`` for the rest of this generation (exact, restored afterwards).
@@ -292,19 +292,19 @@ class HeadsEvent(LayerEvent):
 
     @output.setter
     def output(self, new: torch.Tensor) -> None:
-        old = getattr(self, "_output", None)
-        self._output = new if old is None else _conform(f"layer {self.layer}: head outputs", new, old.shape,
-                                                        old.device, old.dtype)
+        old = self._output
+        self._output = _conform(f"layer {self.layer}: head outputs", new, old.shape, old.device, old.dtype)
 
     def scale(self, gains: torch.Tensor) -> None:
         """Multiply head outputs by ``gains`` ``(H,)`` or ``(B, H)`` (moved to the outputs' device and dtype)."""
-        B, _, H, _ = self._output.shape
-        if not isinstance(gains, torch.Tensor) or tuple(gains.shape) not in ((H,), (B, H)):
-            got = tuple(gains.shape) if isinstance(gains, torch.Tensor) else type(gains).__name__
-            raise ValueError(f"layer {self.layer}: gains must be (H={H},) or (B={B}, H={H}), got {got}")
-        g = gains.to(device=self._output.device, dtype=self._output.dtype)
-        g = g[None, None, :, None] if g.dim() == 1 else g[:, None, :, None]
-        self._output = self._output * g
+        out = self._output
+        shape = gains.shape
+        if shape != out.shape[2:3] and shape != (out.shape[0], out.shape[2]):
+            B, _, H, _ = out.shape
+            raise ValueError(f"layer {self.layer}: gains must be (H={H},) or (B={B}, H={H}), got {tuple(shape)}")
+        g = gains.to(out.dtype) if gains.device == out.device else gains.to(device=out.device, dtype=out.dtype)
+        g = g[None, None, :, None] if len(shape) == 1 else g[:, None, :, None]
+        self._output = out * g
 
 
 class LogitsEvent:

@@ -134,3 +134,66 @@ def test_host_copies_stay_host_through_dtype_changes_and_moves_make_device_tenso
         assert not strict.is_host(moved)
         _ = dev + moved + torch.tensor(2.0)  # 0-dim host tensors mix, as on CUDA
         _ = dev[torch.tensor([0, 2])]  # host index tensors index device tensors, as on CUDA
+
+
+class HandBacks:
+    """Hands back float32 tensors to a bfloat16 model through every setter, and checks what the event keeps."""
+
+    name = "hand-backs"
+
+    def __init__(self, bad: str | None = None):
+        self.bad, self.kept = bad, {}
+
+    @hookimpl
+    def hallufix_configure(self, model):
+        return (P.layer_input([0], phases={"prefill"}) + P.attn_kv([1]) + P.attn_bias([1])
+                + P.attn_probs([2], rows="last", edits=True) + P.attn_heads([3]) + P.logits())
+
+    @hookimpl
+    def hallufix_layer_input(self, event):
+        event.hidden = event.hidden.float() if self.bad != "hidden" else event.hidden[:, :1].float()
+        self.kept["hidden"] = event.hidden.dtype
+
+    @hookimpl
+    def hallufix_attn_kv(self, event):
+        event.key, event.value = event.key.float(), event.value.float()
+        self.kept["kv"] = (event.key.dtype, event.value.dtype)
+
+    @hookimpl
+    def hallufix_attn_bias(self, event):
+        bias = torch.zeros(event.layout.batch_size, 1, event.kv_len, dtype=torch.float64, device=event.device)
+        event.add(bias if self.bad != "bias" else bias[..., :-1])
+        self.kept["bias"] = event.terms[-1][0].dtype
+
+    @hookimpl
+    def hallufix_attn_probs(self, event):
+        self.kept["probs_in"] = event.probs.dtype
+        event.probs = event.probs.double()
+        self.kept["probs"] = event.probs.dtype
+
+    @hookimpl
+    def hallufix_attn_heads(self, event):
+        H = event.model.num_heads
+        event.scale(torch.ones(H, dtype=torch.float64, device=event.device) if self.bad != "gains" else
+                    torch.ones(H + 1, device=event.device))
+        self.kept["heads"] = event.output.dtype
+
+    @hookimpl
+    def hallufix_logits(self, event):
+        event.scores = event.scores.double()
+        self.kept["logits"] = event.scores.dtype
+
+
+def test_hand_backs_are_converted_to_the_model_dtype_and_bad_shapes_are_named():
+    s = tiny_session("qwen2.5-vl", dtype="bfloat16")
+    hb = HandBacks()
+    with strict.enforce():
+        outs = _gen(s, [hb])
+    assert all(torch.isfinite(o.logits).all() for o in outs)
+    bf = torch.bfloat16
+    assert hb.kept["hidden"] == bf and hb.kept["kv"] == (bf, bf) and hb.kept["bias"] == bf
+    assert hb.kept["probs_in"] == torch.float32 and hb.kept["probs"] == torch.float32  # probe rows stay float32
+    assert hb.kept["heads"] == bf and hb.kept["logits"] == outs[0].logits.dtype
+    for bad, match in (("hidden", "hidden must keep shape"), ("bias", "bias must be"), ("gains", "gains must be")):
+        with pytest.raises(ValueError, match=match):
+            _gen(s, [HandBacks(bad)])
