@@ -2,11 +2,12 @@
 
     python benchmarks/overhead.py --json                      # every case, CPU, LLaVA-shaped model
     python benchmarks/overhead.py --cases none,clva --rounds 9
-    python benchmarks/overhead.py --device cuda --shape llava-7b --dtype bfloat16
+    python benchmarks/overhead.py --device cuda --shape llava-7b --dtype bfloat16   # 7B-shaped, on a GPU
 
 The model is a random ``LlavaForConditionalGeneration`` with a tiny CLIP tower and a Llama decoder of the chosen
 shape (``llava-cpu``: hidden 512, 8 layers, 8 heads, MLP 1376, vocab 32000, 336 px images -> 576 visual tokens;
-``llava-7b``: LLaVA-1.5-7B's decoder dimensions). Each round times, for every case, the baseline (processor +
+``llava-7b``: LLaVA-1.5-7B's decoder dimensions, 32 layers of 32 heads over 32 KV heads, hidden 4096; 6.7 B
+parameters, 13.5 GB in bfloat16, built directly on ``--device`` -- a GPU run, too large for a CPU). Each round times, for every case, the baseline (processor +
 plain ``model.generate``) and the case (processor + hallufix's hooked generate) back to back, in an order shuffled
 per round; the reported ratio is the median over rounds of case / baseline, so machine noise that hits both
 halves of a pair cancels. Greedy, ``min_new_tokens = max_new_tokens`` so every run decodes the same length.
@@ -40,7 +41,8 @@ HERE = Path(__file__).resolve().parent
 
 SHAPES = {
     "llava-cpu": dict(hidden_size=512, num_layers=8, num_heads=8, intermediate_size=1376, vocab_size=32000),
-    "llava-7b": dict(hidden_size=4096, num_layers=32, num_heads=32, intermediate_size=11008, vocab_size=32000),
+    "llava-7b": dict(hidden_size=4096, num_layers=32, num_heads=32, num_kv_heads=32, intermediate_size=11008,
+                     vocab_size=32000),
 }
 
 
@@ -80,17 +82,21 @@ CORE_CASES = {
 
 
 def build_session(shape: str, device: str, dtype: str):
-    """A :class:`hallufix.api.Session` over a random LLaVA of ``shape`` with a real processor."""
+    """A :class:`hallufix.api.Session` over a random LLaVA of ``shape`` with a real processor.
+
+    The weights are created on ``device`` (float32, then cast), so a 7B shape never passes through host memory;
+    on the CPU this is the same model as building there and moving."""
     from hallufix.api import Session
     from hallufix.models.tiny import build_tiny
 
     dims = SHAPES[shape]
     torch.manual_seed(0)
-    model, processor = build_tiny("llava", num_layers=dims["num_layers"], hidden_size=dims["hidden_size"],
-                                  num_heads=dims["num_heads"], intermediate_size=dims["intermediate_size"],
-                                  vocab_size=dims["vocab_size"], image_size=336)
-    torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
-    model = model.to(device=device, dtype=torch_dtype)
+    with torch.device(device):
+        model, processor = build_tiny("llava", num_layers=dims["num_layers"], hidden_size=dims["hidden_size"],
+                                      num_heads=dims["num_heads"], num_kv_heads=dims.get("num_kv_heads"),
+                                      intermediate_size=dims["intermediate_size"], vocab_size=dims["vocab_size"],
+                                      image_size=336, dtype=dtype)
+    model = model.to(device=device)
     return Session(model, processor, name=f"random-{shape}")
 
 

@@ -39,7 +39,8 @@ class LayerProbe:
         mass = C.visual_mass(probs, event.visual_keys)  # (B, H, R)
         text = event.row_mask("text").float()  # (B, R)
         self.phi[event.layer] = (mass * text[:, None]).sum(-1) / text.sum(-1).clamp(min=1)[:, None]
-        self.last_map[event.layer] = C.gather_visual(event.last().float(), event.visual_keys)
+        self.last_map[event.layer] = C.gather_visual(event.last(), event.visual)  # (B, H, n_max)
+        self.visual = event.visual
         self.grids = event.layout.grids
 
 
@@ -111,8 +112,9 @@ def analyse(session, images, questions, plugins=(), overrides=None, lambda_vis: 
     results = []
     for b in range(len(images)):
         phi = torch.stack([probe.phi[i][b] for i in range(info.num_layers)]).cpu()
-        maps = torch.stack([probe.last_map[i][b] for i in range(info.num_layers)]).cpu()
-        grid = probe.grids[b][0] if probe.grids and probe.grids[b] else None
+        own = probe.visual.image_slots(b, 0)  # the row's (first) image, without padded slots
+        maps = torch.stack([probe.last_map[i][b, :, own] for i in range(info.num_layers)]).cpu()
+        grid = probe.visual.grid(b, 0)
         results.append(LayerAnalysis(phi, maps, grid, lambda_vis, mid_layer=max(0, info.num_layers // 2 - 3)))
     return results, [o.diagnostics for o in outs]
 
@@ -120,6 +122,10 @@ def analyse(session, images, questions, plugins=(), overrides=None, lambda_vis: 
 def average(analyses: list[LayerAnalysis]) -> LayerAnalysis:
     """Mean over samples (same model, same visual token count)."""
     first = analyses[0]
+    shapes = {tuple(a.last_map.shape) for a in analyses}
+    if len(shapes) > 1:
+        raise ValueError(f"cannot average maps over images with different visual-token grids ({sorted(shapes)}); "
+                         f"inspect images of one size (Qwen gives every image size its own grid) or one at a time")
     return LayerAnalysis(torch.stack([a.phi for a in analyses]).mean(0),
                          torch.stack([a.last_map for a in analyses]).mean(0), first.grid, first.lambda_vis,
                          first.mid_layer, first.neg_layer)

@@ -23,7 +23,7 @@ from hallufix import points as P
 from hallufix.capture import PrefillCapture, gather_visual
 from hallufix.events import BatchInfo, ImageEvent
 from hallufix.errors import BatchEndFailed
-from hallufix.intercept import HookTable, Interceptor, guards
+from hallufix.intercept import HookTable, Interceptor, guards, strict
 from hallufix.models.adapters import adapter_for
 from hallufix.plugins import ActiveMethods, PluginError, activate, new_manager, split_plugins
 
@@ -133,7 +133,8 @@ class MethodRun:
         layout = s.adapter.layout(s.model, inputs, rows)
         batch = BatchInfo(s.info, layout, list(questions), [{} for _ in questions], self.stash)
         guards.check_context(s.model, inputs, max_new_tokens)  # before any method sees the batch
-        self.methods.pm.hook.hallufix_batch_start(batch=batch)
+        with strict.active():
+            self.methods.pm.hook.hallufix_batch_start(batch=batch)
         guard = guards.FiniteLogitsGuard(s.model.generation_config.eos_token_id)
         kw = dict(max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens, do_sample=False, num_beams=1,
                   return_dict_in_generate=True, output_logits=output_logits, **generate_kw)
@@ -146,7 +147,8 @@ class MethodRun:
                                                                                           + [guard]), **kw)
                 self._accumulate(ic)
         try:
-            self.methods.pm.hook.hallufix_batch_end(batch=batch)
+            with strict.active():
+                self.methods.pm.hook.hallufix_batch_end(batch=batch)
         except Exception as exc:
             ended = exc
         else:
@@ -185,7 +187,14 @@ class MethodRun:
         norms. Used by two-pass methods (ARA, the contrast crop) through :class:`~hallufix.events.ImageEvent`.
 
         ``qformer_attention=True`` (InstructBLIP only) adds ``extras["qformer_xattn"]`` ``(B, n_query, 1 + n_patch)``
-        (head- and layer-averaged Q-Former cross-attention; column 0 is CLS) and ``extras["patch_grid"]``."""
+        (head- and layer-averaged Q-Former cross-attention; column 0 is CLS) and ``extras["patch_grid"]``.
+
+        Every tensor is float32 on the model's device; ``result.visual`` gives each row's visual-token count, grids
+        and per-image slots (rows of mixed sizes are padded, see :class:`~hallufix.visual.VisualTokens`)."""
+        with strict.suspended():  # called from a hook: the model runs outside strict device mode
+            return self._capture(images, questions, layers, hidden_norms, extra_images, qformer_attention)
+
+    def _capture(self, images, questions, layers, hidden_norms, extra_images, qformer_attention) -> PrefillCapture:
         s = self.session
         rec = _Recorder(sorted(set(layers)), hidden_norms)
         pm = new_manager()
@@ -216,7 +225,7 @@ class MethodRun:
             if not hasattr(s.adapter, "qformer_cross_attention"):
                 raise ValueError(f"qformer_attention is only available for InstructBLIP, not {s.info.family}")
             with torch.inference_mode():
-                rec.result.extras["qformer_xattn"] = s.adapter.qformer_cross_attention(s.model, inputs)
+                rec.result.extras["qformer_xattn"] = s.adapter.qformer_cross_attention(s.model, inputs).float()
             rec.result.extras["patch_grid"] = s.adapter.patch_grid(s.model)
         return rec.result
 
@@ -248,12 +257,11 @@ class _Recorder:
 
     @_hookimpl
     def hallufix_attn_probs(self, event):
-        last = event.last()  # (B, H, kv)
-        vis = event.visual_keys
-        self.result.last_visual[event.layer] = gather_visual(last, vis).float()
-        self.result.last_mass[event.layer] = (last * vis[:, None, :]).sum(-1).float()
+        last = event.last()  # (B, H, kv) float32
+        self.result.last_visual[event.layer] = gather_visual(last, event.visual)  # (B, H, n_max)
+        self.result.last_mass[event.layer] = (last * event.visual_keys[:, None, :]).sum(-1)
 
     @_hookimpl
     def hallufix_layer_input(self, event):
-        norms = event.hidden.float().norm(dim=-1)  # (B, q)
-        self.result.hidden_norms[event.layer] = gather_visual(norms, event.visual_rows)
+        norms = event.hidden.float().norm(dim=-1)  # (B, q = P at prefill: query rows are prompt positions)
+        self.result.hidden_norms[event.layer] = gather_visual(norms, event.visual)

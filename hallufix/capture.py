@@ -1,14 +1,21 @@
 """Shared measurements over attention that every method reuses instead of re-deriving.
 
 All functions take the probe rows a :class:`~hallufix.events.ProbsEvent` carries (never whole attention
-matrices) and the visual-key mask of the batch. Shapes: ``B`` batch, ``H`` heads, ``R`` rows, ``kv`` keys,
-``n`` visual tokens.
+matrices) and the batch's :class:`~hallufix.visual.VisualTokens` (``event.visual``). Shapes: ``B`` batch, ``H``
+heads, ``R`` rows, ``kv`` keys, ``n_max`` the largest visual-token count of a row.
+
+Rows may hold different numbers of visual tokens: values over visual tokens are ``(B, ..., n_max)`` with padded
+slots 0, and every per-row statistic (mean, std, z-score, quantile, top-k) takes the description (or its
+``valid (B, n_max)`` mask) and runs over each row's own tokens. Statistics are computed in the input's dtype: pass
+float32 (probe rows are float32 already). Everything stays on the input's device.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
 import torch
+
+from hallufix.visual import VisualTokens
 
 
 def visual_mass(probs: torch.Tensor, visual_keys: torch.Tensor) -> torch.Tensor:
@@ -24,40 +31,58 @@ def visual_mass_lse(scores: torch.Tensor, visual_keys: torch.Tensor) -> torch.Te
     return torch.exp(torch.logsumexp(vis, -1) - torch.logsumexp(scores, -1))
 
 
-def visual_index(visual_keys: torch.Tensor) -> torch.Tensor:
-    """``(B, n)`` key indices of the visual tokens of ``visual_keys (B, kv)``; every batch row must hold ``n``.
-    Visual tokens sit in the prompt, so the index of the prompt's mask stays valid at every decode step."""
-    counts = visual_keys.sum(1)
-    if not bool((counts == counts[0]).all()):
-        raise ValueError("batch rows have different numbers of visual tokens")
-    return visual_keys.nonzero()[:, 1].view(visual_keys.shape[0], int(counts[0]))
+def _valid(x: torch.Tensor, valid) -> torch.Tensor | None:
+    """The ``(B, n)`` valid mask from a :class:`VisualTokens`, a bool tensor or ``None``, broadcast to ``x``."""
+    if valid is None:
+        return None
+    if isinstance(valid, VisualTokens):
+        if valid.uniform:  # no padded slot: the plain (faster) reductions
+            return None
+        valid = valid.valid
+    v = valid
+    if v.dim() < x.dim():
+        v = v.view(v.shape[0], *([1] * (x.dim() - v.dim())), *v.shape[1:])
+    return v
 
 
-def gather_visual(rows: torch.Tensor, visual_keys: torch.Tensor, index: torch.Tensor | None = None) -> torch.Tensor:
-    """Columns of the visual keys: ``rows (B, ..., kv)`` -> ``(B, ..., n)``; every batch row must hold ``n``.
-    ``index``: :func:`visual_index` of the same batch, when the caller keeps it (saves recomputing it)."""
-    idx = visual_index(visual_keys) if index is None else index
+def gather_visual(rows: torch.Tensor, visual: VisualTokens) -> torch.Tensor:
+    """Columns of the visual keys: ``rows (B, ..., kv)`` -> ``(B, ..., n_max)``, each row's own visual tokens in
+    slot order, padded slots 0 (same dtype and device as ``rows``).
+
+    Works on key columns (probe rows) and on prefill query rows alike (``(B, P)`` hidden norms): visual tokens
+    sit in the prompt, so their positions are the same in both."""
+    idx = visual.index
     n = idx.shape[1]
     shape = rows.shape[:-1] + (n,)
-    idx = idx.view(idx.shape[0], *([1] * (rows.dim() - 2)), n).expand(shape)
-    return torch.gather(rows, -1, idx)
+    out = torch.gather(rows, -1, idx.view(idx.shape[0], *([1] * (rows.dim() - 2)), n).expand(shape))
+    if visual.uniform:
+        return out
+    return out.masked_fill(~_valid(out, visual), 0)
 
 
-def scatter_visual(values: torch.Tensor, visual_keys: torch.Tensor, fill: float = 0.0,
-                   index: torch.Tensor | None = None) -> torch.Tensor:
-    """Inverse of :func:`gather_visual`: ``values (B, ..., n)`` placed into ``(B, ..., kv)`` at the visual keys.
-    ``index``: :func:`visual_index` of the same batch, when the caller keeps it."""
-    B, kv = visual_keys.shape
-    n = values.shape[-1]
-    idx = visual_keys.nonzero()[:, 1].view(B, n) if index is None else index
-    out = torch.full(values.shape[:-1] + (kv,), fill, dtype=values.dtype, device=values.device)
-    idx = idx.view(B, *([1] * (values.dim() - 2)), n).expand(values.shape)
-    return out.scatter(-1, idx, values)
+def scatter_visual(values: torch.Tensor, visual: VisualTokens, kv_len: int, fill: float = 0.0) -> torch.Tensor:
+    """Inverse of :func:`gather_visual`: ``values (B, ..., n_max)`` placed at each row's visual keys of a
+    ``(B, ..., kv_len)`` tensor holding ``fill`` elsewhere (padded slots are dropped, never written).
+
+    Padded slots go to a dump column at the prompt length ``P`` (one past the last possible visual key), which is
+    cut off; keys after the prompt (generated tokens) are never visual and hold ``fill``."""
+    B, n = visual.index.shape
+    lead = values.shape[:-1]
+    if visual.uniform:
+        idx = visual.index.view(B, *([1] * (values.dim() - 2)), n).expand(values.shape)
+        out = torch.full(lead + (kv_len,), fill, dtype=values.dtype, device=values.device)
+        return out.scatter(-1, idx, values)
+    P = visual.prompt_len
+    idx = visual.scatter_index.view(B, *([1] * (values.dim() - 2)), n).expand(values.shape)
+    out = torch.full(lead + (max(kv_len, P) + 1,), fill, dtype=values.dtype, device=values.device)
+    out = out.scatter(-1, idx, values)
+    out[..., P] = fill  # the dump column (a generated key when kv_len > P) gets its fill back
+    return out[..., :kv_len]
 
 
 def head_average(maps: torch.Tensor, heads: torch.Tensor | None = None) -> torch.Tensor:
     """Mean over heads of ``maps (B, H, ...)``; ``heads`` is a ``(B, H)`` or ``(H,)`` bool subset (empty subsets
-    give zeros)."""
+    give zeros). Padded slots of ``maps`` stay 0."""
     if heads is None:
         return maps.mean(1)
     w = heads.to(maps.dtype)
@@ -67,64 +92,111 @@ def head_average(maps: torch.Tensor, heads: torch.Tensor | None = None) -> torch
 
 
 def normalise(p: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
-    """Rows of ``p (..., n)`` rescaled to sum to 1."""
+    """Rows of ``p (..., n)`` rescaled to sum to 1 (padded slots, being 0, stay 0)."""
     return p / p.sum(-1, keepdim=True).clamp(min=eps)
 
 
 def entropy(p: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
-    """Shannon entropy (nats) of the normalised rows of ``p (..., n)`` -> ``(...)``."""
+    """Shannon entropy (nats) of the normalised rows of ``p (..., n)`` -> ``(...)``; zero (padded) slots add 0."""
     q = normalise(p)
     return -(q * torch.log(q.clamp(min=eps))).sum(-1)
 
 
-def zscore(x: torch.Tensor, dim: int = -1, eps: float = 1e-6, unbiased: bool = False) -> torch.Tensor:
-    """``(x - mean) / (std + eps)`` along ``dim`` (population std by default)."""
-    if x.shape[dim] > 1:
-        sd, mu = torch.std_mean(x, dim, correction=int(unbiased), keepdim=True)
-    else:
-        mu = x.mean(dim, keepdim=True)
-        sd = torch.zeros_like(mu)
-    return (x - mu) / (sd + eps)
+def masked_std_mean(x: torch.Tensor, valid=None, correction: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(std, mean)`` of ``x (B, ..., n)`` over the last dim, counting only ``valid`` slots (a
+    :class:`VisualTokens`, a ``(B, n)`` bool mask, or ``None`` = all); keepdim. ``correction``: 0 population std,
+    1 sample std (Bessel). A row with ``<= correction`` valid entries has std 0."""
+    v = _valid(x, valid)
+    if v is None:
+        if x.shape[-1] > correction:
+            return torch.std_mean(x, -1, correction=correction, keepdim=True)
+        mu = x.mean(-1, keepdim=True)
+        return torch.zeros_like(mu), mu
+    w = v.to(x.dtype)
+    k = w.sum(-1, keepdim=True)
+    mu = (x * w).sum(-1, keepdim=True) / k.clamp(min=1)
+    var = (((x - mu) ** 2) * w).sum(-1, keepdim=True) / (k - correction).clamp(min=1)
+    return torch.where(k > correction, var, torch.zeros_like(var)).sqrt(), mu
 
 
-def zscore_mask(x: torch.Tensor, tau: float, dim: int = -1, eps: float = 1e-6) -> torch.Tensor:
-    """Outliers above ``tau`` standard deviations: ``zscore(x) > tau`` (bool, same shape)."""
-    return zscore(x, dim, eps) > tau
+def zscore(x: torch.Tensor, valid=None, eps: float = 1e-6, unbiased: bool = False) -> torch.Tensor:
+    """``(x - mean) / (std + eps)`` over the last dim of ``x (B, ..., n)``, per row over its ``valid`` slots
+    (population std by default, ``unbiased`` for the sample std); padded slots give 0."""
+    sd, mu = masked_std_mean(x, valid, int(unbiased))
+    z = (x - mu) / (sd + eps)
+    v = _valid(x, valid)
+    return z if v is None else z.masked_fill(~v, 0)
 
 
-def quantile_mask(x: torch.Tensor, q: float, below: bool = True) -> torch.Tensor:
-    """Entries of ``x (..., n)`` strictly below (or at/above) the ``q``-quantile of their row."""
-    theta = torch.quantile(x.float(), q, dim=-1, keepdim=True).to(x.dtype)
-    return x < theta if below else x >= theta
+def zscore_mask(x: torch.Tensor, tau: float, valid=None, eps: float = 1e-6, unbiased: bool = False) -> torch.Tensor:
+    """Outliers above ``tau`` standard deviations: ``zscore(x) > tau`` (bool, same shape; padded slots False)."""
+    return zscore(x, valid, eps, unbiased) > tau
+
+
+def quantile(x: torch.Tensor, q: float, valid=None) -> torch.Tensor:
+    """The ``q``-quantile (linear interpolation, as ``torch.quantile``) of each row of ``x (..., n)`` over its
+    ``valid`` slots, keepdim, float32."""
+    xf = x.float()
+    v = _valid(xf, valid)
+    if v is None:
+        return torch.quantile(xf, q, dim=-1, keepdim=True)
+    return torch.nanquantile(xf.masked_fill(~v, float("nan")), q, dim=-1, keepdim=True)
+
+
+def quantile_mask(x: torch.Tensor, q: float, valid=None, below: bool = True) -> torch.Tensor:
+    """Valid entries of ``x (..., n)`` strictly below (or at/above) the ``q``-quantile of their row's valid slots;
+    padded slots False."""
+    theta = quantile(x, q, valid)
+    out = x.float() < theta if below else x.float() >= theta
+    v = _valid(x, valid)
+    return out if v is None else out & v
+
+
+def topk_mask(x: torch.Tensor, k: int, valid=None) -> torch.Tensor:
+    """The ``k`` largest valid entries of each row of ``x (..., n)`` (bool; fewer where a row has fewer valid
+    slots)."""
+    v = _valid(x, valid)
+    xf = x.float() if v is None else x.float().masked_fill(~v, float("-inf"))
+    k = min(k, x.shape[-1])
+    top = torch.zeros_like(xf, dtype=torch.bool).scatter(-1, xf.topk(k, dim=-1).indices, True)
+    return top if v is None else top & v
 
 
 def hellinger(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
-    """Hellinger distance between normalised rows: ``sqrt(sum (sqrt p - sqrt q)^2) / sqrt 2`` in [0, 1]."""
+    """Hellinger distance between normalised rows: ``sqrt(sum (sqrt p - sqrt q)^2) / sqrt 2`` in [0, 1] (padded
+    slots, 0 in both, add nothing)."""
     p, q = normalise(p), normalise(q)
     return torch.sqrt(((p.sqrt() - q.sqrt()) ** 2).sum(-1)) / 2 ** 0.5
 
 
 def js_divergence(p: torch.Tensor, q: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
-    """Jensen-Shannon divergence (nats) between normalised rows."""
+    """Jensen-Shannon divergence (nats) between normalised rows (padded slots, 0 in both, add nothing)."""
     p, q = normalise(p), normalise(q)
     m = (p + q) / 2
     kl = lambda a, b: (a * (torch.log(a.clamp(min=eps)) - torch.log(b.clamp(min=eps)))).sum(-1)  # noqa: E731
     return (kl(p, m) + kl(q, m)) / 2
 
 
-def to_grid(values: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
-    """Visual-token values ``(..., rows*cols)`` in raster order -> ``(..., rows, cols)``."""
-    return values.reshape(*values.shape[:-1], grid[0], grid[1])
+def to_grid(values: torch.Tensor, visual: VisualTokens, row: int, image: int = 0) -> torch.Tensor:
+    """One image's slots of one row's values ``(B, ..., n_max)`` -> ``(..., rows, cols)`` on its token grid."""
+    grid = visual.grid(row, image)
+    if grid is None:
+        raise ValueError(f"row {row} image {image} has no spatial token grid")
+    vals = values[row][..., visual.image_slots(row, image)]
+    return vals.reshape(*vals.shape[:-1], grid[0], grid[1])
 
 
 @dataclass
 class PrefillCapture:
     """Result of an analysis prefill (:meth:`hallufix.api.MethodRun.capture`).
 
+    Tensors are float32 on the model's device; copy to host explicitly (``.cpu()``) for NumPy analysis.
+
     Attributes:
-        last_visual: ``{layer: (B, H, n)}`` the last prompt row's attention over the visual tokens, per head.
+        last_visual: ``{layer: (B, H, n_max)}`` the last prompt row's attention over the visual tokens, per head
+            (slots of :attr:`visual`; padded slots 0).
         last_mass: ``{layer: (B, H)}`` that row's total visual mass.
-        hidden_norms: ``{layer: (B, n)}`` L2 norms of the visual tokens' input hidden states (when asked).
+        hidden_norms: ``{layer: (B, n_max)}`` L2 norms of the visual tokens' input hidden states (when asked).
         layout: the :class:`~hallufix.layout.TokenLayout` of the analysed batch (grids per image).
         extras: per-layer tensors that methods asked the capture for (``{name: {layer: tensor}}``).
     """
@@ -134,3 +206,8 @@ class PrefillCapture:
     hidden_norms: dict = field(default_factory=dict)
     layout: object = None
     extras: dict = field(default_factory=dict)
+
+    @property
+    def visual(self) -> VisualTokens:
+        """The analysed batch's :class:`~hallufix.visual.VisualTokens` (per-row counts, grids, image slots)."""
+        return self.layout.visual_tokens

@@ -27,7 +27,32 @@ Calling rules, the same for every hook:
 
 Shapes use ``B`` batch rows, ``H`` query heads, ``Hkv`` key/value heads, ``q`` query rows in this forward
 (prompt length at prefill, 1 at decode), ``kv`` key positions (cache length), ``D`` head dim, ``d`` hidden size,
-``V`` vocabulary. Event classes live in :mod:`hallufix.events`.
+``V`` vocabulary, ``n_max`` the most visual tokens of any row. Event classes live in :mod:`hallufix.events`.
+
+Visual tokens of a batch: ``event.visual`` / ``batch.visual`` / ``capture.visual`` is the batch's
+:class:`hallufix.visual.VisualTokens`, built once per batch: ``index`` / ``valid`` ``(B, n_max)``, ``counts``
+``(B,)``, per row and image the token ``grids`` and slot ``ranges``. Rows may hold different numbers of visual
+tokens (Qwen gives every image its own grid; a method may add a second image), so per-token values are
+``(B, ..., n_max)`` with padded slots 0; the :mod:`hallufix.capture` utilities take the description and compute
+every per-row statistic (mean, std, quantile, z-score, top-k, entropy, maps, Hellinger / JS) over each row's own
+tokens, and scatter back exactly. Never assume one count per batch.
+
+Devices and dtypes, the same for every hook:
+
+* Event tensors live on the model's device (``event.device``); so do :class:`~hallufix.capture.PrefillCapture`
+  results.
+* What a hook hands back (a bias to ``BiasEvent.add``, ``key`` / ``value``, ``hidden``, ``probs``, gains to
+  ``HeadsEvent.scale``, head ``output``, ``scores``) is checked for shape and moved to the model's device and the
+  slot's dtype by the event. Build tensors on ``event.device`` all the same (a host-built tensor costs a copy per
+  call, and mixing it with event tensors inside the hook fails on a GPU).
+* Analysis that needs host memory (NumPy, PIL) copies explicitly: ``tensor.cpu().numpy()``, once per batch
+  where it can, never ``.numpy()`` of an event tensor.
+* Probe rows (``ProbsEvent.probs``) and capture results are float32 whatever the model dtype; compute
+  statistics in float32.
+* Masks use the dtype's finite minimum; a ``-inf`` bias masks a key, and the core clamps the summed float mask at
+  the finite minimum, so rows never see ``-inf`` everywhere (no NaN, also in padding rows).
+* Tests check this on CPU with strict device mode (:mod:`hallufix.intercept.strict`, ``HALLUFIX_STRICT_DEVICES=1``):
+  ``.numpy()`` of a model-device tensor, or mixing host-built and device tensors, raises inside hooks.
 """
 from __future__ import annotations
 
@@ -127,7 +152,9 @@ def hallufix_attn_bias(event):
     :param event: :class:`hallufix.events.BiasEvent`. Call ``event.add(column_bias, rows=...)`` with a per-key
         bias ``(B, 1|H, kv)`` applied to the query rows selected by ``rows`` (a ``(B, q)`` bool mask; default the
         text rows). Biases of all methods add. Rows that receive no bias stay on the fused causal SDPA path;
-        biased rows run SDPA with a float mask. ``-inf`` entries mask a key (keep at least one key per row).
+        biased rows run SDPA with a float mask. ``-inf`` entries mask a key; the mask is clamped at the dtype's
+        finite minimum, so a row whose every key is masked gets finite (uniform) weights, never NaN. Build a
+        bias over visual tokens with ``capture.scatter_visual(values, event.visual, event.kv_len)``.
     Equivalence: adding ``log w_j`` equals multiplying post-softmax ``A[i, j]`` by ``w_j`` and renormalising.
     Declared with ``per_forward=True``, the hook runs once per forward (at the first of its layers) and its terms
     apply at every declared layer: for biases that depend on the forward only, not on the layer.
@@ -138,11 +165,12 @@ def hallufix_attn_bias(event):
 def hallufix_attn_probs(event):
     """Read (and, when declared with ``edits=True``, replace) post-softmax probabilities of declared rows.
 
-    :param event: :class:`hallufix.events.ProbsEvent`: ``probs`` ``(B, H, R, kv)`` for the query rows
+    :param event: :class:`hallufix.events.ProbsEvent`: ``probs`` ``(B, H, R, kv)`` float32 for the query rows
         ``rows`` ``(R,)`` (indices into this forward's ``q`` rows; the union of every method's declared rows at
-        this layer), already including this layer's biases. ``event.select("last"|"text")`` gives the rows of one
-        kind. Editing: assign ``event.probs = new``; the core then recomputes those rows' outputs as ``P @ V``
-        exactly and does **not** renormalise: rows should still sum to 1 unless the method means otherwise.
+        this layer), already including this layer's biases. ``event.row_mask("last"|"text"|"all")`` marks the
+        rows of one kind, ``event.last()`` ``(B, H, kv)`` is the last row, ``event.visual_last()`` ``(B, H, n_max)``
+        its attention over each row's visual tokens. Editing: assign ``event.probs = new``; the core then
+        recomputes those rows' outputs as ``P @ V`` exactly and does **not** renormalise: rows should still sum to 1 unless the method means otherwise.
     Cost: ``O(R * kv * D * H)`` per layer; the rest of the layer stays fused.
     """
 

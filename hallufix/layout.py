@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from hallufix.visual import VisualTokens
+
 
 @dataclass(frozen=True)
 class ModelInfo:
@@ -62,7 +64,7 @@ class TokenLayout:
     visual: torch.Tensor
     text: torch.Tensor
     grids: list[list[tuple[int, int] | None]] = field(default_factory=list)
-    #: :meth:`visual_keys` per key length (not part of the layout's identity)
+    #: :meth:`visual_keys` per key length and the :attr:`visual_tokens` description (not part of the identity)
     _visual_keys_memo: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     @classmethod
@@ -83,6 +85,15 @@ class TokenLayout:
     @property
     def prompt_len(self) -> int:
         return self.input_ids.shape[1]
+
+    @property
+    def visual_tokens(self) -> VisualTokens:
+        """The batch's :class:`~hallufix.visual.VisualTokens` (per-row index, valid mask, counts, per-image grids
+        and slot ranges), built once per layout on first use."""
+        memo = self._visual_keys_memo
+        if "visual_tokens" not in memo:
+            memo["visual_tokens"] = VisualTokens.from_layout(self)
+        return memo["visual_tokens"]
 
     def visual_keys(self, kv_len: int) -> torch.Tensor:
         """``(B, kv_len)`` bool: key columns that are visual tokens (generated keys are never visual).
@@ -128,12 +139,6 @@ class TokenLayout:
         last_vis = runs[-1][1] if runs else self.prompt_len
         return {"pad": n_pad, "system": (n_pad, first_vis), "visual": runs,
                 "instruction": (last_vis, self.prompt_len)}
-
-    def visual_index(self, row: int, image: int = 0) -> torch.Tensor:
-        """Positions ``(n,)`` of the visual tokens of ``image`` in ``row``, in raster order of its grid."""
-        runs = self.spans(row)["visual"]
-        a, b = runs[image]
-        return torch.arange(a, b, device=self.input_ids.device)
 
     def expand(self, times: int) -> "TokenLayout":
         """The layout repeated ``times`` per row (beam search / ``num_return_sequences``)."""

@@ -12,7 +12,7 @@ from PIL import Image
 from hallufix import hookimpl
 from hallufix import points as P
 from hallufix.testing import MethodContract
-from hallufix.testing.models import tiny_images, tiny_session
+from hallufix.testing.models import QUESTIONS, tiny_images, tiny_session
 
 BAND = [2, 3, 4, 5]
 TEST_CFG = ["band=2-5", "sink_ratio=1.5", "head_ratio=0.3", "top_k=2", "coverage=0.4", "dilation=0",
@@ -279,6 +279,44 @@ def test_logit_bias_mode_is_single_pass():
     assert "input.image" not in names and "lm.layers.6.attn.scores" in names
     out = run.generate(tiny_images(1), ["is there a cat ?"], max_new_tokens=2)[0]
     assert out.diagnostics["ara"]["selected_layers"]
+
+
+def test_pass1_on_a_mixed_size_qwen_batch_matches_each_rows_reference():
+    """Four image sizes in one left-padded Qwen2.5-VL batch: each row's analysis (its own token count and grid)
+    equals the independent one-image reference of that row."""
+    s = tiny_session("qwen2.5-vl", num_layers=8)
+    images, qs = tiny_images(4, mixed=True), list(QUESTIONS[:4])
+    spy = ImageSpy()
+    outs = s.start(["ara", spy], {"ara": TEST_CFG}).generate(images, qs, max_new_tokens=2)
+    grids = set()
+    for b, o in enumerate(outs):
+        d = o.diagnostics["ara"]
+        score, top, fused = reference(s, images[b], qs[b])
+        assert d["selected_layers"] == top
+        for l, v in score.items():
+            assert abs(d["scores"][str(l)] - v) <= 1e-5
+        assert np.abs(np.array(d["fused_map"]) - fused).max() <= 1e-5
+        assert d["grid"][0] * d["grid"][1] == len(fused)
+        grids.add(tuple(d["grid"]))
+        assert spy.images[b].shape[:2] == (images[b].height, images[b].width)
+    assert len(grids) == 4
+
+
+@pytest.mark.parametrize("mode", ["both", "logit-bias"])
+def test_modes_on_a_mixed_size_qwen_batch_equal_one_at_a_time(mode):
+    """``both`` feeds two images per row (original + masked), ``logit-bias`` analyses each row's own tokens in
+    the forward: batched == one at a time on four image sizes."""
+    s = tiny_session("qwen2.5-vl", num_layers=8)
+    images, qs = tiny_images(4, mixed=True), list(QUESTIONS[:4])
+    kw = dict(max_new_tokens=3, min_new_tokens=3, output_logits=True)
+    run = s.start(["ara"], {"ara": TEST_CFG + [f"mode={mode}"]})
+    outs = run.generate(images, qs, **kw)
+    base = s.start([]).generate(images, qs, **kw)
+    for b, o in enumerate(outs):
+        one = run.generate([images[b]], [qs[b]], **kw)[0]
+        assert o.diagnostics["ara"]["selected_layers"] == one.diagnostics["ara"]["selected_layers"]
+        assert torch.equal(o.token_ids, one.token_ids) and (o.logits - one.logits).abs().max() <= 1e-4
+    assert max(float((o.logits - b.logits).abs().max()) for o, b in zip(outs, base)) > 1e-4  # it acted
 
 
 class TestARAContract(MethodContract):

@@ -286,8 +286,6 @@ def test_nonfinite_rows_can_be_recorded_flagged_and_left_out(batch_size, data, t
     assert code == 2 and "for samples q3" in one_line_error(err) and "--on-nonfinite record" in err
 
 
-@pytest.mark.xfail(strict=True, reason="needs the -inf bias fix in intercept/attention.py (issue 21 item 1, core "
-                                        "branch); remove this mark when it lands")
 def test_neg_inf_on_every_visual_key_matches_one_at_a_time(data, tmp_path, capsys):
     batched, single = tmp_path / "b", tmp_path / "s"
     plug = f"{data}/plug_ninf_visual.py"

@@ -8,7 +8,7 @@ from transformers.integrations.sdpa_attention import repeat_kv
 from hallufix import points as P
 from hallufix.config import ConfigError
 from hallufix.testing import HookRecorder, MethodContract
-from hallufix.testing.models import tiny_images, tiny_session
+from hallufix.testing.models import QUESTIONS, tiny_images, tiny_session
 from hallufix.testing.reference import generate_with_attention, layout_of
 
 FAMILIES = ("llava", "qwen2-vl", "qwen2.5-vl", "instructblip")
@@ -145,6 +145,26 @@ def test_a_tiny_negative_map_gets_anchors_only_when_scale_free():
         got = anchor_mask(m, cfg)
         assert got[:, 5].all() and int(got.sum()) == 3
     assert torch.equal(anchor_mask(m * 1e5, Config()), anchor_mask(m, Config()))  # scale-free
+
+
+@pytest.mark.parametrize("anchors", ["dynamic", "prefill"])
+def test_matches_eager_on_a_mixed_size_qwen_batch(anchors):
+    """Four image sizes in one left-padded Qwen2.5-VL batch: every row its own visual-token count, anchors and
+    z-scores over that row's own tokens."""
+    s = tiny_session("qwen2.5-vl", num_layers=8)
+    images, qs = tiny_images(4, mixed=True), list(QUESTIONS[:4])
+    layout = layout_of(s, images, qs)
+    assert len(set(layout.visual.sum(1).tolist())) == 4 and not layout.valid.all()
+    outs = s.start(["clva"], {"clva": OVERRIDES + [f"anchors={anchors}", "record_maps=true"]}).generate(
+        images, qs, max_new_tokens=3, min_new_tokens=3, output_logits=True)
+    ref, ref_logits, layout = _reference(s, images, qs, anchors == "dynamic", 3)
+    for i, o in enumerate(outs):
+        assert (o.logits - ref_logits[i]).abs().max() <= 1e-5
+        d = o.diagnostics["clva"]
+        assert len(d["positive_map"]) == int(layout.visual[i].sum())  # the row's own tokens, no padded slot
+        assert d["last_step"]["positive_anchors"] == int(ref.z[("pos", i)].sum())
+        assert d["last_step"]["negative_anchors"] == int(ref.z[("neg", i)].sum())
+    assert sum(o.diagnostics["clva"]["prefill"]["positive_anchors"] for o in outs) >= 4
 
 
 @pytest.mark.parametrize("overrides", [["alpha=0", "beta=0"], ["use_pos=false", "use_neg=false"]])

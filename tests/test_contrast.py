@@ -7,7 +7,7 @@ import torch
 from transformers.integrations.sdpa_attention import repeat_kv
 
 from hallufix.testing import MethodContract
-from hallufix.testing.models import tiny_images, tiny_session
+from hallufix.testing.models import QUESTIONS, tiny_images, tiny_session
 from hallufix.testing.reference import generate_with_attention, layout_of
 
 FAMILIES = ("llava", "qwen2-vl", "qwen2.5-vl", "instructblip")
@@ -46,14 +46,15 @@ class EagerContrast:
             s = s + mask[:, :, :, :kv_len]
         A = torch.softmax(s.float(), -1)
         if q_len == kv_len and (layer in FUSION or layer == POST):
-            self.maps[layer] = np.stack([A[b, :, -1][:, cols[b]].mean(0).numpy() for b in range(B)])
-            self.maps[layer] /= self.maps[layer].sum(-1, keepdims=True)
+            # per row over its own visual tokens (rows may hold different numbers of them)
+            self.maps[layer] = [A[b, :, -1][:, cols[b]].mean(0).numpy() for b in range(B)]
+            self.maps[layer] = [m / m.sum() for m in self.maps[layer]]
             if layer == POST:
                 hel = lambda p, r: np.sqrt(((np.sqrt(p) - np.sqrt(r)) ** 2).sum(-1)) / np.sqrt(2)  # noqa: E731
-                d = np.stack([hel(self.maps[f], self.maps[POST]) for f in FUSION], -1)
+                d = np.array([[hel(self.maps[f][b], self.maps[POST][b]) for f in FUSION] for b in range(B)])
                 self.chosen = [FUSION[i] for i in d.argmax(-1)]
-                c = np.abs(self.maps[POST] - np.stack([self.maps[f][b] for b, f in enumerate(self.chosen)]))
-                self.masked = c < np.quantile(c, RHO, axis=-1, keepdims=True)
+                c = [np.abs(self.maps[POST][b] - self.maps[f][b]) for b, f in enumerate(self.chosen)]
+                self.masked = [cb < np.quantile(cb, RHO) for cb in c]
         if layer == REVIEW and self.mode == "attn":
             A = A.clone()
             P_ = self.vis.shape[1]
@@ -149,6 +150,39 @@ def test_crop_variant_feeds_a_second_image(family):
     x0, y0, x1, y1 = d["box"]
     assert 0 <= x0 < x1 <= 112 and 0 <= y0 < y1 <= 112 and d["pre_layer"] in FUSION
     assert s.info.family != "instructblip"
+
+
+@pytest.mark.parametrize("mode", ["attn", "kv", "residual"])
+def test_matches_eager_steps_on_a_mixed_size_qwen_batch(mode):
+    """Four image sizes in one left-padded Qwen2.5-VL batch: maps, Hellinger choice and quantile per row over its
+    own visual tokens."""
+    s = tiny_session("qwen2.5-vl", num_layers=8)
+    images, qs = tiny_images(4, mixed=True), list(QUESTIONS[:4])
+    layout = layout_of(s, images, qs)
+    assert len(set(layout.visual.sum(1).tolist())) == 4 and not layout.valid.all()
+    outs = s.start(["contrast"], {"contrast": OVR + [f"mode={mode}"]}).generate(
+        images, qs, max_new_tokens=3, min_new_tokens=3, output_logits=True)
+    ref, ref_logits = _reference(s, images, qs, mode)
+    for b, o in enumerate(outs):
+        d = o.diagnostics["contrast"]
+        assert d["pre_layer"] == ref.chosen[b]
+        assert d["suppressed_tokens"] == int(ref.masked[b].sum()) > 0
+        assert (o.logits - ref_logits[b]).abs().max() <= 1e-5
+
+
+def test_crop_variant_on_a_mixed_size_qwen_batch_equals_one_at_a_time():
+    """The crop is a second image per row: mixed sizes and two-image rows, batched == one at a time."""
+    s = tiny_session("qwen2.5-vl", num_layers=8)
+    images, qs = tiny_images(4, mixed=True), list(QUESTIONS[:4])
+    kw = dict(max_new_tokens=3, min_new_tokens=3, output_logits=True)
+    run = s.start(["contrast", "clva"], {"contrast": OVR[1:4] + ["variant=crop"], "clva": ["pos_layer=1"]})
+    outs = run.generate(images, qs, **kw)
+    for b, o in enumerate(outs):
+        one = run.generate([images[b]], [qs[b]], **kw)[0]
+        assert o.diagnostics["contrast"]["box"] == one.diagnostics["contrast"]["box"]
+        x0, y0, x1, y1 = o.diagnostics["contrast"]["box"]
+        assert 0 <= x0 < x1 <= images[b].width and 0 <= y0 < y1 <= images[b].height
+        assert torch.equal(o.token_ids, one.token_ids) and (o.logits - one.logits).abs().max() <= 1e-4
 
 
 class TestContrastContract(MethodContract):

@@ -74,9 +74,9 @@ class VisualBias:
         event.add(torch.where(event.visual_keys, torch.log(torch.tensor(self.w)), 0.0))
 
 
-def _batch(n):
+def _batch(n, mixed=False):
     qs = [QUESTIONS[i % len(QUESTIONS)] + " please" * i for i in range(n)]  # different lengths
-    return tiny_images(n), qs
+    return tiny_images(n, mixed=mixed), qs
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -94,16 +94,19 @@ def test_no_plugins_equals_plain_generate(family):
         assert (o.logits - logits[i]).abs().max() <= 1e-6
 
 
+@pytest.mark.parametrize("w", [W, 0.0])
 @pytest.mark.parametrize("family", FAMILIES)
-def test_bias_matches_eager_reweighting_on_left_padded_batch(family):
+def test_bias_matches_eager_reweighting_on_left_padded_batch(family, w):
+    """``w = 0`` is a ``-inf`` bias on every visual key (an image-free branch); the eager reference zeroes those
+    columns and renormalises."""
     s = tiny_session(family)
     images, qs = _batch(2)
-    run = s.start([VisualBias(BIAS_LAYERS, W)])
+    run = s.start([VisualBias(BIAS_LAYERS, w)])
     outs = run.generate(images, qs, max_new_tokens=4, min_new_tokens=4, output_logits=True)
     inputs = s.adapter.inputs(s.processor, [[im] for im in images], qs, s.device)
     assert inputs["attention_mask"].min() == 0, "the batch must be left padded"
     layout = s.adapter.layout(s.model, inputs, [[im] for im in images])
-    ref = ReferenceAttention(layout.visual, layout.text, W, BIAS_LAYERS)
+    ref = ReferenceAttention(layout.visual, layout.text, w, BIAS_LAYERS)
     ref_logits = run_reference(s, images, qs, ref)
     for i, o in enumerate(outs):
         assert torch.equal(o.token_ids, ref_logits[i].argmax(-1))
@@ -115,6 +118,31 @@ def test_bias_matches_eager_reweighting_on_left_padded_batch(family):
     paths = run.hook_stats["paths"]
     assert paths.get("0:sdpa", 0) >= 1 and "0:rows" not in paths
     assert paths.get("1:sdpa+rows", 0) == 1 and paths.get("1:rows", 0) == 3  # prefill, then 3 decode steps
+
+
+@pytest.mark.parametrize("w", [W, 0.0])
+@pytest.mark.parametrize("family", ["qwen2-vl", "qwen2.5-vl"])
+def test_bias_and_probes_match_eager_on_a_mixed_size_batch(family, w):
+    """Four image sizes in one left-padded Qwen batch (four visual-token counts): the bias and the probe rows
+    equal the eager reference."""
+    s = tiny_session(family)
+    images, qs = _batch(4, mixed=True)
+    rec = HookRecorder(P.attn_probs([2], rows="text"), keep=True)
+    outs = s.start([VisualBias(BIAS_LAYERS, w), rec]).generate(images, qs, max_new_tokens=3, min_new_tokens=3,
+                                                               output_logits=True)
+    inputs = s.adapter.inputs(s.processor, [[im] for im in images], qs, s.device)
+    layout = s.adapter.layout(s.model, inputs, [[im] for im in images])
+    assert len(set(layout.visual.sum(1).tolist())) == 4 and inputs["attention_mask"].min() == 0
+    ref = ReferenceAttention(layout.visual, layout.text, w, BIAS_LAYERS)
+    ref_logits = run_reference(s, images, qs, ref, n_new=3)
+    for i, o in enumerate(outs):
+        assert torch.isfinite(o.logits).all()
+        assert (o.logits - ref_logits[i]).abs().max() <= 1e-5
+    want = [a for layer, a in ref.probs if layer == 2]
+    text_rows = layout.text.any(0).nonzero().squeeze(1)
+    for step, got in enumerate(rec.values):
+        exp = want[step][:, :, text_rows] if step == 0 else want[step]
+        assert (got - exp).abs().max() <= 1e-5
 
 
 @pytest.mark.parametrize("family", ["llava", "qwen2-vl"])
@@ -192,10 +220,12 @@ def test_probe_rows_equal_eager_probabilities(family):
     assert paths.get("0:sdpa", 0) == 3  # probes read rows; the layer output stays the fused one
 
 
+@pytest.mark.parametrize("mixed", [False, True])
 @pytest.mark.parametrize("family", FAMILIES)
-def test_batch_of_four_equals_one_at_a_time(family):
+def test_batch_of_four_equals_one_at_a_time(family, mixed):
+    """``mixed``: four image sizes and modes (Qwen: four visual-token counts in one batch)."""
     s = tiny_session(family)
-    images, qs = _batch(4)
+    images, qs = _batch(4, mixed)
     rec = HookRecorder(P.attn_probs([1], rows="last", phases={"prefill"}), keep=True)
     outs = s.start([VisualBias([2], 2.0), rec]).generate(images, qs, max_new_tokens=4, min_new_tokens=4,
                                                          output_logits=True)

@@ -7,7 +7,7 @@ from transformers.integrations.sdpa_attention import repeat_kv
 
 from hallufix.testing import MethodContract
 from hallufix.testing.leaks import hook_snapshot
-from hallufix.testing.models import tiny_images, tiny_session
+from hallufix.testing.models import QUESTIONS, tiny_images, tiny_session
 from hallufix.testing.reference import generate_with_attention, layout_of
 
 FAMILIES = ("llava", "qwen2-vl", "qwen2.5-vl", "instructblip")
@@ -94,6 +94,30 @@ def test_matches_eager_per_head_scaling(family, query_row):
     assert ref.selected > 0
     assert sum(o.diagnostics["fhi"]["n_perception"] for o in outs) > 0
     assert sum(o.diagnostics["fhi"]["n_reasoning"] for o in outs) > 0
+    for i, o in enumerate(outs):
+        assert (o.logits - ref_logits[i]).abs().max() <= 1e-5
+
+
+@pytest.mark.parametrize("query_row", ["last", "prompt_last", "mean"])
+def test_matches_eager_on_a_mixed_size_qwen_batch(query_row):
+    """Four image sizes (a different visual-token count per row), left padded: per-row S_v over each row's own
+    visual keys."""
+    s = tiny_session("qwen2.5-vl", num_layers=8)
+    c = _settings(s)
+    images, qs = tiny_images(4, mixed=True), list(QUESTIONS[:4])
+    layout = layout_of(s, images, qs)
+    assert len(set(layout.visual.sum(1).tolist())) == 4 and not layout.valid.all()
+    outs = s.start(["fhi"], {"fhi": _overrides(c, query_row)}).generate(images, qs, max_new_tokens=3,
+                                                                         min_new_tokens=3, output_logits=True)
+    if query_row == "mean":  # the eager reference classifies on the last row; the mean row: batched == single
+        for i, o in enumerate(outs):
+            one = s.start(["fhi"], {"fhi": _overrides(c, query_row)}).generate(
+                [images[i]], [qs[i]], max_new_tokens=3, min_new_tokens=3, output_logits=True)[0]
+            assert (o.logits - one.logits).abs().max() <= 1e-5
+            assert o.diagnostics["fhi"]["selected_heads"] == one.diagnostics["fhi"]["selected_heads"]
+        return
+    ref, ref_logits = _eager(s, images, qs, c, frozen=query_row != "last")
+    assert ref.selected > 0
     for i, o in enumerate(outs):
         assert (o.logits - ref_logits[i]).abs().max() <= 1e-5
 

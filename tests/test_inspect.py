@@ -79,7 +79,7 @@ def test_inspection_data_equal_capture_utilities(tmp_path):
     vis = layout.visual
     mass = C.visual_mass(probs, vis)[0]  # (H, R)
     assert torch.allclose(a.phi[3], mass.mean(-1), atol=1e-6)
-    assert torch.allclose(a.last_map[3], C.gather_visual(probs[:, :, -1], vis)[0], atol=1e-6)
+    assert torch.allclose(a.last_map[3], C.gather_visual(probs[:, :, -1], layout.visual_tokens)[0], atol=1e-6)
 
     index = write_inspection(s, images, qs, tmp_path, ["visual-boost"], {"visual-boost": ["w=4"]})
     for name in ("head_matrix.png", "head_matrix.csv", "maps.png", "maps.json", "maps_sensitive.png",

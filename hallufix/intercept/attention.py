@@ -68,7 +68,7 @@ def run_layer(st, plan, module, query, key, value, attention_mask, scaling, drop
     fwd = st.forward
     phase, layer = fwd.phase, plan.layer
     q_len, kv_len = query.shape[2], key.shape[2]
-    ev_kw = dict(layer=layer, forward=fwd, layout=st.layout, model=st.info, stash=st.stash)
+    ev_kw = dict(layer=layer, forward=fwd, layout=st.layout, model=st.info, stash=st.stash, dtype=query.dtype)
     scaling = module.scaling if scaling is None else scaling
     heads_caller = plan.callers.get(("heads", phase))
     if plan.heads_only.get(phase, False):
@@ -108,7 +108,11 @@ def run_layer(st, plan, module, query, key, value, attention_mask, scaling, drop
     def bias_rows(rows_idx, rows_key):
         """Float mask ``(B|1, 1, R, kv)`` of the rows ``rows_idx``: causal/padding plus this layer's bias terms.
         Layers of one forward usually share both (the mask object, one bias tensor per method), so the sum is built
-        once per forward and reused; the memo holds the terms, so their ids cannot be reused within the forward."""
+        once per forward and reused; the memo holds the terms, so their ids cannot be reused within the forward.
+
+        A term applies only to its rows (``torch.where`` on the row selection, never ``sel * bias``: ``0 * -inf``
+        is NaN, and a NaN in a padding row's output reaches every row through the values), and the sum is clamped
+        at the dtype's finite minimum, so ``-inf`` biases mask keys without ever giving a row of ``-inf``."""
         key = ("row_mask", id(attention_mask), kv_len, query.dtype, rows_key)
         mask = fwd.shared(key, lambda: row_mask(attention_mask, rows_idx, q_len, kv_len, query.dtype))
         if not terms:
@@ -117,9 +121,9 @@ def run_layer(st, plan, module, query, key, value, attention_mask, scaling, drop
         def biased():
             m = mask
             for col_bias, rows in terms:
-                sel = rows[:, rows_idx].to(query.dtype)[:, None, :, None]  # (B, 1, R, 1)
-                m = m + sel * col_bias[:, :, None, :].to(query.dtype)
-            return list(terms), m
+                sel = rows[:, rows_idx][:, None, :, None]  # (B, 1, R, 1) bool
+                m = torch.where(sel, m + col_bias[:, :, None, :].to(query.dtype), m)
+            return list(terms), m.clamp(min=torch.finfo(query.dtype).min)
 
         return fwd.shared(key + (tuple((id(b), id(r)) for b, r in terms),), biased)[1]
 
@@ -140,13 +144,14 @@ def run_layer(st, plan, module, query, key, value, attention_mask, scaling, drop
                 probe[-1] = True
             if "text" in kinds:
                 probe |= fwd.shared(("text_rows_any", id(st.layout)),
-                                    lambda: st.layout.text_rows(fwd.positions.to(query.device)).any(0))
+                                    lambda: st.layout.text_rows(fwd.positions_on(query.device)).any(0))
             rows_p = probe.nonzero().squeeze(1)
             rows_key = tuple(rows_p.tolist())
         if rows_p.numel():
             q_rows = query if single else query[:, :, rows_p]
             scores = torch.matmul(q_rows, repeat_kv(key, n_rep).transpose(-1, -2)) * scaling
-            probs = torch.softmax((scores + bias_rows(rows_p, rows_key)).float(), dim=-1).to(query.dtype)
+            # probe rows are float32 whatever the model dtype (the statistics methods take from them)
+            probs = torch.softmax((scores + bias_rows(rows_p, rows_key)).float(), dim=-1)
             probs_ev = ProbsEvent(probs, rows_p, **ev_kw)
             plan.callers[("probs", phase)](event=probs_ev)
             st.fired(plan.names["probs"])

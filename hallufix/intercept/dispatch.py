@@ -1,5 +1,8 @@
 """The typed facade over pluggy for per-layer hooks: one pre-resolved caller per (kind, layer, phase).
 
+Under strict device mode (:mod:`hallufix.intercept.strict`, for tests) the callers run their hooks inside the
+checking mode; otherwise they are pluggy's own callers, unwrapped.
+
 Resolving once per run means a layer no method declared costs a dict miss, and a declared layer calls only the
 methods that declared it, in typed order (pluggy calls last-registered first; the plugin manager registers the
 active methods in reverse, see :mod:`hallufix.plugins`).
@@ -11,6 +14,7 @@ from dataclasses import dataclass, field
 
 import pluggy
 
+from hallufix.intercept import strict
 from hallufix.points import PHASES, HookPoint
 
 HOOK_OF_KIND = {
@@ -72,7 +76,9 @@ class HookTable:
         for (kind, layer, phase), who in owners.items():
             if kind == "bias" and all((w, layer, phase) in per_forward for w in who):
                 self._plan(layer).bias_shared[phase] = ("bias_terms", phase, tuple(id(w) for w in who))
-            caller = pm.subset_hook_caller(HOOK_OF_KIND[kind], remove_plugins=[x for x in everyone if x not in who])
+            # under strict device mode (tests) every caller runs its hooks inside the checking mode
+            caller = strict.wrap(pm.subset_hook_caller(HOOK_OF_KIND[kind],
+                                                       remove_plugins=[x for x in everyone if x not in who]))
             if layer is None:
                 self.global_callers[(kind, phase)] = caller
             else:

@@ -20,6 +20,7 @@ from transformers import LogitsProcessor
 
 from hallufix.events import ForwardInfo, HiddenEvent, LogitsEvent
 from hallufix.intercept import attention as attn
+from hallufix.intercept import strict
 from hallufix.intercept.dispatch import HookTable
 
 
@@ -63,6 +64,10 @@ class Interceptor:
         self._folds: list[tuple[torch.nn.Parameter, torch.Tensor]] = []
         self._token = None
         self._step = 0
+        self._forward_start = strict.wrap(pm.hook.hallufix_forward_start)
+        params = next(adapter.text_model(model).parameters(), None)
+        #: the language model's compute dtype (what events convert hand-backs to)
+        self.dtype = params.dtype if params is not None else torch.float32
 
     # ------------------------------------------------------------------ bookkeeping used by the hot path
     def fired(self, name: str) -> None:
@@ -145,7 +150,7 @@ class Interceptor:
             self._step += 1
         self.forward = ForwardInfo(phase=phase, step=self._step, q_len=q_len, kv_offset=offset)
         self.phases_run.add(phase)
-        self.pm.hook.hallufix_forward_start(forward=self.forward)
+        self._forward_start(forward=self.forward)
         return None
 
     def _make_layer_hook(self, layer: int):
@@ -157,7 +162,7 @@ class Interceptor:
                 return None
             hidden = args[0] if args else kwargs["hidden_states"]
             ev = HiddenEvent(hidden, layer=layer, forward=self.forward, layout=self.layout, model=self.info,
-                             stash=self.stash)
+                             stash=self.stash, dtype=hidden.dtype)
             caller(event=ev)
             self.fired(plan.names["in"])
             if ev.hidden is hidden:

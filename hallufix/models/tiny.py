@@ -98,25 +98,81 @@ def _text_config(tok, num_layers, hidden_size, num_heads, num_kv_heads, intermed
                 **extra)
 
 
-def build_tiny(family: str, *, num_layers: int = 4, hidden_size: int = 64, num_heads: int = 4,
-               num_kv_heads: int | None = None, intermediate_size: int | None = None, image_size: int = 56,
-               vocab_size: int | None = None, seed: int = 0):
-    """``(model, processor)``: a tiny random model of ``family`` (one of :data:`TINY_FAMILIES`), float32, SDPA,
-    eval mode, and its real processor with a chat template.
+#: Named shapes. ``default`` is the first shipped fixture (other tests' random-weight expectations depend on it,
+#: keep it bitwise unchanged). ``real`` has the real 7B checkpoints' decoder depth, query heads, KV heads and
+#: InstructBLIP query tokens (LLaVA-1.5-7B: 32 layers, 32 heads over 32 KV heads; Qwen2-VL-7B and Qwen2.5-VL-7B:
+#: 28 layers, 28 heads over 4 KV heads; InstructBLIP-Vicuna-7B: 32 layers, 32 heads, 32 query tokens) at
+#: head_dim 8, so hidden sizes are 256 / 224 / 256 instead of 4096 / 3584 / 4096. Vision towers stay tiny. The
+#: real shape never emits special tokens (see ``_silence_specials``).
+SHAPES: dict[str, dict[str, dict]] = {
+    "default": {f: dict(num_layers=4, hidden_size=64, num_heads=4, num_kv_heads=None, num_query_tokens=8)
+                for f in TINY_FAMILIES},
+    "real": {
+        "llava": dict(num_layers=32, hidden_size=32 * 8, num_heads=32, num_kv_heads=32),
+        "qwen2-vl": dict(num_layers=28, hidden_size=28 * 8, num_heads=28, num_kv_heads=4),
+        "qwen2.5-vl": dict(num_layers=28, hidden_size=28 * 8, num_heads=28, num_kv_heads=4),
+        "instructblip": dict(num_layers=32, hidden_size=32 * 8, num_heads=32, num_kv_heads=32,
+                             num_query_tokens=32),
+    },
+}
+#: The checkpoints' ``mrope_section`` (Qwen2-VL-7B and Qwen2.5-VL-7B, head_dim 128): t/h/w rotary pairs.
+REAL_MROPE_SECTION = (16, 24, 24)
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
-    ``num_kv_heads`` defaults to ``num_heads // 2`` (GQA in every family: 4 query heads over 2 KV heads);
-    pass ``num_kv_heads=num_heads`` for plain multi-head attention. ``image_size`` is the vision tower's input
-    (LLaVA / InstructBLIP) or the Qwen minimum pixel side; ``vocab_size`` only raises the LM vocab above the
-    tokenizer's 400. Weights depend only on ``seed`` (global RNG state is saved and restored)."""
+
+def build_tiny(family: str, *, shape: str = "default", num_layers: int | None = None,
+               hidden_size: int | None = None, num_heads: int | None = None, num_kv_heads: int | None = None,
+               intermediate_size: int | None = None, image_size: int = 56, vocab_size: int | None = None,
+               num_query_tokens: int | None = None, dtype: str | torch.dtype = torch.float32, seed: int = 0):
+    """``(model, processor)``: a tiny random model of ``family`` (one of :data:`TINY_FAMILIES`), SDPA, eval mode,
+    and its real processor with a chat template.
+
+    ``shape`` names a row of :data:`SHAPES` (``"default"``: 4 layers, hidden 64, 4 heads over 2 KV heads;
+    ``"real"``: the 7B checkpoints' depth and head counts at head_dim 8); explicit ``num_layers`` etc. override
+    it. ``num_kv_heads=None`` means ``num_heads // 2`` (GQA in every family); pass ``num_kv_heads=num_heads`` for
+    plain multi-head attention. ``image_size`` is the vision tower's input (LLaVA / InstructBLIP) or the Qwen
+    minimum pixel side; ``vocab_size`` only raises the LM vocab above the tokenizer's 400;
+    ``num_query_tokens`` is InstructBLIP's Q-Former query count (visual tokens per image).
+
+    ``dtype`` (``float32``, ``bfloat16``, ``float16`` or a ``torch.dtype``): the model is built in float32 and
+    cast, so a bf16/fp16 model holds exactly the rounded float32 weights of the same ``seed``. Weights depend only
+    on ``seed`` and the shape (global RNG state is saved and restored). The model stays on the CPU."""
     if family not in TINY_FAMILIES:
         raise ValueError(f"unknown family '{family}'; tiny families: {', '.join(TINY_FAMILIES)}")
+    if shape not in SHAPES:
+        raise ValueError(f"unknown tiny shape '{shape}'; shapes: {', '.join(SHAPES)}")
+    dims = {"num_kv_heads": None, "num_query_tokens": 8, **SHAPES[shape][family]}
+    given = dict(num_layers=num_layers, hidden_size=hidden_size, num_heads=num_heads,
+                 num_query_tokens=num_query_tokens)
+    dims.update({k: v for k, v in given.items() if v is not None})
+    if num_kv_heads is not None:
+        dims["num_kv_heads"] = num_kv_heads
+    if isinstance(dtype, str):
+        if dtype not in DTYPES:
+            raise ValueError(f"unknown dtype '{dtype}'; use one of {', '.join(DTYPES)}")
+        dtype = DTYPES[dtype]
+    lm = dict(num_layers=dims["num_layers"], hidden_size=dims["hidden_size"], num_heads=dims["num_heads"],
+              num_kv_heads=dims["num_kv_heads"], intermediate_size=intermediate_size, vocab_size=vocab_size)
+    extra = {"num_query_tokens": dims["num_query_tokens"]} if family == "instructblip" else {}
+    if family.startswith("qwen"):
+        extra["real_mrope"] = shape == "real"
     builder = {"llava": _llava, "qwen2-vl": _qwen2, "qwen2.5-vl": _qwen25, "instructblip": _instructblip}[family]
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model, processor = builder(image_size, num_layers=num_layers, hidden_size=hidden_size,
-                                   num_heads=num_heads, num_kv_heads=num_kv_heads,
-                                   intermediate_size=intermediate_size, vocab_size=vocab_size)
-    return model.to(torch.float32).eval(), processor
+        model, processor = builder(image_size, **extra, **lm)
+    if shape == "real":
+        _silence_specials(model)
+    return model.to(torch.float32).to(dtype).eval(), processor
+
+
+def _silence_specials(model) -> None:
+    """Zero the output rows of the special tokens (ids ``0 .. len(_SPECIALS) - 1``), so greedy answers are ordinary
+    text as a trained model's are. A random model otherwise tends to repeat one token; at the real shapes Qwen2.5-VL
+    repeats ``<|vision_start|>``, whose decoded text is empty, and answer-level tests would compare empty strings.
+    The rows' logits are exactly 0, below the top of ~390 random logits (std ~0.3), so EOS is never chosen either:
+    every answer runs to ``max_new_tokens``."""
+    with torch.no_grad():
+        model.get_output_embeddings().weight[: len(_SPECIALS)] = 0
 
 
 def _llava(image_size, **shape):
@@ -150,7 +206,24 @@ def _mrope_section(head_dim: int) -> list[int]:
     return [head_dim // 2 - 2 * quarter, quarter, quarter]
 
 
-def _qwen_common(image_size, shape):
+def _real_mrope_section(head_dim: int) -> list[int]:
+    """:data:`REAL_MROPE_SECTION` scaled to ``head_dim // 2`` pairs, every section at least 1 (so text and image
+    positions exercise all three axes as in the checkpoints), the rounding remainder on h then w
+    (8 -> [1, 2, 1], 16 -> [2, 3, 3], 128 -> [16, 24, 24])."""
+    half, total = head_dim // 2, sum(REAL_MROPE_SECTION)
+    if half < 3:
+        raise ValueError(f"head_dim {head_dim} is too small for a three-axis mrope_section (needs >= 6)")
+    sec = [max(1, half * s // total) for s in REAL_MROPE_SECTION]
+    i = 1
+    while sum(sec) < half:
+        sec[i] += 1
+        i = 2 if i == 1 else 1
+    while sum(sec) > half:
+        sec[sec.index(max(sec))] -= 1
+    return sec
+
+
+def _qwen_common(image_size, shape, real_mrope=False):
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
     from hallufix.models.processors import QWEN_TEMPLATE, Qwen2VLImageOnlyProcessor
@@ -161,8 +234,9 @@ def _qwen_common(image_size, shape):
     proc = Qwen2VLImageOnlyProcessor(image_processor=ip, tokenizer=build_tokenizer("qwen"),
                                      chat_template=QWEN_TEMPLATE)
     tok = proc.tokenizer
-    rope = dict(rope_type="default", mrope_section=_mrope_section(shape["hidden_size"] // shape["num_heads"]),
-                rope_theta=1e4)
+    head_dim = shape["hidden_size"] // shape["num_heads"]
+    section = _real_mrope_section(head_dim) if real_mrope else _mrope_section(head_dim)
+    rope = dict(rope_type="default", mrope_section=section, rope_theta=1e4)
     text = _text_config(tok, **shape, rope_parameters=rope)
     ids = dict(image_token_id=tok.convert_tokens_to_ids("<|image_pad|>"),
                video_token_id=tok.convert_tokens_to_ids("<|video_pad|>"),
@@ -171,10 +245,10 @@ def _qwen_common(image_size, shape):
     return proc, text, ids
 
 
-def _qwen2(image_size, **shape):
+def _qwen2(image_size, real_mrope=False, **shape):
     from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration
 
-    proc, text, ids = _qwen_common(image_size, shape)
+    proc, text, ids = _qwen_common(image_size, shape, real_mrope)
     # Qwen2-VL vision: embed_dim = ViT width, hidden_size = merger output = LM width.
     vision = dict(depth=2, embed_dim=32, hidden_size=shape["hidden_size"], num_heads=2, mlp_ratio=2,
                   patch_size=PATCH, spatial_merge_size=2, temporal_patch_size=2)
@@ -182,10 +256,10 @@ def _qwen2(image_size, **shape):
     return Qwen2VLForConditionalGeneration._from_config(cfg, attn_implementation="sdpa", dtype=torch.float32), proc
 
 
-def _qwen25(image_size, **shape):
+def _qwen25(image_size, real_mrope=False, **shape):
     from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
-    proc, text, ids = _qwen_common(image_size, shape)
+    proc, text, ids = _qwen_common(image_size, shape, real_mrope)
     # Qwen2.5-VL vision: hidden_size = ViT width, out_hidden_size = LM width.
     vision = dict(depth=4, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=shape["hidden_size"],
                   patch_size=PATCH, spatial_merge_size=2, temporal_patch_size=2, window_size=56,
@@ -195,7 +269,7 @@ def _qwen25(image_size, **shape):
                                                            dtype=torch.float32), proc
 
 
-def _instructblip(image_size, **shape):
+def _instructblip(image_size, num_query_tokens=NUM_QUERY_TOKENS, **shape):
     from tokenizers import Tokenizer
     from transformers import (InstructBlipConfig, InstructBlipForConditionalGeneration, InstructBlipProcessor,
                               PreTrainedTokenizerFast)
@@ -208,7 +282,7 @@ def _instructblip(image_size, **shape):
                                    unk_token="<unk>")
     ip = BlipImageProcessorPil(size={"height": image_size, "width": image_size})
     proc = InstructBlipProcessor(image_processor=ip, tokenizer=build_tokenizer("instructblip"),
-                                 qformer_tokenizer=qtok, num_query_tokens=NUM_QUERY_TOKENS)
+                                 qformer_tokenizer=qtok, num_query_tokens=num_query_tokens)
     proc.chat_template = INSTRUCTBLIP_TEMPLATE  # InstructBlipProcessor.__init__ drops a chat_template kwarg
     tok = proc.tokenizer  # now holds the processor's <image> AddedToken (G6): read ids only from here on
     cfg = InstructBlipConfig(vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
@@ -218,7 +292,7 @@ def _instructblip(image_size, **shape):
                                                  max_position_embeddings=128, cross_attention_frequency=1,
                                                  pad_token_id=qtok.pad_token_id),
                              text_config=dict(model_type="llama", **_text_config(tok, **shape)),
-                             num_query_tokens=NUM_QUERY_TOKENS, image_token_index=tok.convert_tokens_to_ids("<image>"))
+                             num_query_tokens=num_query_tokens, image_token_index=tok.convert_tokens_to_ids("<image>"))
     return InstructBlipForConditionalGeneration._from_config(cfg, attn_implementation="sdpa",
                                                              dtype=torch.float32), proc
 

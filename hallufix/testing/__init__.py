@@ -1,11 +1,17 @@
 """``hallufix.testing``: an opt-in pytest plugin for method authors (``pytest -p hallufix.testing`` or
 ``pytest_plugins = ["hallufix.testing"]``).
 
-Fixtures: ``tiny_session(family)`` (factory), ``tiny_images``. Helpers: :class:`MethodContract` (the contract
+Fixtures: ``tiny_session(family, shape=..., dtype=...)`` (factory), ``tiny_images`` (``mixed=True``: four sizes
+and modes). Helpers: :class:`MethodContract` (the contract
 suite), :func:`hook_snapshot` / :func:`assert_no_hook_leaks`, :class:`HookRecorder`.
-Importing this module imports no torch; fixtures build models lazily.
+Importing this module imports no torch; fixtures build models lazily. As a pytest plugin it sets torch's CPU
+threads to ``$HALLUFIX_TEST_THREADS`` (default 1; ``auto`` leaves torch's choice) when the session starts: tiny
+models are fastest on one thread, and on a machine whose cores are shared an oversubscribed OpenMP pool runs
+them 10-100x slower. Models run on ``$HALLUFIX_TEST_DEVICE`` (default ``cpu``).
 """
 from __future__ import annotations
+
+import os
 
 import pytest
 
@@ -26,9 +32,18 @@ def __getattr__(name):
     raise AttributeError(name)
 
 
+def pytest_configure(config):
+    threads = os.environ.get("HALLUFIX_TEST_THREADS", "1").strip()
+    if threads != "auto":
+        import torch
+
+        torch.set_num_threads(int(threads))
+
+
 @pytest.fixture(scope="session")
 def tiny_session():
-    """Factory: ``tiny_session("llava")`` -> a cached :class:`~hallufix.api.Session` over a tiny random model."""
+    """Factory: ``tiny_session("llava")`` -> a cached :class:`~hallufix.api.Session` over a tiny random model;
+    ``tiny_session("qwen2.5-vl", shape="real", dtype="bfloat16")`` at the real 7B depth and head counts."""
     from hallufix.testing.models import tiny_session as factory
 
     return factory

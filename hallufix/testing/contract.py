@@ -6,12 +6,21 @@
         method = "my-method"
         noop = ["strength=0"]          # overrides that make the method a no-op
         active = []                    # overrides that make it act on tiny random models (default config if [])
+        # optional: families = ("llava",); dtypes = ("float32", "bfloat16"); real_active = [...]
 
-It checks, on every tiny family the method claims (``families``): the method is registered through the entry
-point; it declares hook points; they fire at prefill and decode; the no-op setting gives logits bitwise equal to
-the baseline; a run whose stack raises mid-generation leaves no hooks, restores the attention implementation and
-the weights, and the model then generates exactly as before; a repeated run is deterministic; a left-padded batch
-equals one-at-a-time generation.
+On the default tiny models (4 layers, equal 56 px squares) of every family the method claims (``families``): the
+method is registered through the entry point; it declares hook points; they fire at prefill and decode; the no-op
+setting gives logits bitwise equal to the baseline; a run whose stack raises mid-generation leaves no hooks,
+restores the attention implementation and the weights, and the model then generates exactly as before; a repeated
+run is deterministic; a left-padded batch equals one-at-a-time generation.
+
+What users bring (see :mod:`hallufix.testing.real`): the family's preset, configured against the real 7B
+checkpoint's depth and heads, declares only layers the model has; and on tiny models at the real depth and head /
+KV-head counts, in every dtype of ``dtypes``, a left-padded batch of 4 images of 4 sizes and 4 PIL modes gives
+finite logits and the one-at-a-time answers (within the dtype's tolerance, :data:`BATCH_ATOL`), both with the
+family preset and with the ``active`` setting.
+
+Models are built on ``$HALLUFIX_TEST_DEVICE`` (default ``cpu``), so the same suite runs on a GPU.
 """
 from __future__ import annotations
 
@@ -21,6 +30,7 @@ import torch
 from hallufix import hookimpl
 from hallufix.testing.leaks import assert_no_hook_leaks, hook_snapshot
 from hallufix.testing.models import QUESTIONS, tiny_images, tiny_session
+from hallufix.testing.real import RealInputsContract
 
 TINY_FAMILIES = ("llava", "qwen2-vl", "qwen2.5-vl", "instructblip")
 
@@ -39,13 +49,13 @@ class _Bomb:
             raise RuntimeError("bomb: planted failure mid-generation")
 
 
-class MethodContract:
+class MethodContract(RealInputsContract):
     method: str = ""
     families: tuple[str, ...] = TINY_FAMILIES
     noop: list[str] = []
     active: list[str] = []
     max_new_tokens: int = 4
-    #: (atol) for batched vs unbatched logits
+    #: (atol) for batched vs unbatched float32 logits (other dtypes: :data:`hallufix.testing.real.BATCH_ATOL`)
     batch_atol: float = 1e-4
 
     @pytest.fixture(params=TINY_FAMILIES)

@@ -122,7 +122,8 @@ class ARA(Method):
         key = hashlib.sha1(event.images[b].tobytes()).hexdigest() + str(event.images[b].size)
         if key not in self._generic_cache:
             cap = event.capture([event.images[b]], [self.config.generic_prompt], layers=self.band)
-            self._generic_cache[key] = {l: cap.last_visual[l][0].numpy() for l in self.band}
+            own = cap.visual.image_slots(0, 0)
+            self._generic_cache[key] = {l: cap.last_visual[l][0, :, own].cpu().numpy() for l in self.band}
         gen = self._generic_cache[key]
         keep = {}
         for l in self.band:
@@ -138,10 +139,16 @@ class ARA(Method):
         c = self.config
         blip = self.family == "instructblip"
         cap = event.capture(event.images, event.questions, layers=self.band, hidden_norms=True, qformer_attention=blip)
+        vt = cap.visual  # per-row token counts and grids (Qwen: every image its own)
+        # the analysis is host work (NumPy): one explicit copy of each captured tensor
+        a_host = {l: cap.last_visual[l].cpu() for l in self.band}
+        n_host = {l: cap.hidden_norms[l].cpu() for l in self.band}
+        xattn_host = cap.extras["qformer_xattn"].cpu() if blip else None
         self._pending = []
         for b, image in enumerate(event.images):
-            a_b = {l: cap.last_visual[l][b].numpy() for l in self.band}
-            n_b = {l: cap.hidden_norms[l][b].numpy() for l in self.band}
+            own = vt.image_slots(b, 0)  # this row's own visual tokens (no padded slot)
+            a_b = {l: a_host[l][b, :, own].numpy() for l in self.band}
+            n_b = {l: n_host[l][b, own].numpy() for l in self.band}
             keep = self._generic_heads(event, b, a_b, n_b) if c.generic_test else None
             lm, scores, selected, fused = self._analyse(a_b, n_b, None, keep)
             d = {"selected_layers": selected, "scores": {str(k): round(v, 6) for k, v in scores.items()},
@@ -151,12 +158,12 @@ class ARA(Method):
                 self._pending.append(d)
                 continue
             if blip:  # query-token map -> patch map through the Q-Former cross-attention (CLS column dropped)
-                xattn = cap.extras["qformer_xattn"][b].numpy()[:, 1:]
+                xattn = xattn_host[b].numpy()[:, 1:]
                 fused = fused @ xattn
                 fused = fused / max(fused.sum(), 1e-12)
                 grid = tuple(cap.extras["patch_grid"])
             else:
-                grid = cap.layout.grids[b][0]
+                grid = vt.grid(b, 0)
             cells = coverage_mask(fused, grid, c.coverage, c.dilation)
             index = event.cell_index(image, grid)
             visible = index >= 0
@@ -187,34 +194,50 @@ class ARA(Method):
     # ------------------------------------------------------------------ single-pass logit-bias approximation
     @hallufix.hookimpl
     def hallufix_layer_input(self, event):
-        norms = event.hidden.float().norm(dim=-1)  # (B, q)
-        self._lb["norms"][event.layer] = C.gather_visual(norms, event.visual_rows)
+        norms = event.hidden.float().norm(dim=-1)  # (B, q = P): prefill rows are prompt positions
+        self._lb["norms"][event.layer] = C.gather_visual(norms, event.visual)  # (B, n_max)
 
     @hallufix.hookimpl
     def hallufix_attn_probs(self, event):
-        self._lb["a"][event.layer] = C.gather_visual(event.last().float(), event.visual_keys)
+        self._lb["a"][event.layer] = C.gather_visual(event.last(), event.visual)  # (B, H, n_max) float32
         if event.layer != self.band[-1]:
             return
-        c, bias_rows = self.config, []
-        for b in range(event.layout.batch_size):
-            a_b = {l: self._lb["a"][l][b].numpy() for l in self.band}
-            n_b = {l: self._lb["norms"][l][b].numpy() for l in self.band}
-            lm, scores, selected, fused = self._analyse(a_b, n_b, None)
-            grid = event.layout.grids[b][0] if event.layout.grids[b] and event.layout.grids[b][0] else (1, len(
-                next(iter(a_b.values()))[0]))
-            if fused is None:
-                bias_rows.append(np.zeros(grid[0] * grid[1]))
-                continue
-            cells = coverage_mask(fused, grid, c.coverage, c.dilation).reshape(-1)
-            bias_rows.append(np.log(c.dim_floor + (1 - c.dim_floor) * cells) if c.dim_floor > 0 else
-                             np.where(cells > 0, 0.0, -np.inf))
-            self.diag[b] = {"selected_layers": selected, "scores": {str(k): round(v, 6) for k, v in scores.items()},
-                            "coverage": round(float(cells.mean()), 6), "guard": None}
-        self._lb["bias"] = torch.tensor(np.stack(bias_rows), dtype=torch.float32)
+        vt = event.visual
+        # the analysis is host work (NumPy): one explicit copy per band layer, then per row and image
+        a_host = {l: self._lb["a"][l].cpu() for l in self.band}
+        n_host = {l: self._lb["norms"][l].cpu() for l in self.band}
+        bias = np.zeros((vt.batch_size, vt.n_max))
+        for b in range(vt.batch_size):
+            # each image of a row (a method may have added one) is analysed on its own tokens and grid
+            per_image = []
+            for k in range(vt.images(b)):
+                own = vt.image_slots(b, k)
+                d = self._bias_of_image(bias[b, own], {l: a_host[l][b, :, own].numpy() for l in self.band},
+                                        {l: n_host[l][b, own].numpy() for l in self.band},
+                                        vt.grid(b, k) or (1, own.stop - own.start))
+                per_image.append(d)
+            if per_image and per_image[0] is not None:
+                self.diag[b] = dict(per_image[0])
+                if len(per_image) > 1:
+                    self.diag[b]["per_image"] = per_image
+        # handed back on the model's device (padded slots 0: never scattered)
+        self._lb["bias"] = torch.as_tensor(bias, dtype=torch.float32, device=event.device)
+
+    def _bias_of_image(self, out: np.ndarray, a: dict, norms: dict, grid) -> dict | None:
+        """Write one image's token bias ``log(delta + (1 - delta) B)`` into ``out`` (its slots); its diagnostics."""
+        c = self.config
+        lm, scores, selected, fused = self._analyse(a, norms, None)
+        if fused is None:
+            return None
+        cells = coverage_mask(fused, grid, c.coverage, c.dilation).reshape(-1)
+        out[:] = np.log(c.dim_floor + (1 - c.dim_floor) * cells) if c.dim_floor > 0 else \
+            np.where(cells > 0, 0.0, -np.inf)
+        return {"selected_layers": selected, "scores": {str(k): round(v, 6) for k, v in scores.items()},
+                "coverage": round(float(cells.mean()), 6), "guard": None}
 
     @hallufix.hookimpl
     def hallufix_attn_bias(self, event):
-        event.add(C.scatter_visual(self._lb["bias"], event.visual_keys, fill=0.0))
+        event.add(C.scatter_visual(self._lb["bias"], event.visual, event.kv_len, fill=0.0))
 
     @hallufix.hookimpl
     def hallufix_batch_end(self, batch):

@@ -63,14 +63,20 @@ class Config:
                 raise ValueError(f"{key} must be population or sample, got {getattr(self, key)!r}")
 
 
-def anchor_mask(m: torch.Tensor, cfg: Config) -> torch.Tensor:
-    """Eq. 8-9 on anchor maps ``m (B, n)`` (float, any device): ``(M - mu) / (sd + eps) > tau`` over the visual
-    tokens, with ``M`` optionally renormalised to sum 1 (``renormalise_map``), ``sd`` the population or sample
-    estimator (``map_std``) and ``eps`` absolute or ``eps x mu`` (``eps_scale``). -> ``(B, n)`` bool."""
+def anchor_mask(m: torch.Tensor, cfg: Config, valid=None) -> torch.Tensor:
+    """Eq. 8-9 on anchor maps ``m (B, n)`` (float, any device): ``(M - mu) / (sd + eps) > tau`` over each row's
+    ``valid`` visual tokens (a :class:`~hallufix.visual.VisualTokens`, a ``(B, n)`` bool mask, or ``None`` = all),
+    with ``M`` optionally renormalised to sum 1 (``renormalise_map``), ``sd`` the population or sample estimator
+    (``map_std``) and ``eps`` absolute or ``eps x mu`` (``eps_scale``). -> ``(B, n)`` bool, padded slots False."""
     if cfg.renormalise_map:
-        m = C.normalise(m)
-    eps = cfg.eps * m.mean(-1, keepdim=True) if cfg.eps_scale == "relative" else cfg.eps
-    return C.zscore(m, eps=eps, unbiased=cfg.map_std == "sample") > cfg.tau
+        m = C.normalise(m)  # padded slots are 0: the sum runs over the row's own tokens
+    if cfg.eps_scale == "relative":
+        eps = cfg.eps * C.masked_std_mean(m, valid)[1]
+    else:
+        eps = cfg.eps
+    z = C.zscore_mask(m, cfg.tau, valid, eps=eps, unbiased=cfg.map_std == "sample")
+    v = getattr(valid, "valid", valid)  # the (B, n) mask of a VisualTokens, or the mask itself
+    return z if v is None else z & v
 
 
 def resolve_layers(cfg: Config, num_layers: int) -> tuple[int, int, list[int]]:
@@ -114,7 +120,6 @@ class CLVA(Method):
         self.phi_n: dict[int, torch.Tensor] = {}
         self.z = {"pos": None, "neg": None}
         self._z_version, self._bias_cache = 0, None
-        self._vis_idx = None  # (B, n) visual key indices of this batch (prompt positions: valid at every step)
         self.maps = {"pos": None, "neg": None}
         self.heads = {}
         self.diag_prefill = None
@@ -123,18 +128,16 @@ class CLVA(Method):
     @hallufix.hookimpl
     def hallufix_attn_probs(self, event):
         c, layer = self.config, event.layer
-        vis = event.visual_keys
-        if self._vis_idx is None:
-            self._vis_idx = C.visual_index(vis)
+        vt = event.visual  # the batch's visual tokens: (B, n_max) slots, padded where rows differ
         if event.forward.q_len == 1:
             # a decode step: one row, the new token (a text row); its visual columns give both the mass and the map
-            last = C.gather_visual(event.probs[:, :, 0].float(), vis, index=self._vis_idx)  # (B, H, n)
+            last = C.gather_visual(event.probs[:, :, 0], vt)  # (B, H, n_max) float32, padded slots 0
             s, n = last.sum(-1), 1  # (B, H)
         else:
-            mass = C.visual_mass(event.probs.float(), vis)  # (B, H, R)
+            mass = C.visual_mass(event.probs, event.visual_keys)  # (B, H, R)
             text = event.row_mask("text").float()  # (B, R)
             s, n = (mass * text[:, None]).sum(-1), text.sum(-1)  # (B, H), (B,)
-            last = C.gather_visual(event.last().float(), vis, index=self._vis_idx)  # (B, H, n)
+            last = C.gather_visual(event.last(), vt)  # (B, H, n_max)
         if layer in self.phi_sum:
             self.phi_sum[layer] = self.phi_sum[layer] + s
             self.phi_n[layer] = self.phi_n[layer] + n
@@ -153,8 +156,8 @@ class CLVA(Method):
                     pick = phi.argmax(1) if kind == "pos" else phi.argmin(1)
                     fallback = torch.zeros_like(heads).scatter_(1, pick[:, None], True)
                     heads = torch.where(empty[:, None], fallback, heads)
-            m = C.head_average(last, heads)  # Eq. 4: (B, n); zeros for skipped empty sets
-            z = anchor_mask(m, c)  # Eq. 8-9
+            m = C.head_average(last, heads)  # Eq. 4: (B, n_max); zeros for skipped empty sets and padded slots
+            z = anchor_mask(m, c, vt)  # Eq. 8-9, over each row's own visual tokens
             z = z & heads.any(1, keepdim=True)
             self.z[kind], self.maps[kind], self.heads[kind] = z, m, heads
             self._z_version += 1
@@ -169,12 +172,12 @@ class CLVA(Method):
         # method's bias shares a drift layer (then this is called at every such layer)
         key = (self._z_version, event.kv_len)
         if self._bias_cache is None or self._bias_cache[0] != key:
-            self._bias_cache = (key, self._anchor_bias(event.visual_keys))
+            self._bias_cache = (key, self._anchor_bias(event.visual, event.kv_len))
         bias = self._bias_cache[1]
         if bias is not None:
             event.add(bias)
 
-    def _anchor_bias(self, visual_keys: torch.Tensor) -> torch.Tensor | None:
+    def _anchor_bias(self, visual, kv_len: int) -> torch.Tensor | None:
         """``(B, 1, kv)`` additive logit bias log(1 + alpha Zpos - beta Zneg) on the visual keys (Eq. 10-11 in
         logit space; a factor clamped at 0 masks the key), or ``None`` when no row has an anchor token."""
         c = self.config
@@ -188,8 +191,8 @@ class CLVA(Method):
         log_of = lambda w: math.log(w) if w > 0 else -math.inf  # noqa: E731
         log_w = torch.where(zpos, torch.where(zneg, log_of(1 + a - b), log_of(1 + a)),
                             torch.where(zneg, log_of(1 - b), 0.0))
-        bias = C.scatter_visual(log_w, visual_keys, fill=0.0, index=self._vis_idx)  # (B, kv)
-        return bias.to(visual_keys.device)[:, None, :]
+        bias = C.scatter_visual(log_w, visual, kv_len, fill=0.0)  # (B, kv); padded slots (log 1 = 0) dropped
+        return bias[:, None, :]
 
     # ------------------------------------------------------------------ diagnostics
     def _counts(self) -> list[dict]:
@@ -209,7 +212,8 @@ class CLVA(Method):
         for r, diag in enumerate(batch.diagnostics):
             d = {"layers": {"neg": self.neg, "pos": self.pos, "drift": [self.drift[0], self.drift[-1]]},
                  "prefill": self.diag_prefill[r] if self.diag_prefill else None, "last_step": last[r]}
-            if self.config.record_maps:
-                d["positive_map"] = self.maps["pos"][r].tolist()
-                d["negative_map"] = self.maps["neg"][r].tolist()
+            if self.config.record_maps:  # the row's own visual tokens (no padded slot)
+                n = batch.visual.n[r]
+                d["positive_map"] = self.maps["pos"][r, :n].tolist()
+                d["negative_map"] = self.maps["neg"][r, :n].tolist()
             diag[self.name] = d

@@ -87,17 +87,21 @@ def resolve_layers(cfg: Config, L: int) -> tuple[list[int], int, int]:
 
 
 def normalised_maps(last_rows: dict[int, torch.Tensor]) -> dict[int, torch.Tensor]:
-    """``{layer: (B, H, n)}`` last-row attention over visual tokens -> head-averaged, renormalised ``(B, n)``."""
+    """``{layer: (B, H, n_max)}`` last-row attention over visual tokens (padded slots 0) -> head-averaged,
+    renormalised ``(B, n_max)`` (padded slots stay 0)."""
     return {l: C.normalise(C.head_average(m.float())) for l, m in last_rows.items()}
 
 
 def contrast_map(maps: dict[int, torch.Tensor], fusion: list[int], post: int, signed: bool):
-    """``(contrast (B, n), chosen layer per row (B,), Hellinger distances (B, len(fusion)))``."""
+    """``(contrast (B, n_max), chosen layer per row (B,), Hellinger distances (B, len(fusion)))``, all on the
+    maps' device; padded slots (0 in every map) give contrast 0."""
     dist = torch.stack([C.hellinger(maps[f], maps[post]) for f in fusion], -1)  # (B, F)
-    choice = dist.argmax(-1)
-    pre = torch.stack([maps[fusion[int(k)]][b] for b, k in enumerate(choice)])
+    choice = dist.argmax(-1)  # (B,)
+    stacked = torch.stack([maps[f] for f in fusion], 1)  # (B, F, n_max)
+    pre = stacked.gather(1, choice[:, None, None].expand(-1, 1, stacked.shape[-1])).squeeze(1)
     diff = maps[post] - pre
-    return (diff if signed else diff.abs()), torch.tensor([fusion[int(k)] for k in choice]), dist
+    chosen = torch.as_tensor(fusion, device=choice.device)[choice]
+    return (diff if signed else diff.abs()), chosen, dist
 
 
 def crop_box(values: np.ndarray, grid: tuple[int, int], quantile: float) -> tuple[int, int, int, int]:
@@ -185,38 +189,40 @@ class Contrast(Method):
     # ------------------------------------------------------------------ review variant
     @hallufix.hookimpl
     def hallufix_attn_probs(self, event):
-        self.maps[event.layer] = C.normalise(C.head_average(C.gather_visual(event.last().float(),
-                                                                              event.visual_keys)))
+        vt = event.visual
+        self.maps[event.layer] = C.normalise(C.head_average(C.gather_visual(event.last(), vt)))  # (B, n_max)
         if event.layer != self.post:
             return
         contrast, chosen, dist = contrast_map(self.maps, self.fusion, self.post, self.config.signed)
-        theta = torch.quantile(contrast, self.config.quantile, dim=-1, keepdim=True)
-        self.masked = contrast < theta  # (B, n)
+        # below the rho-quantile of each row's own visual tokens (padded slots never suppressed)
+        self.masked = C.quantile_mask(contrast, self.config.quantile, vt)  # (B, n_max)
+        chosen, dist, counts = chosen.tolist(), dist.cpu(), self.masked.sum(-1).tolist()  # one host read each
         for b, d in enumerate(self.diag):
             d.update({"pre_layer": int(chosen[b]), "post_layer": self.post, "review_layer": self.review,
                       "hellinger": {str(f): round(float(dist[b, k]), 6) for k, f in enumerate(self.fusion)},
-                      "suppressed_tokens": int(self.masked[b].sum())})
+                      "suppressed_tokens": int(counts[b])})
 
-    def _key_mask(self, visual_keys: torch.Tensor) -> torch.Tensor:
-        return C.scatter_visual(self.masked.to(torch.float32), visual_keys, fill=0.0) > 0  # (B, kv)
+    def _key_mask(self, event) -> torch.Tensor:
+        """``(B, kv)`` bool: the suppressed visual keys of this forward."""
+        return C.scatter_visual(self.masked.to(torch.float32), event.visual, event.kv_len, fill=0.0) > 0
 
     @hallufix.hookimpl
     def hallufix_attn_bias(self, event):
-        keys = self._key_mask(event.visual_keys)
+        keys = self._key_mask(event)
         rows = torch.ones_like(event.text_rows) if self.config.rows == "all" else None  # None: the text rows
         event.add(torch.where(keys, math.log(self.config.scale) if self.config.scale > 0 else float("-inf"), 0.0),
                   rows)
 
     @hallufix.hookimpl
     def hallufix_attn_kv(self, event):
-        keys = self._key_mask(event.visual_keys)[:, None, :, None]  # (B, 1, kv, 1)
+        keys = self._key_mask(event)[:, None, :, None]  # (B, 1, kv, 1)
         lam = self.config.scale
         event.key = torch.where(keys, event.key * lam, event.key)
         event.value = torch.where(keys, event.value * lam, event.value)
 
     @hallufix.hookimpl
     def hallufix_layer_input(self, event):
-        rows = self._key_mask(event.visual_keys)[:, event.positions]  # (B, q): masked visual rows
+        rows = self._key_mask(event)[:, event.positions]  # (B, q): masked visual rows
         event.hidden = torch.where(rows[..., None], event.hidden * self.config.scale, event.hidden)
 
     # ------------------------------------------------------------------ crop variant
@@ -226,9 +232,11 @@ class Contrast(Method):
         cap = event.capture(event.images, event.questions, layers=self.fusion + [self.post])
         maps = normalised_maps(cap.last_visual)
         contrast, chosen, dist = contrast_map(maps, self.fusion, self.post, signed=True)
+        # the box search is host work: one explicit copy of the batch's contrast
+        contrast, chosen, dist, vt = contrast.cpu(), chosen.tolist(), dist.cpu(), cap.visual
         for b, image in enumerate(event.images):
-            grid = cap.layout.grids[b][0]
-            cells = crop_box(contrast[b].numpy(), grid, c.crop_quantile)
+            grid = vt.grid(b, 0)  # the row's own grid (Qwen: per image), its own slots
+            cells = crop_box(contrast[b, vt.image_slots(b, 0)].numpy(), grid, c.crop_quantile)
             box = pixel_box(event.cell_index(image, grid), cells, grid, c.crop_margin, c.crop_min_side)
             event.extra_images[b].append(image.crop(box))
             self.diag_crop = getattr(self, "diag_crop", {})
