@@ -153,10 +153,16 @@ def plan(base: dict[str, Any], items: list[str], plugins: str | None = None,
 
 
 def _yaml_value(value: str) -> Any:
-    """``"10"`` -> 10, ``"0.5"`` -> 0.5, ``"true"`` -> True, other strings unchanged (YAML typing)."""
+    """``"10"`` -> 10, ``"0.5"`` -> 0.5, ``"true"`` -> True, other strings unchanged (YAML typing). A value the
+    override grammar cannot read (quotes, a shell command such as ``python -c "..."``) stays the string typed."""
     from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+    from yaml import YAMLError
 
-    return OmegaConf.to_container(OmegaConf.from_dotlist([f"v={value}"]))["v"]
+    try:
+        return OmegaConf.to_container(OmegaConf.from_dotlist([f"v={value}"]))["v"]
+    except (OmegaConfBaseException, YAMLError):
+        return value
 
 
 def cell_dirname(spec: RunSpec) -> str:

@@ -121,6 +121,13 @@ def test_experiment_plan_grid_and_method_keys():
         plan({}, ["fhi.g_perc=1"], "clva")
 
 
+def test_task_option_the_override_grammar_cannot_read_stays_a_string():
+    """A judge command with quotes (MMHal's ``task.judge``) is not YAML: it stays the string the user typed."""
+    p = plan({"model": "builtin", "task": "shapes-pope"}, ['task.judge=python -c "import sys; print(5)"',
+                                                         "task.n_images=3"], None)
+    assert p.task_options == {"judge": 'python -c "import sys; print(5)"', "n_images": 3}
+
+
 def test_help_imports_no_torch():
     code = ("import sys; from hallufix.cli import main\n"
             "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
