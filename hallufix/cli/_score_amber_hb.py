@@ -57,13 +57,10 @@ def register(ssub) -> None:
 
 
 def _json_list(path: str, what: str) -> list:
+    from hallufix.tasks.base import read_json
+
     p = Path(path)
-    if not p.is_file():
-        raise CliError(f"file not found: {p}")
-    try:
-        data = json.loads(p.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise CliError(f"{p}:{exc.lineno}: malformed JSON ({exc.msg})") from None
+    data = read_json(p, what)
     if not isinstance(data, list) or not all(isinstance(r, dict) for r in data):
         raise CliError(f"{p}: expected a JSON list of objects ({what})")
     return data

@@ -75,13 +75,9 @@ def _mmhal(args) -> int:
     if args.run:
         responses = _responses_from_run(args.run, args.template)
     else:
-        p = Path(args.responses)
-        if not p.is_file():
-            raise CliError(f"file not found: {p}")
-        try:
-            responses = json.loads(p.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as exc:
-            raise CliError(f"{p}:{exc.lineno}: malformed JSON ({exc.msg})") from None
+        from hallufix.tasks.base import read_json
+
+        responses = read_json(args.responses, "MMHal-Bench response file")
     if args.write:
         Path(args.write).write_text(json.dumps(responses, indent=2), encoding="utf-8")
     out, evaluations = mmhal_result(responses, args.judge, args.judge_name, args.prompt_template)

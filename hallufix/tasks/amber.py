@@ -20,7 +20,7 @@ import json
 from pathlib import Path
 
 from hallufix.scoring.amber import DIMENSIONS, amber_score, dimension_of, discriminative, load_annotations
-from hallufix.tasks.base import MetricInfo, Sample, Task, TaskError, register_task
+from hallufix.tasks.base import MetricInfo, Sample, Task, TaskError, read_json, register_task
 
 QUERY = {"disc": "query_discriminative.json", "gen": "query_generative.json", "all": "query_all.json"}
 RESPONSES = ("first-word", "exact")
@@ -89,10 +89,7 @@ class Amber(Task):
 
     def samples(self) -> list[Sample]:
         anns = self.anns()
-        try:
-            queries = json.loads(self.query.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as exc:
-            raise TaskError(f"{self.query}:{exc.lineno}: malformed JSON ({exc.msg})") from None
+        queries = read_json(self.query, "AMBER query file")
         out = []
         for i, q in enumerate(queries, 1):
             if not isinstance(q, dict) or not {"id", "image", "query"} <= set(q):

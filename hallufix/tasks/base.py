@@ -9,6 +9,8 @@ Phases: everything here runs on the CPU, outside generation. No torch imports.
 """
 from __future__ import annotations
 
+import json
+
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,6 +41,16 @@ def read_text(path: str | Path, what: str = "file") -> str:
         line = raw[: exc.start].count(b"\n") + 1
         raise TaskError(f"{path}:{line}: not UTF-8 text (byte 0x{raw[exc.start]:02x}) — re-save the {what} as "
                         f"UTF-8 (e.g. iconv -f latin1 -t utf-8)") from None
+
+
+def read_json(path: str | Path, what: str = "file"):
+    """The parsed JSON document of a data file, or :class:`TaskError` naming the file, the line of a syntax error
+    (or of a non-UTF-8 byte) and the fix (:func:`read_text` for missing, unreadable and non-UTF-8 files)."""
+    text = read_text(path, what)
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise TaskError(f"{path}:{exc.lineno}: malformed JSON ({exc.msg}) — fix the {what}") from None
 
 
 @dataclass

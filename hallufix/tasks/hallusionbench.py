@@ -14,14 +14,13 @@ the metrics then cover the image questions only). The choice is recorded in the 
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from PIL import Image
 
 from hallufix.scoring.hallusionbench import FIELDS, HallusionBenchError, check_rows, vlmevalkit_metrics, \
     yes_no_extraction
-from hallufix.tasks.base import MetricInfo, Sample, Task, TaskError, register_task
+from hallufix.tasks.base import MetricInfo, Sample, Task, TaskError, read_json, register_task
 
 
 def blank_image() -> Image.Image:
@@ -44,11 +43,9 @@ class HallusionBench(Task):
     def samples(self) -> list[Sample]:
         if not self.path.is_file():
             raise TaskError(f"HallusionBench questions not found: {self.path} (HallusionBench.json)")
+        rows = read_json(self.path, "HallusionBench question file")
         try:
-            rows = json.loads(self.path.read_text(encoding="utf-8"))
             check_rows(rows)
-        except json.JSONDecodeError as exc:
-            raise TaskError(f"{self.path}:{exc.lineno}: malformed JSON ({exc.msg})") from None
         except HallusionBenchError as exc:
             raise TaskError(f"{self.path}: {exc}") from None
         out = []

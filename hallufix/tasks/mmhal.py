@@ -11,11 +11,10 @@ hallucination rate (lower is better), per-type averages; the judge's identity an
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path, PurePosixPath
 from urllib.parse import urlparse
 
-from hallufix.tasks.base import MetricInfo, Sample, Task, TaskError, register_task
+from hallufix.tasks.base import MetricInfo, Sample, Task, TaskError, read_json, register_task
 
 FIELDS = ("question", "gt_answer", "image_src")
 
@@ -32,10 +31,7 @@ def read_template(path: str | Path) -> list[dict]:
     if not p.is_file():
         raise TaskError(f"MMHal-Bench template not found: {p} (response_template.json from the MMHal-Bench "
                         f"dataset)")
-    try:
-        rows = json.loads(p.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise TaskError(f"{p}:{exc.lineno}: malformed JSON ({exc.msg})") from None
+    rows = read_json(p, "MMHal-Bench template")
     if not isinstance(rows, list):
         raise TaskError(f"{p}: expected a JSON list of questions")
     for i, r in enumerate(rows):

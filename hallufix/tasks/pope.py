@@ -21,7 +21,7 @@ import re
 from pathlib import Path
 
 from hallufix.scoring.pope import PARSERS, parse_yes_no, score_splits
-from hallufix.tasks.base import MetricInfo, Sample, Task, TaskError, read_text, register_task
+from hallufix.tasks.base import MetricInfo, Sample, Task, TaskError, read_json, read_text, register_task
 
 PROMPTS = {"llava": "\nAnswer the question using a single word or phrase.",
            "vcd": " Please answer this question with one word.", "none": ""}
@@ -35,10 +35,7 @@ def read_records(path: Path) -> list[dict]:
     text = read_text(path)
     path = Path(path)
     if text.lstrip().startswith("["):
-        try:
-            recs = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise TaskError(f"{path}:{exc.lineno}: malformed JSON ({exc.msg})") from None
+        recs = read_json(path, "label file")
         bad = next((i for i, r in enumerate(recs) if not isinstance(r, dict)), None)
         if bad is not None:
             raise TaskError(f"{path}: element {bad} of the JSON array is not an object")
