@@ -196,6 +196,26 @@ def test_refused_before_any_weights_load(argv, message, data, tmp_path, capsys, 
     assert not (tmp_path / "out").exists()  # nothing was created
 
 
+@pytest.fixture
+def read_only_folder(tmp_path):
+    """A folder on a read-only file system (a tmpfs mounted ``ro``): refused even for root, whom permission bits
+    do not stop. Skipped where mounting is not allowed."""
+    import subprocess
+
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", str(ro)],
+                      capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a read-only tmpfs here (needs root / CAP_SYS_ADMIN)")
+    yield ro
+    subprocess.run(["umount", str(ro)], capture_output=True)
+
+
+def test_read_only_output_folder_is_refused_before_loading(read_only_folder, data, capsys, no_weights):
+    code, _, err = cli(RUN + ["--output", str(read_only_folder / "run")], capsys)
+    assert code == 2 and "is not writable — choose a folder you can write" in one_line_error(err), err
+
+
 # ---------------------------------------------------------------------------------------------------- with a model
 def run_builtin(data, out, *extra, task="good.jsonl", batch_size=1):
     return ["run", "--quiet", "--no-baseline", "--task", f"jsonl:{data}/{task}", "--batch-size", str(batch_size),
