@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from hallufix.scoring.mme import COGNITION, HALLUCINATION, PERCEPTION, mme_scores
+from hallufix.scoring.mme import COGNITION, HALLUCINATION, PERCEPTION, mme_scores, total_metrics
 from hallufix.tasks.base import MetricInfo, Sample, Task, TaskError, register_task
 
 SUBTASKS = PERCEPTION + COGNITION
@@ -243,6 +243,7 @@ class MME(Task):
             by.setdefault(r["split"], []).append((r["meta"]["image"], r["answer"], r["parsed"]))
         res = mme_scores(by)
         out: dict[str, dict[str, float]] = {n: dict(m) for n, m in res["subtasks"].items()}
-        out["all"] = {k: res[k] for k in ("perception", "cognition", "hallucination", "object_level",
-                                          "attribute_level")}
+        names = ("hallucination", "object_level", "attribute_level") if self.subset == "hallucination" else \
+            ("perception", "cognition", "hallucination", "object_level", "attribute_level")
+        out["all"] = total_metrics(res, names)  # an incomplete total: None, naming the missing subtasks
         return out
