@@ -21,12 +21,13 @@ def _common(p) -> None:
                                                   "rerunning into the same directory resumes")
     p.add_argument("--batch-size", type=int, default=None, help="rows per generate call, at least 1 (default 32)")
     p.add_argument("--limit", type=int, default=None, help="first N samples only, at least 1 (default: all)")
-    p.add_argument("--seed", type=int, default=None, help="torch seed, 0 or more (default 0)")
+    p.add_argument("--seed", type=int, default=None,
+                   help="seed for python, numpy and torch, 0 or more; part of the run's identity (default 0)")
     p.add_argument("--max-new-tokens", type=int, default=None,
                    help="generation budget, at least 1 (default: the task's, e.g. POPE 16, CHAIR 512)")
-    p.add_argument("--dtype", default=None, help="auto, float32, bfloat16, float16")
-    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ...")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--dtype", default=None, help="auto, float32, bfloat16, float16 (default auto: the checkpoint's)")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default cpu)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars (default: a bar per run on stderr)")
     p.add_argument("--on-nonfinite", choices=("stop", "record"), default="stop",
                    help="non-finite logits (NaN/inf): stop naming the method and layer (default), or record the "
                         "sample flagged, leave it out of the metrics and go on")
@@ -40,14 +41,18 @@ def _common(p) -> None:
 def register(sub) -> None:
     p = sub.add_parser("run", help="run methods on a task (vs the baseline on the same samples)", epilog=EPILOG,
                        formatter_class=__import__("argparse").RawDescriptionHelpFormatter)
-    p.add_argument("--plugins", default=None, help="methods to stack, in call order: clva,ara")
-    p.add_argument("--no-baseline", action="store_true", help="do not run the baseline beside the stack")
+    p.add_argument("--plugins", default=None,
+                   help="methods to stack, in call order: clva,ara; a file plugin: ./my_method.py (default: none, "
+                        "the baseline)")
+    p.add_argument("--no-baseline", action="store_true",
+                   help="do not run the baseline beside the stack (default: run it, on the same samples)")
     _common(p)
     p.set_defaults(handler=_run)
     a = sub.add_parser("ablate", help="run an ablation grid from a YAML file and/or key=a,b sweeps",
                        epilog="example: hallufix ablate configs/ablations/clva-table4.yaml --limit 100")
     a.add_argument("grid", nargs="?", default=None, help="grid YAML (see configs/ablations/)")
-    a.add_argument("--plugins", default=None, help="a fixed stack when the grid does not sweep plugins")
+    a.add_argument("--plugins", default=None,
+                   help="a fixed stack when the grid does not sweep plugins (default: none, the baseline)")
     _common(a)
     a.set_defaults(handler=_ablate, no_baseline=True)
 
