@@ -165,7 +165,7 @@ def masking_curve(accuracy: list[float], baseline: float, suggestion: dict, path
     fig, ax = plt.subplots(figsize=(6, 3))
     if n:
         bounds = np.array([wilson(a, n) for a in accuracy])
-        err = np.stack([np.asarray(accuracy) - bounds[:, 0], bounds[:, 1] - np.asarray(accuracy)])
+        err = np.stack([np.asarray(accuracy) - bounds[:, 0], bounds[:, 1] - np.asarray(accuracy)]).clip(min=0)
         ax.errorbar(range(len(accuracy)), accuracy, yerr=err, marker="o", ms=3, capsize=2,
                     label=f"visual tokens hidden at this layer (95% Wilson, n={n})")
     else:

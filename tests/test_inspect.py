@@ -115,7 +115,7 @@ def test_figures_come_as_png_pdf_svg_with_colour_bar_and_error_bars(tmp_path):
     pytest.importorskip("matplotlib")
     from hallufix import figures
 
-    figures.masking_curve([0.9, 0.5, 0.8], 0.92, {"fusion_layers": [1]}, tmp_path / "m.png", n=50)
+    figures.masking_curve([1.0, 0.5, 0.8], 0.92, {"fusion_layers": [1]}, tmp_path / "m.png", n=50)
     assert {p.suffix for p in tmp_path.iterdir()} == {".png", ".pdf", ".svg"}
     lo, hi = figures.wilson(0.5, 50)
     assert lo < 0.5 < hi and hi - lo == pytest.approx(0.27, abs=0.01)
