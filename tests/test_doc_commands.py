@@ -92,3 +92,10 @@ def test_runnable_documented_commands_run(tmp_path, monkeypatch, capsys):
         assert code == 0, f"{doc}: `{cmd}` exited {code}: {out.err[-800:]}"
         ran.append(cmd)
     assert any(c.startswith("hallufix report") for c in ran) and any(c.startswith("hallufix run") for c in ran)
+
+
+def test_docs_cite_only_files_users_have():
+    """Users have the repository, not the team's working notes: no doc points outside it."""
+    bad = [f"{doc}:{i}" for doc in DOCS for i, line in enumerate((ROOT / doc).read_text().splitlines(), 1)
+           if re.search(r"/work/shared|shared/docs|shared/data", line)]
+    assert not bad, bad
