@@ -94,7 +94,8 @@ def head_matrix(phi: np.ndarray, upper: np.ndarray, lower: np.ndarray, path: Pat
                 ax.text(h, layer, "-", ha="center", va="center", color="red", fontsize=12, weight="bold")
     ax.set_xlabel("head")
     ax.set_ylabel("layer (0-based)")
-    ax.set_title(title or "visual attention intensity\n+ sensitive, − insensitive (mean ± λ·std per layer)", fontsize=9)
+    ax.set_title(title or "visual attention intensity\n+ sensitive, − insensitive (mean ± λ·std per layer)",
+                 fontsize=9)
     fig.colorbar(im, ax=ax, label="mean visual mass over text rows")
     fig.tight_layout()
     save(fig, path)

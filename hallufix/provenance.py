@@ -9,6 +9,7 @@
 * :func:`identity_diff` — ``"key: old -> new"`` for the identity keys that differ (the resume refusal).
 * :func:`provenance` — what lmms-eval records besides: command line, start / end time, the chat template text,
   package versions live in ``env.json``.
+* :func:`check_same_run` / :func:`check_same_questions` — the resume refusals.
 * :func:`seed_everything` — python ``random``, numpy and torch from one seed.
 
 Paths and hashes only; no torch at import time. (Moves with the runner.)
@@ -155,6 +156,45 @@ def identity_diff(previous: dict, current: dict) -> list[str]:
     keys += sorted(k for k in set(previous) | set(current) if k not in IDENTITY_KEYS
                    and previous.get(k) != current.get(k))
     return [f"{k}: {short(previous.get(k))} -> {short(current.get(k))}" for k in keys]
+
+
+def limit_warning(limit: int | None, n: int) -> str | None:
+    if limit is None:
+        return None
+    return (f"--limit {limit}: the first {n} samples of the task only — not comparable with published full-set "
+            f"numbers (subsets per split or subtask may be incomplete)")
+
+
+def check_same_run(out_dir: Path, previous: dict, config: dict) -> None:
+    """Resume only a run with the same identity (:mod:`hallufix.provenance`); name the differing keys."""
+    from hallufix import rundir
+    from hallufix.errors import RunDirError
+
+    if "identity" not in previous:  # written before run identities: the whole config must match
+        legacy = {k: v for k, v in config.items() if k in previous}
+        if previous != legacy:
+            raise RunDirError(f"{out_dir} holds a run with a different config ({rundir.config_diff(previous, legacy)})"
+                              f" — choose another --output, or delete that folder to start over")
+        return
+    diff = identity_diff(previous["identity"], config["identity"])
+    if diff:
+        raise RunDirError(f"{out_dir} holds a different run — its samples were generated with other settings: "
+                          f"{'; '.join(diff[:6])} — choose another --output (or another directory name), or delete "
+                          f"that folder to start over")
+
+
+def check_same_questions(out_dir: Path, samples, done: dict) -> None:
+    """Finished records are reused only for the very same question (a task option that rewrites prompts, a task
+    seed that draws other questions under the same ids)."""
+    from hallufix.errors import RunDirError
+
+    changed = [(s.id, done[s.id].get("question"), s.question) for s in samples
+               if s.id in done and done[s.id].get("question") != s.question]
+    if changed:
+        sid, old, new = changed[0]
+        raise RunDirError(f"{out_dir}: {len(changed)} finished sample(s) were asked another question than the task "
+                          f"asks now (e.g. {sid}: {old!r} -> {new!r}) — choose another --output, or delete that "
+                          f"folder to start over")
 
 
 def seed_everything(seed: int) -> dict:

@@ -2,11 +2,14 @@
 
 Layout of a run directory::
 
-    config.yaml     the resolved run config (model, task, plugins, per-method configs, generation settings)
+    config.yaml     the resolved run config and its identity (:mod:`hallufix.provenance`): a resume must match it
     env.json        versions, git hash, device, dtype, attention implementation, batch size, seed
     samples.jsonl   one record per finished sample (strict JSON), appended and fsynced after every batch
     batches.jsonl   one line per finished batch: its ids, wall seconds, generated tokens, hook counts
-    results.json    schema-versioned metrics with their direction, method order, overhead; written at the end
+    results.json    schema-versioned metrics with their direction, method order, overhead per sample and token,
+                    peak memory, identity and provenance (command line, times, task options and file hashes,
+                    chat template, generation settings, seeds); written at the end
+    sample_stats.json  per-sample counts a task's scorer uses (CHAIR), for the report's bootstrap
     hooks.json      fired count per hook point and which attention path each layer ran (all processes)
     .lock           held (flock) by the one process writing the directory
 
@@ -214,7 +217,7 @@ def _execute_locked(session, task, spec, out_dir, methods, progress, on_batch, s
         except (yaml.YAMLError, UnicodeDecodeError) as exc:
             raise RunDirError(f"{cfg_path} is unreadable ({type(exc).__name__}) — restore it, or choose another "
                               f"--output") from None
-        _check_same_run(out_dir, previous, config)
+        prov.check_same_run(out_dir, previous, config)
     rundir.write_text(cfg_path, yaml.safe_dump(config, sort_keys=False))
     rundir.write_json(out_dir / "env.json", environment(session, spec, run.methods))
 
@@ -222,7 +225,7 @@ def _execute_locked(session, task, spec, out_dir, methods, progress, on_batch, s
     wanted = set(ids)
     found = read_samples(samples_path, drop_corrupt=drop_corrupt)
     done.update((r["id"], r) for r in found if r.get("id") in wanted)
-    _check_same_questions(out_dir, samples, done)
+    prov.check_same_questions(out_dir, samples, done)
     clean = [done[i] for i in ids if i in done]
     if clean != found or not rundir.holds_exactly(samples_path, len(clean)):  # torn / dropped / foreign lines:
         # rewrite once (atomically); else leave the file alone
@@ -302,7 +305,7 @@ def _execute_locked(session, task, spec, out_dir, methods, progress, on_batch, s
                        "chat_template": template["chat_template"], "prompt_rendered": template["rendered"],
                        "prompt_template_sha256": template["sha256"], "generation": generation,
                        "model": ident["model"], "seeds": seeds, "limit": spec.limit,
-                       "limit_warning": _limit_warning(spec.limit, len(samples))},
+                       "limit_warning": prov.limit_warning(spec.limit, len(samples))},
     }
     units = getattr(task, "sample_stats", None)
     if callable(units):
@@ -311,42 +314,6 @@ def _execute_locked(session, task, spec, out_dir, methods, progress, on_batch, s
     rundir.write_json(out_dir / "hooks.json", {"declared": run.declarations(), "fired": m["fired"],
                                                "paths": m["paths"]})
     return results
-
-
-def _limit_warning(limit: int | None, n: int) -> str | None:
-    if limit is None:
-        return None
-    return (f"--limit {limit}: the first {n} samples of the task only — not comparable with published full-set "
-            f"numbers (subsets per split or subtask may be incomplete)")
-
-
-def _check_same_run(out_dir: Path, previous: dict, config: dict) -> None:
-    """Resume only a run with the same identity (:mod:`hallufix.provenance`); name the differing keys."""
-    from hallufix import provenance as prov
-
-    if "identity" not in previous:  # written before run identities: the whole config must match
-        legacy = {k: v for k, v in config.items() if k in previous}
-        if previous != legacy:
-            raise RunDirError(f"{out_dir} holds a run with a different config ({rundir.config_diff(previous, legacy)})"
-                              f" — choose another --output, or delete that folder to start over")
-        return
-    diff = prov.identity_diff(previous["identity"], config["identity"])
-    if diff:
-        raise RunDirError(f"{out_dir} holds a different run — its samples were generated with other settings: "
-                          f"{'; '.join(diff[:6])} — choose another --output (or another directory name), or delete "
-                          f"that folder to start over")
-
-
-def _check_same_questions(out_dir: Path, samples, done: dict) -> None:
-    """Finished records are reused only for the very same question (a task option that rewrites prompts, a task
-    seed that draws other questions under the same ids)."""
-    changed = [(s.id, done[s.id].get("question"), s.question) for s in samples
-               if s.id in done and done[s.id].get("question") != s.question]
-    if changed:
-        sid, old, new = changed[0]
-        raise RunDirError(f"{out_dir}: {len(changed)} finished sample(s) were asked another question than the task "
-                          f"asks now (e.g. {sid}: {old!r} -> {new!r}) — choose another --output, or delete that "
-                          f"folder to start over")
 
 
 def _diff(now: dict, before: dict) -> dict:
