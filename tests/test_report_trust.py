@@ -183,3 +183,18 @@ def test_paired_comparison_covers_f1_mean_f1_chair_and_mme(grid):
         assert row["p_holm"] is not None and 0 <= row["p_holm"] <= 1
     acc = cmp[cmp["metric"] == "acc"].iloc[0]
     assert 0 <= acc["mcnemar_p"] <= 1
+
+
+def test_a_limit_cut_subtask_makes_the_totals_partial():
+    """shapes-mme --limit 90: existence complete, count cut after 10 of 80 questions -> no object-level total."""
+    from hallufix.tasks.shapes import ShapesMME
+
+    task = ShapesMME()
+    samples = task.samples()[:90]
+    records = [{"id": s.id, "split": s.split, "answer": s.answer, "parsed": s.answer, "meta": s.meta}
+               for s in samples]
+    scores = task.score(records)
+    assert scores["existence"]["score"] == pytest.approx(200)
+    level = scores["all"]["object_level"]
+    assert level["value"] is None and "count (10 of 80 questions)" in level["partial"]
+    assert scores["all"]["attribute_level"]["value"] is None

@@ -65,13 +65,15 @@ TOTALS = {"perception": PERCEPTION, "cognition": COGNITION, "hallucination": HAL
 
 
 def mme_scores(subtasks: dict[str, list[tuple[str, str, str]]], parser: str = "official",
-               allow_partial: bool = False) -> dict:
+               allow_partial: bool = False, expected: dict[str, int] | None = None) -> dict:
     """``{subtask: rows}`` -> ``{"perception", "cognition", "hallucination", "object_level", "attribute_level",
     "subtasks": {name: {acc, acc_plus, score, n}}, "incomplete": {total: {"missing": [...], "partial_sum"}}}``.
 
     A total is the sum over its complete set of subtasks (:data:`TOTALS`); when one of them is absent the total is
     ``None`` and ``incomplete`` names the missing subtasks and the sum over those present (never a silently smaller
     number). ``allow_partial=True`` reports that partial sum as the total instead (still listed in ``incomplete``).
+    ``expected``: questions per subtask in the full set (a ``--limit`` cut): a subtask with fewer counts as missing
+    from the totals (``"count (10 of 80 questions)"``), though its own acc / acc+ / score are still given.
     """
     if parser not in PARSERS:
         raise ValueError(f"unknown MME parser '{parser}'; known: {', '.join(PARSERS)}")
@@ -80,7 +82,8 @@ def mme_scores(subtasks: dict[str, list[tuple[str, str, str]]], parser: str = "o
     incomplete: dict = {}
     for total, names in TOTALS.items():
         present = sum(per[n]["score"] for n in names if n in per)
-        missing = [n for n in names if n not in per]
+        missing = [n if n not in per else f"{n} ({per[n]['n']} of {expected[n]} questions)" for n in names
+                   if n not in per or (expected and per[n]["n"] < expected.get(n, 0))]
         if missing:
             incomplete[total] = {"missing": missing, "partial_sum": present}
         out[total] = present if not missing or allow_partial else None

@@ -225,7 +225,9 @@ class MME(Task):
     def samples(self) -> list[Sample]:
         subs = HALLUCINATION if self.subset == "hallucination" else SUBTASKS
         out = []
+        self.expected: dict[str, int] = {}  # questions per subtask in the full set: a --limit cut is partial
         for sub, rows in read_release(self.path, subs).items():
+            self.expected[sub] = len(rows)
             for k, (name, q, gt, image) in enumerate(rows):
                 question = q[: -len(OFFICIAL_SUFFIX)] if q.endswith(OFFICIAL_SUFFIX) else q
                 out.append(Sample(id=f"{sub}/{name}/{k % 2}", question=question.rstrip() + self.suffix
@@ -241,7 +243,7 @@ class MME(Task):
         by: dict[str, list] = {}
         for r in records:
             by.setdefault(r["split"], []).append((r["meta"]["image"], r["answer"], r["parsed"]))
-        res = mme_scores(by)
+        res = mme_scores(by, expected=getattr(self, "expected", None))
         out: dict[str, dict[str, float]] = {n: dict(m) for n, m in res["subtasks"].items()}
         names = ("hallucination", "object_level", "attribute_level") if self.subset == "hallucination" else \
             ("perception", "cognition", "hallucination", "object_level", "attribute_level")

@@ -200,7 +200,7 @@ class ShapesMME(_YesNo):
         by_sub = {}
         for r in records:
             by_sub.setdefault(r["split"], []).append((r["meta"]["scene"], r["answer"].capitalize(), r["parsed"]))
-        res = mme_scores(by_sub)
+        res = mme_scores(by_sub, expected={sub: 2 * self.n_images for sub in HALLUCINATION})
         out = {name: {k: v for k, v in m.items() if k != "n"} for name, m in res["subtasks"].items()}
         out["all"] = total_metrics(res, ("hallucination", "object_level", "attribute_level"))
         return out
