@@ -218,8 +218,18 @@ def command_line() -> list[str]:
             for i, a in enumerate(sys.argv)]
 
 
+def reset_peak_memory(device) -> None:
+    """Start a run's CUDA peak afresh (a CPU process's peak RSS cannot be reset: it covers earlier runs of the same
+    process too, so a grid's later cells report at least the earlier cells' peak)."""
+    import torch
+
+    if str(device).startswith("cuda") and torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats(device)
+
+
 def peak_memory_mb(device) -> float | None:
-    """Peak memory in MiB: CUDA's max allocated on a CUDA device, else the process's peak resident set size."""
+    """Peak memory in MiB: CUDA's max allocated on a CUDA device (since :func:`reset_peak_memory`), else the
+    process's peak resident set size."""
     import torch
 
     if str(device).startswith("cuda") and torch.cuda.is_available():

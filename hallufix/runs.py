@@ -234,6 +234,7 @@ def _execute_locked(session, task, spec, out_dir, methods, progress, on_batch, s
     todo = [s for s in samples if s.id not in done]
     check_questions_fit(session, todo, max_new)
     seeds = prov.seed_everything(spec.seed)
+    prov.reset_peak_memory(session.device)
     process = f"{os.getpid()}-{time.time_ns()}"  # one per execute call (a resume in the same process counts)
     bar = tqdm(total=len(samples), initial=len(samples) - len(todo), desc=f"{spec.stack} on {task.name}",
                disable=not progress, unit="q")
