@@ -125,7 +125,7 @@ def plan(base: dict[str, Any], items: list[str], plugins: str | None = None,
             if key in RUN_KEYS:
                 setattr(spec, key, run_value(key, value))
             elif head == "task" and rest:
-                out.task_options[rest] = _yaml_value(value)
+                spec.task_options[rest] = _yaml_value(value)  # per cell: task.seed=0,1 is two cells
             elif rest:
                 if head not in stack:
                     if len(axes[key]) > 1:
@@ -143,12 +143,16 @@ def plan(base: dict[str, Any], items: list[str], plugins: str | None = None,
         if len(axes["plugins"]) > 1:
             swept["plugins"] = spec.stack
         spec.swept = swept
+        spec.task_spec = spec.task
         ident = (tuple(spec.plugins), tuple(sorted((k, tuple(v)) for k, v in spec.overrides.items())),
+                 tuple(sorted((k, str(v)) for k, v in spec.task_options.items())),
                  spec.batch_size, spec.limit, spec.seed, spec.max_new_tokens)
         if ident in seen:
             continue
         seen.add(ident)
         out.cells.append(spec)
+    if out.cells:
+        out.task_options = dict(out.cells[0].task_options)  # the fixed ones (shared by every cell)
     return out
 
 
@@ -165,13 +169,52 @@ def _yaml_value(value: str) -> Any:
         return value
 
 
-def cell_dirname(spec: RunSpec) -> str:
-    """A stable, readable directory name for a cell: the stack plus the swept method keys."""
-    parts = [spec.stack]
+def method_label(name: str) -> str:
+    """A stack entry as a package would name it: a file plugin ``path/my_method.py[:Class]`` -> ``my_method``
+    (``Class`` when given), so its directory is neither hidden nor path-shaped."""
+    if name.endswith(".py") or ".py:" in name:
+        path, _, wanted = name.partition(".py:") if ".py:" in name else (name[:-3], "", "")
+        return wanted or Path(path).name
+    return name
+
+
+def fixed_settings(spec: RunSpec) -> dict[str, Any]:
+    """What distinguishes a cell beyond its stack and swept keys: fixed method overrides, fixed task options and
+    non-default run settings that change samples (seed, max_new_tokens, dtype)."""
+    fixed: dict[str, Any] = {}
+    for method, items in sorted(spec.overrides.items()):
+        for item in items:
+            key = f"{method}.{item.split('=', 1)[0]}"
+            if key not in spec.swept:
+                fixed[key] = item.split("=", 1)[1]
+    for k, v in sorted(spec.task_options.items()):
+        if f"task.{k}" not in spec.swept:
+            fixed[f"task.{k}"] = v
+    for k, default in (("seed", 0), ("max_new_tokens", None), ("dtype", "auto")):
+        if getattr(spec, k) != default and k not in spec.swept:
+            fixed[k] = getattr(spec, k)
+    return fixed
+
+
+def cell_dirname(spec: RunSpec, names: dict[str, str] | None = None) -> str:
+    """A stable, readable, unique directory name for a cell: the stack (file plugins named like packages, or by
+    ``names``: stack entry -> method name), the swept keys, and — when the cell has fixed settings that change its
+    samples (:func:`fixed_settings`) — ``-h`` plus a short hash of them, so two runs with different fixed
+    overrides never share a directory (``clva-h1a2b3c``)."""
+    import hashlib
+    import json
+
+    names = names or {}
+    stack = "+".join(names.get(p) or method_label(p) for p in spec.plugins) or "baseline"
+    parts = [stack]
     for k, v in sorted(spec.swept.items()):
         if k != "plugins":
             parts.append(f"{k}={v}")
-    return re.sub(r"[^A-Za-z0-9_.=+,-]", "_", "_".join(parts))
+    name = re.sub(r"[^A-Za-z0-9_.=+,-]", "_", "_".join(parts)).lstrip(".")
+    fixed = fixed_settings(spec)
+    if fixed:
+        name += "-h" + hashlib.sha256(json.dumps(fixed, sort_keys=True, default=str).encode()).hexdigest()[:6]
+    return name
 
 
 def default_output(model: str, task: str) -> Path:

@@ -42,12 +42,13 @@ def _write_maps(a: LayerAnalysis, view, layers, out: Path, stem: str, title: str
         im = ax.imshow(maps.numpy(), aspect="auto")
         ax.set_xlabel("visual token (no spatial grid)")
         ax.set_ylabel("layer")
-        fig.colorbar(im, ax=ax)
-        fig.savefig(out / f"{stem}.png", dpi=110)
-        plt.close(fig)
+        fig.colorbar(im, ax=ax, label="attention to the token")
+        ax.set_title(title, fontsize=9)
+        figures.save(fig, out / f"{stem}.png")
 
 
-def _write_curves(a: LayerAnalysis, out: Path, stem: str, title: str) -> dict:
+def _write_curves(a: LayerAnalysis, out: Path, stem: str, title: str, compare: dict | None = None,
+                  labels=("method off", "method on"), anchors=None) -> dict:
     c = a.curves()
     with (out / f"{stem}.csv").open("w", newline="") as f:
         w = csv.writer(f)
@@ -55,6 +56,8 @@ def _write_curves(a: LayerAnalysis, out: Path, stem: str, title: str) -> dict:
         for i in range(len(c["entropy"])):
             w.writerow([i] + [c[k][i] for k in c])
     figures.curves(c, out / f"{stem}.png", title)
+    if compare is not None:  # off and on on one axis per quantity
+        figures.curves(compare, out / "curves_on_off.png", title, compare=c, labels=labels, anchors=anchors)
     return c
 
 
@@ -79,7 +82,7 @@ def write_inspection(session, images, questions, out: Path, plugins=(), override
     # averaged maps are drawn over the first image: say so in the title
     shown = "" if len(images) == 1 else f" (mean over {len(images)} samples, drawn on the first image)"
     _write_maps(a, view, draw, out, "maps", "method off" + shown)
-    _write_curves(a, out, "curves", "method off")
+    off_curves = _write_curves(a, out, "curves", "method off")
     lines = [f"# Attention inspection: {session.info.name} ({session.info.family})", "",
              f"{len(images)} sample(s){' (averaged)' if len(images) > 1 else ''}; first question: "
              f"*{questions[0]}*", "", "## Visual attention intensity per head", "",
@@ -93,23 +96,46 @@ def write_inspection(session, images, questions, out: Path, plugins=(), override
         on, diags = analyse(session, images, questions, plugins, overrides, lambda_vis=lambda_vis)
         b = average(on) if len(on) > 1 else on[0]
         _write_maps(b, view, draw, out, "maps_on", f"with {'+'.join(map(str, plugins))}" + shown)
-        _write_curves(b, out, "curves_on", f"with {'+'.join(map(str, plugins))}")
+        name = "+".join(map(str, plugins))
+        _write_curves(b, out, "curves_on", f"method off vs {name}", compare=off_curves,
+                      labels=("method off", f"with {name}"), anchors=anchor_layers(session, plugins, overrides))
         (out / "diagnostics.json").write_text(json.dumps(diags, indent=1, default=str))
-        lines += [f"## With {' + '.join(map(str, plugins))}", "", "![](maps_on.png)", "", "![](curves_on.png)", "",
+        lines += [f"## With {' + '.join(map(str, plugins))}", "", "![](maps_on.png)", "",
+                  "Off and on on one axis (dashed: the layers the methods' configs name):", "",
+                  "![](curves_on_off.png)", "",
                   "Each method's diagnostics: `diagnostics.json`.", ""]
     index = out / "index.md"
     index.write_text("\n".join(lines))
     return index
 
 
-def layer_masking(session, task_spec: str, out: Path, limit: int = 200, batch_size: int = 16) -> dict:
+def anchor_layers(session, plugins, overrides=None) -> list[int]:
+    """The layers the stack's resolved configs name (every config key containing ``layer`` with an int or a list
+    of ints), 0-based, within the model's depth: marked on the on/off curves."""
+    try:
+        methods = session.start(list(plugins), overrides or {}).methods.record()
+    except Exception:  # an anchor mark is a courtesy: never fail the inspection for it
+        return []
+    found: set[int] = set()
+    for m in methods:
+        for key, value in (m.get("config") or {}).items():
+            if "layer" not in str(key).lower():
+                continue
+            for v in value if isinstance(value, (list, tuple)) else [value]:
+                if isinstance(v, int) and not isinstance(v, bool) and 0 <= v < session.info.num_layers:
+                    found.add(v)
+    return sorted(found)
+
+
+def layer_masking(session, task_spec: str, out: Path, limit: int = 200, batch_size: int = 16,
+                  task_options: dict | None = None) -> dict:
     """Accuracy on a yes/no task with visual tokens hidden at one layer at a time, plus the suggestion."""
     from tqdm import tqdm
 
     from hallufix.tasks import get_task
     from hallufix.tasks.base import iter_batches
 
-    task = get_task(task_spec)
+    task = get_task(task_spec, **(task_options or {}))
     samples = [s for s in task.samples() if s.answer is not None][:limit]
     if not samples:
         raise ValueError(f"task '{task_spec}' has no samples with answers")
@@ -135,5 +161,5 @@ def layer_masking(session, task_spec: str, out: Path, limit: int = 200, batch_si
             w.writerow([i, acc, base - acc])
     result = {"task": task_spec, "n": len(samples), "baseline": base, "accuracy": accs, "suggestion": suggestion}
     (out / "layer_masking.json").write_text(json.dumps(result, indent=1))
-    figures.masking_curve(accs, base, suggestion, out / "layer_masking.png")
+    figures.masking_curve(accs, base, suggestion, out / "layer_masking.png", n=len(samples))
     return result

@@ -14,13 +14,20 @@ def _fmt(v) -> str:
     return str(v)
 
 
+def _name(spec) -> str:
+    from hallufix.experiment import method_label
+
+    stack = "+".join(method_label(p) for p in spec.plugins) or "baseline"  # ./my_method.py -> my_method
+    return stack + "".join(f" {k}={v}" for k, v in sorted(spec.swept.items()) if k != "plugins")
+
+
 def summary_table(results: list) -> str:
     """``results``: ``[(RunSpec, out_dir, results_dict), ...]`` -> aligned text table."""
     import pandas as pd
 
     cols, base_wall = {}, None
     for spec, _, res in results:
-        name = spec.stack + "".join(f" {k}={v}" for k, v in sorted(spec.swept.items()) if k != "plugins")
+        name = _name(spec)
         col = {}
         for split, metrics in res["metrics"].items():
             for metric, m in metrics.items():
@@ -32,7 +39,7 @@ def summary_table(results: list) -> str:
         col[("time", "s/sample")] = wall
         cols[name] = col
     for spec, _, res in results:
-        name = spec.stack + "".join(f" {k}={v}" for k, v in sorted(spec.swept.items()) if k != "plugins")
+        name = _name(spec)
         wall = cols[name][("time", "s/sample")]
         ratio = (wall / base_wall) if (wall and base_wall) else None
         cols[name][("time", "x baseline")] = ratio

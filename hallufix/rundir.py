@@ -211,8 +211,10 @@ def cut_torn_tail(path: Path) -> None:
 # ---------------------------------------------------------------------------------------------------- measurements
 def measurements(out_dir: Path, ids: set[str]) -> dict:
     """Timing and hook counts summed over every logged batch whose samples are all among ``ids`` (finished ones):
-    ``{"wall_s", "samples", "tokens", "processes", "fired", "paths"}``."""
-    total = {"wall_s": 0.0, "samples": 0, "tokens": 0, "processes": set(), "fired": {}, "paths": {}}
+    ``{"wall_s", "samples", "tokens", "processes", "fired", "paths", "peak_mem_mb"}`` (peak: the largest over
+    batches, MiB; ``None`` for logs written before it was recorded)."""
+    total = {"wall_s": 0.0, "samples": 0, "tokens": 0, "processes": set(), "fired": {}, "paths": {},
+             "peak_mem_mb": None}
     for b in read_jsonl(Path(out_dir) / BATCHES, drop_corrupt=True, what="batch log line", keep_aside=False):
         if not b.get("ids") or not set(b["ids"]) <= ids:
             continue
@@ -220,6 +222,8 @@ def measurements(out_dir: Path, ids: set[str]) -> dict:
         total["samples"] += len(b["ids"])
         total["tokens"] += int(b.get("tokens") or 0)
         total["processes"].add(b.get("process"))
+        if b.get("peak_mem_mb") is not None:
+            total["peak_mem_mb"] = max(total["peak_mem_mb"] or 0.0, float(b["peak_mem_mb"]))
         for key in ("fired", "paths"):
             for k, v in (b.get(key) or {}).items():
                 total[key][k] = total[key].get(k, 0) + int(v)

@@ -2,11 +2,14 @@
 
 Layout of a run directory::
 
-    config.yaml     the resolved run config (model, task, plugins, per-method configs, generation settings)
+    config.yaml     the resolved run config and its identity (:mod:`hallufix.provenance`): a resume must match it
     env.json        versions, git hash, device, dtype, attention implementation, batch size, seed
     samples.jsonl   one record per finished sample (strict JSON), appended and fsynced after every batch
     batches.jsonl   one line per finished batch: its ids, wall seconds, generated tokens, hook counts
-    results.json    schema-versioned metrics with their direction, method order, overhead; written at the end
+    results.json    schema-versioned metrics with their direction, method order, overhead per sample and token,
+                    peak memory, identity and provenance (command line, times, task options and file hashes,
+                    chat template, generation settings, seeds); written at the end
+    sample_stats.json  per-sample counts a task's scorer uses (CHAIR), for the report's bootstrap
     hooks.json      fired count per hook point and which attention path each layer ran (all processes)
     .lock           held (flock) by the one process writing the directory
 
@@ -48,6 +51,8 @@ class RunSpec:
     dtype: str = "auto"
     device: str = "cpu"
     swept: dict[str, Any] = field(default_factory=dict)
+    task_options: dict[str, Any] = field(default_factory=dict)  # recorded in the identity (the task is built
+    task_spec: str | None = None                                 # from them by the caller); ``NAME[:PATH]``
 
     @property
     def stack(self) -> str:
@@ -95,13 +100,25 @@ def read_samples(path: Path, *, drop_corrupt: bool = False) -> list[dict]:
     return rundir.read_jsonl(path, drop_corrupt=drop_corrupt)
 
 
-def metrics_block(task: Task, scores: dict[str, dict[str, float]], counts: dict[str, int]) -> dict:
-    """``{split: {metric: {value, higher_is_better, n}}}`` from a task's scores."""
+def metrics_block(task: Task, scores: dict[str, dict[str, Any]], counts: dict[str, int]) -> dict:
+    """``{split: {metric: {value, higher_is_better, n}}}`` from a task's scores.
+
+    A metric the task does not declare in :attr:`Task.metrics` gets ``higher_is_better: null`` (never a guessed
+    direction) and is listed under ``undeclared``. A task may score a metric as a dict ``{"value": None,
+    "partial": "why"}`` (an MME total over an incomplete set of subtasks): the extra keys are kept."""
     direction = {m.name: m.higher_is_better for m in task.metrics}
-    return {split: {name: {"value": value, "higher_is_better": direction.get(name, True),
-                           "n": counts.get(split, counts.get("all", 0))}
-                    for name, value in metrics.items()}
-            for split, metrics in scores.items()}
+    out: dict = {}
+    for split, metrics in scores.items():
+        block = out.setdefault(split, {})
+        for name, value in metrics.items():
+            entry = {"value": value, "higher_is_better": direction.get(name),
+                     "n": counts.get(split, counts.get("all", 0))}
+            if isinstance(value, dict):
+                entry.update(value)
+            if name not in direction:
+                entry["undeclared"] = True
+            block[name] = entry
+    return out
 
 
 def execute(session, task: Task, spec: RunSpec, out_dir: Path, *, methods=None, progress: bool = True,
@@ -173,12 +190,25 @@ def _execute_locked(session, task, spec, out_dir, methods, progress, on_batch, s
 
     from hallufix.intercept.guards import PromptTooLong, check_questions_fit
 
+    from hallufix import provenance as prov
+
+    started = prov.now()
     run = session.start(spec.plugins, spec.overrides, methods=methods)
     ids = [s.id for s in samples]
     max_new = spec.max_new_tokens or task.max_new_tokens
+    dtype = str(next(session.model.parameters()).dtype)
+    template = prov.prompt_template(session)
+    files = prov.task_files(spec.task_spec or task.name, spec.task_options)
+    generation = prov.generation_settings(max_new)
+    ident = prov.identity(model=prov.model_identity(session, spec.model), methods=run.methods.record(),
+                          task=task.name, task_options=spec.task_options, files=files, template=template,
+                          questions_sha256="", generation=generation, dtype=dtype, device=str(session.device),
+                          seed=spec.seed)
+    ident.pop("questions_sha256")  # per-record question check below (the hash depends on --limit)
     config = {"model": spec.model, "task": task.name, "plugins": run.order, "methods": run.methods.record(),
               "batch_size": spec.batch_size, "limit": spec.limit, "seed": spec.seed, "max_new_tokens": max_new,
-              "dtype": spec.dtype, "device": spec.device, "swept": spec.swept}
+              "dtype": spec.dtype, "device": spec.device, "swept": spec.swept, "task_options": spec.task_options,
+              "identity": ident, "identity_hash": prov.identity_hash(ident)}
     config = json.loads(rundir.dumps(config, default=str))
     cfg_path = out_dir / "config.yaml"
     if cfg_path.is_file():
@@ -187,18 +217,15 @@ def _execute_locked(session, task, spec, out_dir, methods, progress, on_batch, s
         except (yaml.YAMLError, UnicodeDecodeError) as exc:
             raise RunDirError(f"{cfg_path} is unreadable ({type(exc).__name__}) — restore it, or choose another "
                               f"--output") from None
-        if previous != config:
-            diff = rundir.config_diff(previous, config)
-            raise RunDirError(f"{out_dir} holds a run with a different config ({diff}) — "
-                              f"choose another --output, or delete that folder to start over")
-    else:
-        rundir.write_text(cfg_path, yaml.safe_dump(config, sort_keys=False))
+        prov.check_same_run(out_dir, previous, config)
+    rundir.write_text(cfg_path, yaml.safe_dump(config, sort_keys=False))
     rundir.write_json(out_dir / "env.json", environment(session, spec, run.methods))
 
     samples_path = out_dir / rundir.SAMPLES
     wanted = set(ids)
     found = read_samples(samples_path, drop_corrupt=drop_corrupt)
     done.update((r["id"], r) for r in found if r.get("id") in wanted)
+    prov.check_same_questions(out_dir, samples, done)
     clean = [done[i] for i in ids if i in done]
     if clean != found or not rundir.holds_exactly(samples_path, len(clean)):  # torn / dropped / foreign lines:
         # rewrite once (atomically); else leave the file alone
@@ -206,7 +233,8 @@ def _execute_locked(session, task, spec, out_dir, methods, progress, on_batch, s
     rundir.cut_torn_tail(out_dir / rundir.BATCHES)
     todo = [s for s in samples if s.id not in done]
     check_questions_fit(session, todo, max_new)
-    torch.manual_seed(spec.seed)
+    seeds = prov.seed_everything(spec.seed)
+    prov.reset_peak_memory(session.device)
     process = f"{os.getpid()}-{time.time_ns()}"  # one per execute call (a resume in the same process counts)
     bar = tqdm(total=len(samples), initial=len(samples) - len(todo), desc=f"{spec.stack} on {task.name}",
                disable=not progress, unit="q")
@@ -223,6 +251,7 @@ def _execute_locked(session, task, spec, out_dir, methods, progress, on_batch, s
             except PromptTooLong as exc:
                 raise TaskError(f"sample(s) {', '.join(batch[r].id for r in sorted(exc.rows))}: {exc}") from None
             wall = time.perf_counter() - t0
+            peak = prov.peak_memory_mb(session.device)
             recs = []
             for i, (s, o) in enumerate(zip(batch, outs)):
                 recs.append({"id": s.id, "split": s.split, "question": s.question, "answer": s.answer,
@@ -237,7 +266,7 @@ def _execute_locked(session, task, spec, out_dir, methods, progress, on_batch, s
             rundir.append_records(f, recs)
             done.update((r["id"], r) for r in recs)
             rundir.append_records(log, [{"ids": [s.id for s in batch], "wall_s": wall, "process": process,
-                                         "tokens": sum(int(o.token_ids.numel()) for o in outs),
+                                         "tokens": sum(int(o.token_ids.numel()) for o in outs), "peak_mem_mb": peak,
                                          **{k: _diff(run.hook_stats[k], before.get(k, {})) for k in run.hook_stats}}])
             if failure is not None:
                 raise failure
@@ -266,8 +295,23 @@ def _execute_locked(session, task, spec, out_dir, methods, progress, on_batch, s
         "nonfinite": {"n": len(broken), "ids": broken, "excluded_from_metrics": True} if broken else None,
         "overhead": {"wall_s_per_sample": (m["wall_s"] / m["samples"]) if m["samples"] else None,
                      "wall_s_per_token": (m["wall_s"] / m["tokens"]) if m["tokens"] else None,
-                     "samples_timed": m["samples"], "processes": m["processes"]},
+                     "tokens_per_sample": (m["tokens"] / m["samples"]) if m["samples"] else None,
+                     "peak_mem_mb": m.get("peak_mem_mb"), "samples_timed": m["samples"],
+                     "processes": m["processes"]},
+        "identity": ident, "identity_hash": config["identity_hash"],
+        "sample_ids_sha256": prov.sha256_text("\n".join(sorted(r["id"] for r in records))),
+        "limit": spec.limit,
+        "provenance": {"command_line": prov.command_line(), "started": started, "finished": prov.now(),
+                       "task_spec": spec.task_spec or task.name, "task_options": spec.task_options,
+                       "task_files": files, "questions_sha256": prov.questions_hash(samples),
+                       "chat_template": template["chat_template"], "prompt_rendered": template["rendered"],
+                       "prompt_template_sha256": template["sha256"], "generation": generation,
+                       "model": ident["model"], "seeds": seeds, "limit": spec.limit,
+                       "limit_warning": prov.limit_warning(spec.limit, len(samples))},
     }
+    units = getattr(task, "sample_stats", None)
+    if callable(units):
+        rundir.write_json(out_dir / "sample_stats.json", units(records))
     rundir.write_json(out_dir / "results.json", results)
     rundir.write_json(out_dir / "hooks.json", {"declared": run.declarations(), "fired": m["fired"],
                                                "paths": m["paths"]})

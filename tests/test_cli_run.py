@@ -37,17 +37,19 @@ def test_run_compares_with_baseline_and_resumes(saved_model, jsonl_task, tmp_pat
             "visual-boost.w=3", "--batch-size", "4", "--output", str(tmp_path / "out"), "--quiet"]
     assert main(args) == 0
     printed = capsys.readouterr().out
+    # the fixed override is part of the directory name (a short hash): another w gets another directory
+    (stack_dir,) = (tmp_path / "out").glob("visual-boost-h*")
     assert "baseline" in printed and "visual-boost" in printed and "x baseline" in printed
     base = json.loads((tmp_path / "out" / "baseline" / "results.json").read_text())
-    stack = json.loads((tmp_path / "out" / "visual-boost" / "results.json").read_text())
+    stack = json.loads((stack_dir / "results.json").read_text())
     assert base["methods"] == [] and stack["methods"][0]["config"]["w"] == 3.0
     assert stack["overhead"]["ratio"] > 0 and stack["task"]["n"] == 6
-    hooks = (tmp_path / "out" / "visual-boost" / "hooks.json").read_text()
+    hooks = (stack_dir / "hooks.json").read_text()
     # rerunning the same command resumes: nothing is generated again, metrics, overhead and hook counts are kept
     assert main(args) == 0
-    again = json.loads((tmp_path / "out" / "visual-boost" / "results.json").read_text())
+    again = json.loads((stack_dir / "results.json").read_text())
     assert again["metrics"] == stack["metrics"] and again["overhead"] == stack["overhead"]
-    assert (tmp_path / "out" / "visual-boost" / "hooks.json").read_text() == hooks
+    assert (stack_dir / "hooks.json").read_text() == hooks
 
 
 def test_ablation_grid_cells_and_latex_report(saved_model, jsonl_task, tmp_path, capsys):

@@ -108,3 +108,22 @@ def test_layer_suggestion():
     acc = [0.9, 0.6, 0.88, 0.7, 0.9, 0.9, 0.9, 0.8, 0.9, 0.9]
     s = suggest_layers(acc, 0.9, 10)
     assert s["fusion_layers"] == [1, 3] and s["review_layer"] == 7
+
+
+def test_figures_come_as_png_pdf_svg_with_colour_bar_and_error_bars(tmp_path):
+    """Issue 20: paper formats beside every PNG; the masking curve carries 95% Wilson error bars."""
+    pytest.importorskip("matplotlib")
+    from hallufix import figures
+
+    figures.masking_curve([1.0, 0.5, 0.8], 0.92, {"fusion_layers": [1]}, tmp_path / "m.png", n=50)
+    assert {p.suffix for p in tmp_path.iterdir()} == {".png", ".pdf", ".svg"}
+    lo, hi = figures.wilson(0.5, 50)
+    assert lo < 0.5 < hi and hi - lo == pytest.approx(0.27, abs=0.01)
+    from PIL import Image
+
+    view = Image.new("RGB", (40, 40), (200, 200, 200))
+    over = figures.overlay(view, [0.0, 0.0, 0.0, 1.0], (2, 2))
+    assert over.getpixel((5, 5)) == (200, 200, 200)  # the lowest cell shows the image, not a blue tint
+    assert over.getpixel((35, 35))[0] > over.getpixel((35, 35))[2]  # the highest is red
+    figures.curves({"entropy": [1.0, 2.0]}, tmp_path / "c.png", compare={"entropy": [1.5, 1.0]}, anchors=[1])
+    assert (tmp_path / "c.svg").is_file()

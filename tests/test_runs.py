@@ -108,5 +108,9 @@ def test_empty_task_and_changed_config_are_refused(tmp_path):
     execute(s, YesNoTask(n=2), RunSpec(batch_size=2), tmp_path / "r", progress=False)
     from hallufix.errors import RunDirError
 
-    with pytest.raises(RunDirError, match="different config .batch_size: 2 -> 1"):
-        execute(s, YesNoTask(n=2), RunSpec(batch_size=1), tmp_path / "r", progress=False)
+    with pytest.raises(RunDirError, match="different run .*seed: 0 -> 1"):
+        execute(s, YesNoTask(n=2), RunSpec(batch_size=2, seed=1), tmp_path / "r", progress=False)
+    # batch size and limit do not change a sample (batched == one at a time): a resume with another batch size
+    # reuses every finished sample
+    res = execute(s, YesNoTask(n=2), RunSpec(batch_size=1), tmp_path / "r", progress=False)
+    assert res["task"]["n"] == 2

@@ -4,6 +4,7 @@ in each benchmark's official layout, generated images saved under the file names
 from __future__ import annotations
 
 import json
+import re
 import sys
 
 import pytest
@@ -27,7 +28,9 @@ def run(tmp_path, capsys, task, *extra, limit=None):
         args += ["--limit", str(limit)]
     assert main(args) == 0, capsys.readouterr().err
     capsys.readouterr()
-    return {d.name: json.loads((d / "results.json").read_text()) for d in out.iterdir()}, out
+    # cells by their stack: fixed task options add a short hash to the directory name (clva-h1a2b3c)
+    dirs = {re.sub(r"-h[0-9a-f]{6}$", "", d.name): d for d in out.iterdir()}
+    return {name: json.loads((d / "results.json").read_text()) for name, d in dirs.items()}, dirs
 
 
 def directions(res):
@@ -50,7 +53,7 @@ def test_repope_task_scores_both_label_sets(tmp_path, capsys):
     assert base["metrics"]["random"]["n"]["value"] == 6 and base["metrics"]["repope-random"]["n"]["value"] == 5
     assert base["task"]["repope_labels"] == str(rep) and base["task"]["pope_files"]["dataset"] == "coco"
     assert directions(base)["repope_mean_f1"] is True and directions(base)["yes_ratio"] is None
-    cmp = compare_to_baseline([out / "baseline", out / "clva"])
+    cmp = compare_to_baseline([out["baseline"], out["clva"]])
     acc = cmp[(cmp.metric == "accuracy") & (cmp.split == "repope-random")].iloc[0]
     assert acc.n_paired == 5  # paired on RePOPE's labels, the dropped question left out
 
@@ -102,11 +105,11 @@ def test_amber_disc_task(amber_data, tmp_path, capsys):
     assert set(base["metrics"]) == {"existence", "attribute", "state", "number", "relation", "overall"}
     assert base["metrics"]["overall"]["n"]["value"] == 5 and directions(base)["f1"] is True
     assert base["task"]["response_rule"] == "first-word"
-    cmp = compare_to_baseline([out / "baseline", out / "clva"])
+    cmp = compare_to_baseline([out["baseline"], out["clva"]])
     assert cmp[(cmp.metric == "accuracy") & (cmp.split == "overall")].iloc[0].n_paired == 5
     # the run's responses as the official inference file, scored by hallufix score amber: the same numbers
     written = tmp_path / "responses.json"
-    assert main(["score", "amber", "--run", str(out / "baseline"), "--data", str(amber_data), "--write",
+    assert main(["score", "amber", "--run", str(out["baseline"]), "--data", str(amber_data), "--write",
                  str(written), "--evaluation-type", "d", "--json"]) == 0
     scored = json.loads(capsys.readouterr().out)
     assert [r["id"] for r in json.loads(written.read_text())] == [2, 3, 4, 5, 6]
@@ -141,11 +144,11 @@ def test_hallusionbench_task(tmp_path, capsys):
     base = results["baseline"]["metrics"]["all"]
     assert base["n"]["value"] == 3 and base["qAcc"]["higher_is_better"] is True
     assert results["baseline"]["task"]["no_image"] == "blank"
-    cmp = compare_to_baseline([out / "baseline", out / "clva"])
+    cmp = compare_to_baseline([out["baseline"], out["clva"]])
     assert cmp[cmp.metric == "accuracy"].iloc[0].n_paired == 3
     # the run in the official result layout, for a judge; scored again by the yes/no path: the same numbers
     written = tmp_path / "results.json"
-    assert main(["score", "hallusionbench", "--run", str(out / "baseline"), "--write", str(written), "--json"]) == 0
+    assert main(["score", "hallusionbench", "--run", str(out["baseline"]), "--write", str(written), "--json"]) == 0
     scored = json.loads(capsys.readouterr().out)
     assert {k: scored[k] for k in ("aAcc", "fAcc", "qAcc")} == {k: base[k]["value"] for k in ("aAcc", "fAcc", "qAcc")}
     layout = json.loads(written.read_text())
@@ -176,7 +179,7 @@ def test_mmhal_task_writes_the_response_file_and_judges(tmp_path, capsys):
     assert res["task"]["judge"]["name"] == "fake-judge" and res["task"]["judge"]["prompt_template"].startswith(
         "Contents")
     written = tmp_path / "response_mymodel.json"
-    assert main(["score", "mmhal", "--run", str(out / "baseline"), "--template", str(tf), "--write",
+    assert main(["score", "mmhal", "--run", str(out["baseline"]), "--template", str(tf), "--write",
                  str(written)]) == 0
     rows = json.loads(written.read_text())
     assert [r["image_id"] for r in rows] == ["id0", "id1", "id2"] and all(isinstance(r["model_answer"], str)

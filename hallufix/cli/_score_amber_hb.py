@@ -25,9 +25,9 @@ def register(ssub) -> None:
     am.add_argument("--data", required=True, metavar="DIR",
                     help="AMBER's data/ folder (annotations.json, relation.json, safe_words.txt)")
     am.add_argument("--evaluation-type", default="a", choices=sorted(EVAL_TYPES),
-                    help="as inference.py: a all, g generative, d discriminative, de/da/dr one dimension")
+                    help="as inference.py: a all, g generative, d discriminative, de/da/dr one dimension (default a)")
     am.add_argument("--similarity", default="auto", choices=("auto", "off"),
-                    help="spaCy en_core_web_lg similarity step: auto (used when installed), off")
+                    help="spaCy en_core_web_lg similarity step: auto (used when installed), off (default auto)")
     am.add_argument("--json", action="store_true", help="print one JSON object")
     am.set_defaults(handler=_amber)
 

@@ -31,10 +31,10 @@ def register(sub) -> None:
                                                                        "heads (default 0.5)")
     p.add_argument("--output", default=None, help="preset file to write (default: the method's preset for the model, "
                                                   "e.g. hallufix_fhi/presets/builtin.yaml); existing keys are kept")
-    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--batch-size", type=int, default=16, help="prompts per analysis batch (default 16)")
     p.add_argument("--max-new-tokens", type=int, default=None, help="default: the task's")
-    p.add_argument("--dtype", default="auto")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--dtype", default="auto", help="auto, float32, bfloat16, float16 (default auto)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (default cpu)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="task options (task.seed=1) and method keys "
                                                                     "(fhi.perc_max_layer=7, fhi.query_row=mean)")
     p.set_defaults(handler=_calibrate)

@@ -11,47 +11,75 @@ def register(sub) -> None:
     p = sub.add_parser("inspect", help="attention figures: head matrix, per-layer maps, drift curves, on vs off",
                        epilog="example: hallufix inspect --image cat.jpg --question 'is there a cat ?' "
                               "--plugins clva --output inspect/")
-    p.add_argument("--model", default=None)
+    _model_options(p)
     p.add_argument("--image", default=None, help="an image file (or use --task to average over samples)")
-    p.add_argument("--question", default=None)
-    p.add_argument("--task", default=None, help="average over the first --samples samples of a task")
-    p.add_argument("--samples", type=int, default=100)
-    p.add_argument("--plugins", default=None, help="a method stack: also draw the maps with it on")
-    p.add_argument("--layers", default=None, help="layers to draw maps for (default: all)")
-    p.add_argument("--lambda-vis", type=float, default=1.0, help="head-split width for the thresholds")
-    p.add_argument("--output", required=True)
-    p.add_argument("overrides", nargs="*", metavar="key=value")
+    p.add_argument("--question", default=None, help="the question asked about --image")
+    p.add_argument("--task", default=None,
+                   help="task NAME or NAME:PATH: average over its first --samples samples (task options as "
+                        "task.KEY=VALUE, as for run)")
+    p.add_argument("--samples", type=int, default=100, help="samples of --task to average over (default 100)")
+    p.add_argument("--plugins", default=None, help="a method stack: also draw the maps with it on (default: off only)")
+    p.add_argument("--layers", default=None, help="layers to draw maps for, e.g. 0,4-7 (default: all)")
+    p.add_argument("--lambda-vis", type=float, default=1.0,
+                   help="head-split width: mean ± λ·std per layer (default 1.0)")
+    p.add_argument("--output", required=True, help="folder for index.md, figures (PNG, PDF, SVG) and numbers")
+    p.add_argument("overrides", nargs="*", metavar="key=value",
+                   help="method keys (clva.alpha=10) and task options (task.image_root=DIR)")
     p.set_defaults(handler=_inspect)
 
     a = sub.add_parser("analyze", help="layer-wise analyses (layer-masking)")
     asub = a.add_subparsers(dest="analysis", metavar="ANALYSIS")
     m = asub.add_parser("layer-masking", help="accuracy when visual tokens are hidden from one layer at a time",
                         epilog="example: hallufix analyze layer-masking --task shapes-pope --limit 100 --output lm/")
-    m.add_argument("--model", default=None)
-    m.add_argument("--task", default="shapes-pope")
-    m.add_argument("--limit", type=int, default=200)
-    m.add_argument("--batch-size", type=int, default=16)
-    m.add_argument("--output", required=True)
+    _model_options(m)
+    m.add_argument("--task", default="shapes-pope", help="a yes/no task NAME or NAME:PATH (default shapes-pope)")
+    m.add_argument("--limit", type=int, default=200, help="first N samples with answers (default 200)")
+    m.add_argument("--batch-size", type=int, default=16, help="rows per generate call (default 16)")
+    m.add_argument("--output", required=True, help="folder for layer_masking.{csv,json,png,pdf,svg}")
+    m.add_argument("overrides", nargs="*", metavar="task.KEY=VALUE", help="task options, as for run")
     m.set_defaults(handler=_layer_masking)
 
 
-def _load(model):
+def _model_options(p) -> None:
+    p.add_argument("--model", default=None, help="alias, hub id or local folder (default: the built-in model)")
+    p.add_argument("--dtype", default="auto", help="auto, float32, bfloat16, float16 (default auto)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (default cpu)")
+
+
+def _split_task_options(overrides) -> tuple[dict, list[str]]:
+    """``task.KEY=VALUE`` items -> task options (YAML-typed, as ``run`` reads them); the rest unchanged."""
+    from hallufix.experiment import _yaml_value
+
+    options, rest = {}, []
+    for item in overrides or []:
+        key, eq, value = item.partition("=")
+        if key.startswith("task.") and eq:
+            options[key[5:]] = _yaml_value(value)
+        else:
+            rest.append(item)
+    return options, rest
+
+
+def _load(args):
     from hallufix.api import Session
     from hallufix.models.loading import ModelNotAvailableError
+    from hallufix.validate import check_device, check_dtype
 
+    check_dtype(args.dtype)
+    check_device(args.device)
     try:
-        return Session.load(model)
+        return Session.load(args.model, dtype=args.dtype, device=args.device)
     except ModelNotAvailableError as exc:
         raise CliError(str(exc)) from None
 
 
-def _inputs(args):
-    from hallufix.tasks import get_task
+def _inputs(args, task_options: dict):
+    from hallufix.cli.run import _make_task
     from hallufix.tasks.base import TaskError
 
     if args.task:
         try:
-            samples = get_task(args.task).samples()[: args.samples]
+            samples = _make_task(args.task, task_options).samples()[: args.samples]
             return [s.load_image() for s in samples], [s.question for s in samples]
         except TaskError as exc:
             raise CliError(str(exc)) from None
@@ -69,10 +97,11 @@ def _inspect(args) -> int:
     from hallufix.inspect_report import write_inspection
     from hallufix.plugins import PluginError, split_plugins
 
-    images, questions = _inputs(args)
-    session = _load(args.model)
+    task_options, method_items = _split_task_options(args.overrides)
+    images, questions = _inputs(args, task_options)
+    session = _load(args)
     stack = split_plugins(args.plugins)
-    per_method, rest = split_overrides(list(args.overrides), stack)
+    per_method, rest = split_overrides(method_items, stack)
     if rest:
         raise CliError(f"unknown overrides {rest}; method keys look like clva.alpha=10")
     try:
@@ -87,10 +116,17 @@ def _inspect(args) -> int:
 def _layer_masking(args) -> int:
     from hallufix.inspect_report import layer_masking
 
-    session = _load(args.model)
+    task_options, rest = _split_task_options(args.overrides)
+    if rest:
+        raise CliError(f"unknown arguments {rest}; layer-masking takes task options as task.KEY=VALUE")
+    from hallufix.cli.run import _make_task
+
+    _make_task(args.task, task_options)  # a wrong task or option fails before the model loads
+    session = _load(args)
     out = Path(args.output)
     try:
-        result = layer_masking(session, args.task, out, limit=args.limit, batch_size=args.batch_size)
+        result = layer_masking(session, args.task, out, limit=args.limit, batch_size=args.batch_size,
+                               task_options=task_options)
     except ValueError as exc:
         raise CliError(str(exc)) from None
     print(f"baseline accuracy {result['baseline']:.4f}")

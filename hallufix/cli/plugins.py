@@ -19,7 +19,7 @@ def register(sub) -> None:
     h.add_argument("--model", default=None, help="alias, hub id or folder (default: the built-in model)")
     h.add_argument("pattern", nargs="?", default="*", help="fnmatch selector over canonical names")
     h.add_argument("--plugins", default=None, help="also show which of these methods declares each point")
-    h.add_argument("--json", action="store_true")
+    h.add_argument("--json", action="store_true", help="machine-readable output")
     h.set_defaults(handler=_hooks)
 
 

@@ -21,12 +21,13 @@ def _common(p) -> None:
                                                   "rerunning into the same directory resumes")
     p.add_argument("--batch-size", type=int, default=None, help="rows per generate call, at least 1 (default 32)")
     p.add_argument("--limit", type=int, default=None, help="first N samples only, at least 1 (default: all)")
-    p.add_argument("--seed", type=int, default=None, help="torch seed, 0 or more (default 0)")
+    p.add_argument("--seed", type=int, default=None,
+                   help="seed for python, numpy and torch, 0 or more; part of the run's identity (default 0)")
     p.add_argument("--max-new-tokens", type=int, default=None,
                    help="generation budget, at least 1 (default: the task's, e.g. POPE 16, CHAIR 512)")
-    p.add_argument("--dtype", default=None, help="auto, float32, bfloat16, float16")
-    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ...")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--dtype", default=None, help="auto, float32, bfloat16, float16 (default auto: the checkpoint's)")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default cpu)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars (default: a bar per run on stderr)")
     p.add_argument("--on-nonfinite", choices=("stop", "record"), default="stop",
                    help="non-finite logits (NaN/inf): stop naming the method and layer (default), or record the "
                         "sample flagged, leave it out of the metrics and go on")
@@ -40,14 +41,18 @@ def _common(p) -> None:
 def register(sub) -> None:
     p = sub.add_parser("run", help="run methods on a task (vs the baseline on the same samples)", epilog=EPILOG,
                        formatter_class=__import__("argparse").RawDescriptionHelpFormatter)
-    p.add_argument("--plugins", default=None, help="methods to stack, in call order: clva,ara")
-    p.add_argument("--no-baseline", action="store_true", help="do not run the baseline beside the stack")
+    p.add_argument("--plugins", default=None,
+                   help="methods to stack, in call order: clva,ara; a file plugin: ./my_method.py (default: none, "
+                        "the baseline)")
+    p.add_argument("--no-baseline", action="store_true",
+                   help="do not run the baseline beside the stack (default: run it, on the same samples)")
     _common(p)
     p.set_defaults(handler=_run)
     a = sub.add_parser("ablate", help="run an ablation grid from a YAML file and/or key=a,b sweeps",
                        epilog="example: hallufix ablate configs/ablations/clva-table4.yaml --limit 100")
     a.add_argument("grid", nargs="?", default=None, help="grid YAML (see configs/ablations/)")
-    a.add_argument("--plugins", default=None, help="a fixed stack when the grid does not sweep plugins")
+    a.add_argument("--plugins", default=None,
+                   help="a fixed stack when the grid does not sweep plugins (default: none, the baseline)")
     _common(a)
     a.set_defaults(handler=_ablate, no_baseline=True)
 
@@ -71,6 +76,9 @@ def _ablate(args) -> int:
     from hallufix.experiment import load_grid
 
     fixed, axes = ({}, {})
+    if args.grid and "=" in args.grid and not Path(args.grid).is_file():  # `ablate task.seed=0,1`: no grid file
+        args.overrides = [args.grid, *args.overrides]
+        args.grid = None
     if args.grid:
         if not Path(args.grid).is_file():
             raise CliError(f"grid file not found: {args.grid}")
@@ -87,21 +95,25 @@ def _execute(args, fixed: dict, axes: dict) -> int:
 
     base = _base_settings(args, fixed)
     p = plan(base, list(args.overrides), args.plugins, axes)
-    registry, samples, out_root = _preflight(args, base, p)
     cells = list(p.cells)
     if not args.no_baseline and len(cells) == 1 and cells[0].plugins:
         from dataclasses import replace
 
         cells.insert(0, replace(cells[0], plugins=[], overrides={}, swept={}))
+    registry, samples, out_root, names = _preflight(args, base, cells)
+    if any(c.limit is not None for c in cells):
+        limit = next(c.limit for c in cells if c.limit is not None)
+        print(f"hallufix: warning: --limit {limit}: results cover the first {limit} samples only and are not "
+              f"comparable with published full-set numbers (recorded in results.json)", file=sys.stderr)
     session = _load(base)
-    task = samples["task"]
     results = []
     for cell in cells:
         methods = activate(cell.plugins, family=session.info.family, overrides=cell.overrides, registry=registry,
                            model=session.info.name)
-        out_dir = out_root / cell_dirname(cell)
+        out_dir = out_root / cell_dirname(cell, names)
+        task, cell_samples = samples[_task_key(cell)]
         res = execute(session, task, cell, out_dir, methods=methods, progress=not args.quiet,
-                      samples=samples[cell.limit], drop_corrupt=args.drop_corrupt_lines,
+                      samples=cell_samples, drop_corrupt=args.drop_corrupt_lines,
                       on_nonfinite=args.on_nonfinite)
         if res.get("nonfinite"):
             print(f"hallufix: warning: {res['nonfinite']['n']} sample(s) of {out_dir} had non-finite logits and are "
@@ -112,22 +124,27 @@ def _execute(args, fixed: dict, axes: dict) -> int:
     return 0
 
 
-def _preflight(args, base: dict, p):
+def _task_key(cell) -> tuple:
+    return (tuple(sorted((k, repr(v)) for k, v in cell.task_options.items())), cell.limit)
+
+
+def _preflight(args, base: dict, cells):
     """Everything that can be checked before the weights load: run settings, device and dtype, method names and
-    configs, the task's files and samples, the output folder and its locks. Returns ``(registry, {"task": task,
-    limit: samples}, out_root)``."""
+    configs, the tasks' files and samples (one task per distinct set of task options), the output folder and its
+    locks. Returns ``(registry, {(task options, limit): (task, samples)}, out_root, {stack entry: method name})``."""
     from hallufix.config import method_config
     from hallufix.experiment import cell_dirname, default_output
     from hallufix.plugins import PluginError, discover, load_local
     from hallufix.rundir import check_unlocked
     from hallufix.validate import check_device, check_dtype, check_output, check_samples, check_spec
 
-    for cell in p.cells:
+    for cell in cells:
         check_spec(cell)
     check_dtype(base.get("dtype"))
     check_device(base.get("device"))
     registry = discover()
-    for cell in p.cells:  # validate names and config keys before the model loads
+    names: dict[str, str] = {}
+    for cell in cells:  # validate names and config keys before the model loads
         if len(set(cell.plugins)) != len(cell.plugins):
             raise PluginError(f"a method is listed twice in {cell.plugins} — stack distinct methods")
         for name in cell.plugins:
@@ -140,18 +157,26 @@ def _preflight(args, base: dict, p):
                                   f"{type(exc).__name__}: {exc} — reinstall it, or leave it out of --plugins"
                                   ) from None
             method_config(cls, overrides=cell.overrides.get(name, []))
-    task = _make_task(base["task"], p.task_options)
-    samples: dict = {"task": task}
-    for cell in p.cells:
-        if cell.limit not in samples:
-            samples[cell.limit] = check_samples(task, cell.limit)
+            if local:
+                names[name] = info.name
+    samples: dict = {}
+    tasks: dict = {}
+    for cell in cells:
+        opts = _task_key(cell)[0]
+        if opts not in tasks:
+            tasks[opts] = _make_task(base["task"], cell.task_options)
+        if _task_key(cell) not in samples:
+            samples[_task_key(cell)] = (tasks[opts], check_samples(tasks[opts], cell.limit))
     out_root = Path(args.output) if args.output else default_output(base["model"], base["task"])
     check_output(out_root)
-    for cell in p.cells:
-        check_unlocked(out_root / cell_dirname(cell))
-    if not args.no_baseline and len(p.cells) == 1 and p.cells[0].plugins:
-        check_unlocked(out_root / "baseline")
-    return registry, samples, out_root
+    dirs = [cell_dirname(cell, names) for cell in cells]
+    if len(set(dirs)) != len(dirs):
+        dup = next(d for d in dirs if dirs.count(d) > 1)
+        raise CliError(f"two cells of this experiment would share the directory {out_root / dup} — give the swept "
+                       f"values distinct text")
+    for d in dirs:
+        check_unlocked(out_root / d)
+    return registry, samples, out_root, names
 
 
 def _make_task(spec: str, options: dict):

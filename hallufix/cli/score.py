@@ -239,8 +239,10 @@ def _mme(args) -> int:
         print(f"{'subtask':<24} {'acc':>7} {'acc+':>7} {'score':>7}")
         for sub, m in o["subtasks"].items():
             print(f"{sub:<24} {m['acc']:7.2f} {m['acc_plus']:7.2f} {m['score']:7.2f}")
-        print(f"perception {o['perception']:.4f}  cognition {o['cognition']:.4f}  hallucination "
-              f"{o['hallucination']:.4f}")
+        from hallufix.scoring.mme import partial_note
+
+        print("  ".join(f"{k} {o[k]:.4f}" if o[k] is not None else f"{k} - ({partial_note(o['incomplete'], k)})"
+                        for k in ("perception", "cognition", "hallucination")))
 
     return _emit(res, args.json, table)
 

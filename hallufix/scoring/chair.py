@@ -220,3 +220,18 @@ class ChairScorer:
         for image_id, caption in captions:
             gt.setdefault(image_id, set()).update(self.mentions(caption)[1])
         return gt
+
+
+def chair_units(scorer: "ChairScorer", captions, gt, keys=None) -> dict:
+    """Per-caption counts ``{id: {"mentions", "hallucinated", "covered", "gt"}}`` from ``scorer.score``'s
+    details, so CHAIR_s, CHAIR_i and recall can be bootstrapped over captions without re-scoring. ``keys``: the
+    record id of each caption (default: its image id)."""
+    captions = list(captions)
+    keys = list(keys) if keys is not None else [c for c, _ in captions]
+    details = scorer.score(captions, gt)["details"]
+    out = {}
+    for key, (cid, _), d in zip(keys, captions, details):
+        truth = set(gt.get(cid, ()))
+        out[str(key)] = {"mentions": len(d["mentions"]), "hallucinated": len(d["hallucinated"]),
+                         "covered": len(truth & set(d["mentions"])), "gt": len(truth)}
+    return out

@@ -135,6 +135,13 @@ class Task:
         """Score finished records (``{"id", "split", "answer", "parsed", "output", "meta"}``).
 
         Returns ``{split: {metric: value}}``; an ``"all"`` entry holds the task-level summary (e.g. POPE mean F1).
+        Every metric returned should be declared in :attr:`metrics` (an undeclared one is recorded with no
+        direction). A value that cannot be given honestly (a total over an incomplete set of subtasks) is
+        ``{"value": None, "partial": "what is missing"}``.
+
+        Optional: a task may define ``sample_stats(records) -> {id: {name: number}}`` (per-sample counts the
+        scorer uses, e.g. CHAIR's mentions and hallucinated mentions); the runner writes them to
+        ``sample_stats.json`` and ``hallufix report`` bootstraps the metric from them.
         """
         raise NotImplementedError
 

@@ -122,6 +122,13 @@ class Chair(Task):
     def parse(self, sample: Sample, text: str) -> str:
         return text
 
+    def sample_stats(self, records) -> dict[str, dict[str, int]]:
+        """Per caption counts for the report's bootstrap (:func:`hallufix.scoring.chair.chair_units`)."""
+        from hallufix.scoring.chair import chair_units
+
+        return chair_units(self.scorer, [(int(r["meta"]["image_id"]), r["parsed"]) for r in records], self.gt,
+                           keys=[r["id"] for r in records])
+
     def score(self, records) -> dict[str, dict[str, float]]:
         res = self.scorer.score([(int(r["meta"]["image_id"]), r["parsed"]) for r in records], self.gt)
         return {"all": {k: res[k] for k in ("chair_s", "chair_i", "recall", "length", "n")}}

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from hallufix.scoring.mme import COGNITION, HALLUCINATION, PERCEPTION, mme_scores
+from hallufix.scoring.mme import COGNITION, HALLUCINATION, PERCEPTION, mme_scores, total_metrics
 from hallufix.tasks.base import MetricInfo, Sample, Task, TaskError, register_task
 
 SUBTASKS = PERCEPTION + COGNITION
@@ -225,7 +225,9 @@ class MME(Task):
     def samples(self) -> list[Sample]:
         subs = HALLUCINATION if self.subset == "hallucination" else SUBTASKS
         out = []
+        self.expected: dict[str, int] = {}  # questions per subtask in the full set: a --limit cut is partial
         for sub, rows in read_release(self.path, subs).items():
+            self.expected[sub] = len(rows)
             for k, (name, q, gt, image) in enumerate(rows):
                 question = q[: -len(OFFICIAL_SUFFIX)] if q.endswith(OFFICIAL_SUFFIX) else q
                 out.append(Sample(id=f"{sub}/{name}/{k % 2}", question=question.rstrip() + self.suffix
@@ -241,8 +243,9 @@ class MME(Task):
         by: dict[str, list] = {}
         for r in records:
             by.setdefault(r["split"], []).append((r["meta"]["image"], r["answer"], r["parsed"]))
-        res = mme_scores(by)
+        res = mme_scores(by, expected=getattr(self, "expected", None))
         out: dict[str, dict[str, float]] = {n: dict(m) for n, m in res["subtasks"].items()}
-        out["all"] = {k: res[k] for k in ("perception", "cognition", "hallucination", "object_level",
-                                          "attribute_level")}
+        names = ("hallucination", "object_level", "attribute_level") if self.subset == "hallucination" else \
+            ("perception", "cognition", "hallucination", "object_level", "attribute_level")
+        out["all"] = total_metrics(res, names)  # an incomplete total: None, naming the missing subtasks
         return out

@@ -21,8 +21,8 @@ from functools import lru_cache
 from hallufix.builtin.language import caption_question, colour_question, count_question, exist_question, \
     position_question, COLOUR_NAMES
 from hallufix.builtin.world import CLASSES, PARTNERS, render, sample_scene
-from hallufix.scoring.chair import ChairScorer
-from hallufix.scoring.mme import HALLUCINATION, mme_scores, subtask_score
+from hallufix.scoring.chair import ChairScorer, chair_units
+from hallufix.scoring.mme import HALLUCINATION, mme_scores, subtask_score, total_metrics
 from hallufix.scoring.pope import parse_yes_no, pope_metrics
 from hallufix.tasks.base import MetricInfo, Sample, Task, register_task
 
@@ -70,7 +70,8 @@ class ShapesPope(_YesNo):
     name = "shapes-pope"
     metrics = (MetricInfo("accuracy", True), MetricInfo("precision", True), MetricInfo("recall", True),
                MetricInfo("f1", True), MetricInfo("yes_ratio", None), MetricInfo("mean_f1", True),
-               MetricInfo("fp_rate_partner", False), MetricInfo("fp_rate_other", False))
+               MetricInfo("fp_rate_partner", False), MetricInfo("fp_rate_other", False),
+               *(MetricInfo(c, None) for c in ("tp", "fp", "tn", "fn", "n")))
 
     def __init__(self, n_images: int = 150, seed: int = 0, splits: str = "random,popular,adversarial",
                  parser: str = "pope"):
@@ -124,6 +125,12 @@ class ShapesChair(Task):
     metrics = (MetricInfo("chair_s", False), MetricInfo("chair_i", False), MetricInfo("recall", True),
                MetricInfo("length", None))
 
+    def sample_stats(self, records):
+        """Per caption ``{id: {mentions, hallucinated, covered, gt}}`` (counts) for the report's bootstrap."""
+        scorer = ChairScorer({c: c for c in CLASSES})
+        return chair_units(scorer, [(r["id"], r["parsed"]) for r in records],
+                           {r["id"]: set(r["meta"]["objects"]) for r in records})
+
     def __init__(self, n_images: int = 150, seed: int = 0, max_new_tokens: int = 24):
         self.n_images, self.seed, self.max_new_tokens = int(n_images), int(seed), int(max_new_tokens)
 
@@ -152,7 +159,8 @@ class ShapesMME(_YesNo):
     name = "shapes-mme"
     max_new_tokens = 3
     metrics = (MetricInfo("acc", True), MetricInfo("acc_plus", True), MetricInfo("score", True),
-               MetricInfo("hallucination", True))
+               MetricInfo("hallucination", True), MetricInfo("object_level", True),
+               MetricInfo("attribute_level", True))
 
     def __init__(self, n_images: int = 40, seed: int = 0):
         self.n_images, self.seed = int(n_images), int(seed)
@@ -192,10 +200,9 @@ class ShapesMME(_YesNo):
         by_sub = {}
         for r in records:
             by_sub.setdefault(r["split"], []).append((r["meta"]["scene"], r["answer"].capitalize(), r["parsed"]))
-        res = mme_scores(by_sub)
+        res = mme_scores(by_sub, expected={sub: 2 * self.n_images for sub in HALLUCINATION})
         out = {name: {k: v for k, v in m.items() if k != "n"} for name, m in res["subtasks"].items()}
-        out["all"] = {"hallucination": res["hallucination"], "object_level": res["object_level"],
-                      "attribute_level": res["attribute_level"]}
+        out["all"] = total_metrics(res, ("hallucination", "object_level", "attribute_level"))
         return out
 
 
