@@ -4,7 +4,8 @@ OmegaConf does the merging in struct mode, so an unknown key fails before any mo
 the closest known one. No Hydra.
 
 Method configs resolve as: the method class's ``Config`` dataclass defaults -> the method's family preset
-(``<method package>/presets/<family>.yaml`` if present; the paper setting per model family) -> user overrides
+(``<method package>/presets/<family>.yaml``, else one shared with a sibling family such as ``qwen.yaml``, if
+present; the paper setting per model family; it says only what differs from the defaults) -> user overrides
 ``name.key=value``.
 """
 from __future__ import annotations
