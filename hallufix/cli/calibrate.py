@@ -59,7 +59,7 @@ def _split(items: list[str], method: str) -> tuple[dict, list[str]]:
 
 def _calibrate(args) -> int:
     from hallufix.cli.run import _load, _make_task
-    from hallufix.config import ConfigError, preset_path
+    from hallufix.config import ConfigError
     from hallufix.tasks.base import TaskError
 
     if not 0 < args.fraction < 1 or not 0 <= args.perception_share <= 1:
@@ -84,12 +84,7 @@ def _calibrate(args) -> int:
                             max_new_tokens=args.max_new_tokens or task.max_new_tokens, batch_size=args.batch_size)
     except (ConfigError, TaskError, ValueError) as exc:
         raise CliError(str(exc)) from None
-    # the preset in use, unless it is one the family shares with a sibling (qwen.yaml): then a file of the
-    # family's own, started from the shared one, so the sibling keeps its thresholds
-    found = preset_path(FHI, session.info.family, model=session.info.name)
-    own = Path(sys.modules[FHI.__module__].__file__).parent / "presets" / f"{session.info.family}.yaml"
-    target = Path(args.output) if args.output else (
-        found if found is not None and found.stem in (session.info.family, session.info.name) else own)
+    target, found = preset_target(FHI, session.info.family, session.info.name, args.output)
     options = ", ".join(f"{k}={v}" for k, v in sorted(task_options.items()))
     record = (f"model {model}; task {task_spec}{' (' + options + ')' if options else ''}; {len(samples)} prompts "
               f"(the task's first {len(samples)}); fraction {args.fraction}, perception share {args.perception_share}; "
@@ -105,6 +100,19 @@ def _calibrate(args) -> int:
               f"{100 * s['fraction_max']:.1f}%)")
     print(f"wrote {target}")
     return 0
+
+
+def preset_target(cls: type, family: str, model: str, output: str | None = None) -> tuple[Path, Path | None]:
+    """``(file to write, preset to start it from)`` for calibrating ``cls`` on ``model`` of ``family``: ``output`` if given,
+    else the preset in use, unless it is one the family shares with a sibling (``qwen.yaml``): then a file of the
+    family's own, which :func:`write_preset` starts from the shared one, so the sibling keeps its thresholds."""
+    from hallufix.config import preset_path
+
+    found = preset_path(cls, family, model=model)
+    own = Path(sys.modules[cls.__module__].__file__).parent / "presets" / f"{family}.yaml"
+    if output:
+        return Path(output), None
+    return (found if found is not None and found.stem in (family, model) else own), found
 
 
 def write_preset(path: Path, cal: dict, record: str, overrides: list[str], base: Path | None = None) -> None:
