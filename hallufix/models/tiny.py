@@ -71,16 +71,12 @@ def build_tokenizer(family: str):
     """A fresh ``PreTrainedTokenizerFast`` for ``family`` over the cached BPE, padding on the left.
 
     LLaVA names ``image_token``; Qwen names image/video/vision-start/end tokens; InstructBLIP's LM tokenizer
-    deliberately has *no* ``image_token`` attribute (transformers.md G6: the processor adds ``<image>`` itself)."""
+    deliberately has *no* ``image_token`` attribute (its processor adds ``<image>`` itself)."""
     from tokenizers import Tokenizer
     from transformers import PreTrainedTokenizerFast
 
-    extra = dict(FAMILIES[family].tokenizer_tokens)
-    if family != "instructblip":
-        # As an init kwarg, the padding side is saved with the tokenizer. Not for InstructBLIP: its processor
-        # forwards the LM tokenizer's init kwargs to the Q-Former tokenizer too, and a left-padded Q-Former text
-        # shifts its absolute positions (batched != single results).
-        extra["padding_side"] = "left"
+    # named special tokens and, where the family allows, padding_side as a saved init kwarg (Family.tokenizer_kwargs)
+    extra = dict(FAMILIES[family].tokenizer_kwargs)
     tok = PreTrainedTokenizerFast(tokenizer_object=Tokenizer.from_str(_bpe_json()), bos_token="<s>",
                                   eos_token="</s>", pad_token="<pad>", unk_token="<unk>", **extra)
     tok.padding_side = "left"
@@ -152,13 +148,10 @@ def build_tiny(family: str, *, shape: str = "default", num_layers: int | None = 
         dtype = DTYPES[dtype]
     lm = dict(num_layers=dims["num_layers"], hidden_size=dims["hidden_size"], num_heads=dims["num_heads"],
               num_kv_heads=dims["num_kv_heads"], intermediate_size=intermediate_size, vocab_size=vocab_size)
-    extra = {"num_query_tokens": dims["num_query_tokens"]} if family == "instructblip" else {}
-    if family.startswith("qwen"):
-        extra["real_mrope"] = shape == "real"
-    builder = FAMILIES[family].tiny
+    builder = FAMILIES[family].tiny  # each takes what it uses of shape / num_query_tokens
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model, processor = builder(image_size, **extra, **lm)
+        model, processor = builder(image_size, shape=shape, num_query_tokens=dims["num_query_tokens"], **lm)
     if shape == "real":
         _silence_specials(model)
     return model.to(torch.float32).to(dtype).eval(), processor

@@ -71,7 +71,7 @@ def finish_processor(processor) -> None:
     processor.tokenizer.init_kwargs.pop("padding_side", None)
 
 
-def build_tiny_instructblip(image_size, num_query_tokens=NUM_QUERY_TOKENS, **shape):
+def build_tiny_instructblip(image_size, *, shape="default", num_query_tokens=NUM_QUERY_TOKENS, **dims):
     """Tiny ``InstructBlipForConditionalGeneration`` (BLIP ViT + Q-Former, 2 layers each, width 32) +
     ``InstructBlipProcessor`` with a stand-in Q-Former tokenizer."""
     import torch
@@ -96,7 +96,7 @@ def build_tiny_instructblip(image_size, num_query_tokens=NUM_QUERY_TOKENS, **sha
                                                  num_attention_heads=2, intermediate_size=64,
                                                  max_position_embeddings=128, cross_attention_frequency=1,
                                                  pad_token_id=qtok.pad_token_id),
-                             text_config=dict(model_type="llama", **_text_config(tok, **shape)),
+                             text_config=dict(model_type="llama", **_text_config(tok, **dims)),
                              num_query_tokens=num_query_tokens, image_token_index=tok.convert_tokens_to_ids("<image>"))
     return InstructBlipForConditionalGeneration._from_config(cfg, attn_implementation="sdpa",
                                                              dtype=torch.float32), proc
@@ -107,4 +107,7 @@ FAMILY = Family(
     model_types={"instructblip": "InstructBlipForConditionalGeneration"}, adapter=InstructBlipAdapter,
     capabilities=CAPABILITIES, chat_template=INSTRUCTBLIP_TEMPLATE, tiny=build_tiny_instructblip,
     aliases={"instructblip": "Salesforce/instructblip-vicuna-7b"}, processor_classes=("InstructBlipProcessor",),
-    finish_processor=finish_processor)
+    finish_processor=finish_processor,
+    # no padding_side init kwarg: the processor forwards the LM tokenizer's init kwargs to the Q-Former tokenizer
+    # too, and a left-padded Q-Former text shifts its absolute positions (batched != single results)
+    tokenizer_kwargs={})

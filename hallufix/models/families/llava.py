@@ -77,7 +77,7 @@ class LlavaAdapter(Adapter):
         return np.where(valid, rows[:, None] * grid[1] + cols[None, :], -1)
 
 
-def build_tiny_llava(image_size, **shape):
+def build_tiny_llava(image_size, *, shape="default", num_query_tokens=None, **dims):
     """Tiny ``LlavaForConditionalGeneration`` (CLIP tower: 2 layers, width 32) + ``LlavaProcessor``."""
     import torch
     from transformers import LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor
@@ -94,7 +94,7 @@ def build_tiny_llava(image_size, **shape):
     cfg = LlavaConfig(vision_config=dict(model_type="clip_vision_model", hidden_size=32, intermediate_size=64,
                                          num_hidden_layers=2, num_attention_heads=2, image_size=image_size,
                                          patch_size=PATCH, projection_dim=32),
-                      text_config=dict(model_type="llama", **_text_config(tok, **shape)),
+                      text_config=dict(model_type="llama", **_text_config(tok, **dims)),
                       image_token_index=tok.convert_tokens_to_ids("<image>"),
                       image_seq_length=(image_size // PATCH) ** 2, vision_feature_layer=-2,
                       vision_feature_select_strategy="default")
@@ -106,4 +106,4 @@ FAMILY = Family(
     adapter=LlavaAdapter, capabilities=CAPABILITIES, chat_template=LLAVA_TEMPLATE, tiny=build_tiny_llava,
     aliases={"llava-1.5": "llava-hf/llava-1.5-7b-hf", "llava-1.5-7b": "llava-hf/llava-1.5-7b-hf",
              "llava-1.5-13b": "llava-hf/llava-1.5-13b-hf"},
-    processor_classes=("LlavaProcessor",), tokenizer_tokens={"image_token": "<image>"})
+    processor_classes=("LlavaProcessor",), tokenizer_kwargs={"image_token": "<image>", "padding_side": "left"})

@@ -17,8 +17,9 @@ CAPABILITIES = Capabilities(spatial_grid=True, multi_image=True, token_to_patch=
 #: The checkpoints' ``mrope_section`` (Qwen2-VL-7B and Qwen2.5-VL-7B, head_dim 128): t/h/w rotary pairs.
 REAL_MROPE_SECTION = (16, 24, 24)
 PROCESSOR_CLASSES = ("Qwen2VLImageOnlyProcessor", "Qwen2VLProcessor", "Qwen2_5_VLProcessor")
-TOKENIZER_TOKENS = {"image_token": "<|image_pad|>", "video_token": "<|video_pad|>",
-                    "vision_start_token": "<|vision_start|>", "vision_end_token": "<|vision_end|>"}
+TOKENIZER_KWARGS = {"image_token": "<|image_pad|>", "video_token": "<|video_pad|>",
+                    "vision_start_token": "<|vision_start|>", "vision_end_token": "<|vision_end|>",
+                    "padding_side": "left"}
 
 
 class QwenAdapter(Adapter):
@@ -112,22 +113,22 @@ def _qwen_common(image_size, shape, real_mrope=False):
     return proc, text, ids
 
 
-def build_tiny_qwen2(image_size, real_mrope=False, **shape):
+def build_tiny_qwen2(image_size, *, shape="default", num_query_tokens=None, **dims):
     """Tiny ``Qwen2VLForConditionalGeneration`` (ViT depth 2, width 32) + the image-only processor."""
     import torch
     from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration
 
     from hallufix.models.tiny import PATCH
 
-    proc, text, ids = _qwen_common(image_size, shape, real_mrope)
+    proc, text, ids = _qwen_common(image_size, dims, real_mrope=shape == "real")
     # Qwen2-VL vision: embed_dim = ViT width, hidden_size = merger output = LM width.
-    vision = dict(depth=2, embed_dim=32, hidden_size=shape["hidden_size"], num_heads=2, mlp_ratio=2,
+    vision = dict(depth=2, embed_dim=32, hidden_size=dims["hidden_size"], num_heads=2, mlp_ratio=2,
                   patch_size=PATCH, spatial_merge_size=2, temporal_patch_size=2)
     cfg = Qwen2VLConfig(text_config=text, vision_config=vision, **ids)
     return Qwen2VLForConditionalGeneration._from_config(cfg, attn_implementation="sdpa", dtype=torch.float32), proc
 
 
-def build_tiny_qwen25(image_size, real_mrope=False, **shape):
+def build_tiny_qwen25(image_size, *, shape="default", num_query_tokens=None, **dims):
     """Tiny ``Qwen2_5_VLForConditionalGeneration`` (windowed ViT depth 4, width 32, full attention in blocks 1
     and 3) + the image-only processor."""
     import torch
@@ -135,9 +136,9 @@ def build_tiny_qwen25(image_size, real_mrope=False, **shape):
 
     from hallufix.models.tiny import PATCH
 
-    proc, text, ids = _qwen_common(image_size, shape, real_mrope)
+    proc, text, ids = _qwen_common(image_size, dims, real_mrope=shape == "real")
     # Qwen2.5-VL vision: hidden_size = ViT width, out_hidden_size = LM width.
-    vision = dict(depth=4, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=shape["hidden_size"],
+    vision = dict(depth=4, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=dims["hidden_size"],
                   patch_size=PATCH, spatial_merge_size=2, temporal_patch_size=2, window_size=56,
                   fullatt_block_indexes=[1, 3])
     cfg = Qwen2_5_VLConfig(text_config=text, vision_config=vision, **ids)
@@ -146,7 +147,7 @@ def build_tiny_qwen25(image_size, real_mrope=False, **shape):
 
 
 _COMMON = dict(capabilities=CAPABILITIES, chat_template=QWEN_TEMPLATE, processor_classes=PROCESSOR_CLASSES,
-               load_processor=load_processor, tokenizer_tokens=TOKENIZER_TOKENS, preset_names=("qwen",))
+               load_processor=load_processor, tokenizer_kwargs=TOKENIZER_KWARGS, preset_names=("qwen",))
 QWEN2_VL = Family(name="qwen2-vl", display_name="Qwen2-VL",
                   model_types={"qwen2_vl": "Qwen2VLForConditionalGeneration"},
                   adapter=lambda: QwenAdapter("qwen2-vl"), tiny=build_tiny_qwen2,

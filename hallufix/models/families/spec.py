@@ -38,9 +38,10 @@ class Family:
         processor_classes: ``processor_class`` names saved with its checkpoints.
         load_processor: ``(folder) -> processor`` for a local folder (default: ``AutoProcessor``).
         finish_processor: ``(processor) -> None`` applied after loading (default: nothing).
-        tiny: ``(image_size, **dims) -> (model, processor)`` building the tiny random model (see
-            :mod:`hallufix.models.tiny`).
-        tokenizer_tokens: named special tokens its (tiny) LM tokenizer carries (``image_token`` ...).
+        tiny: ``(image_size, *, shape, num_query_tokens, **lm_dims) -> (model, processor)`` building the tiny
+            random model (see :mod:`hallufix.models.tiny`; each builder uses what applies to it).
+        tokenizer_kwargs: init kwargs of its tiny LM tokenizer: named special tokens (``image_token`` ...) and,
+            where the processor allows it, ``padding_side`` (saved with the tokenizer).
         preset_names: preset file stems tried in order for this family (its own name, then a file shared with
             a sibling family, e.g. ``qwen``).
     """
@@ -56,7 +57,7 @@ class Family:
     processor_classes: tuple[str, ...] = ()
     load_processor: Callable | None = None
     finish_processor: Callable | None = None
-    tokenizer_tokens: dict[str, str] = field(default_factory=dict)
+    tokenizer_kwargs: dict[str, str] = field(default_factory=dict)
     preset_names: tuple[str, ...] = ()
 
     def presets(self) -> tuple[str, ...]:
