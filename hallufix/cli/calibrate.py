@@ -103,8 +103,8 @@ def _calibrate(args) -> int:
 
 
 def preset_target(cls: type, family: str, model: str, output: str | None = None) -> tuple[Path, Path | None]:
-    """``(file to write, preset to start it from)`` for calibrating ``cls`` on ``model`` of ``family``: ``output`` if given,
-    else the preset in use, unless it is one the family shares with a sibling (``qwen.yaml``): then a file of the
+    """``(file to write, preset to start it from)`` for calibrating ``cls`` on ``model`` of ``family``: ``output``
+    if given, else the preset in use, unless it is one the family shares with a sibling (``qwen.yaml``): then a file of the
     family's own, which :func:`write_preset` starts from the shared one, so the sibling keeps its thresholds."""
     from hallufix.config import preset_path
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from hallufix.models.families import MODEL_CLASSES, MODEL_TYPE_FAMILY, family_of  # noqa: F401 (re-export)
+from hallufix.models.families import FAMILIES, MODEL_CLASSES, MODEL_TYPE_FAMILY, family_of  # noqa: F401
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -87,7 +87,7 @@ def load_pretrained(path_or_id: str | Path, *, dtype: str = "auto", device: str 
     ``dtype``: ``"float32"`` / ``"bfloat16"`` / ``"float16"``, or ``"auto"`` = the checkpoint's dtype, except on
     CPU where ``"auto"`` means float32 (CPU half-precision matmuls are slow and lossy). The processor's tokenizer
     pads on the left. Raises :class:`ModelNotAvailableError` for an unavailable id or an incomplete folder and
-    ``ValueError`` for a model type outside the four supported families."""
+    ``ValueError`` for a model type outside the registered families."""
     from hallufix.models.processors import load_processor
 
     if dtype != "auto" and dtype not in DTYPES:
@@ -100,8 +100,8 @@ def load_pretrained(path_or_id: str | Path, *, dtype: str = "auto", device: str 
                                      f"model folder again") from None
     if model_type not in MODEL_TYPE_FAMILY:
         raise UnsupportedModelError(f"'{path_or_id}' has model_type '{model_type}', which hallufix does not support — "
-                                    f"use a LLaVA-1.5, Qwen2-VL / Qwen2.5-VL or InstructBLIP checkpoint (model_type "
-                                    f"{', '.join(MODEL_TYPE_FAMILY)})")
+                                    f"use a {' / '.join(f.display_name for f in FAMILIES.values())} checkpoint "
+                                    f"(model_type {', '.join(MODEL_TYPE_FAMILY)})")
     if dtype == "auto":
         torch_dtype = torch.float32 if str(device) == "cpu" else "auto"
     else:

@@ -97,20 +97,14 @@ def _text_config(tok, num_layers, hidden_size, num_heads, num_kv_heads, intermed
 
 #: Named shapes. ``default`` is the first shipped fixture (other tests' random-weight expectations depend on it,
 #: keep it bitwise unchanged). ``real`` has the real 7B checkpoints' decoder depth, query heads, KV heads and
-#: InstructBLIP query tokens (LLaVA-1.5-7B: 32 layers, 32 heads over 32 KV heads; Qwen2-VL-7B and Qwen2.5-VL-7B:
-#: 28 layers, 28 heads over 4 KV heads; InstructBLIP-Vicuna-7B: 32 layers, 32 heads, 32 query tokens) at
-#: head_dim 8, so hidden sizes are 256 / 224 / 256 instead of 4096 / 3584 / 4096. Vision towers stay tiny. The
-#: real shape never emits special tokens (see ``_silence_specials``).
+#: InstructBLIP query tokens at head_dim 8 (each family's ``Family.tiny_real``; LLaVA-1.5-7B: 32 layers, 32 heads
+#: over 32 KV heads; Qwen2-VL-7B and Qwen2.5-VL-7B: 28 layers, 28 heads over 4 KV heads; InstructBLIP-Vicuna-7B:
+#: 32 layers, 32 heads, 32 query tokens), so hidden sizes are 256 / 224 / 256 instead of 4096 / 3584 / 4096.
+#: Vision towers stay tiny. The real shape never emits special tokens (see ``_silence_specials``).
 SHAPES: dict[str, dict[str, dict]] = {
     "default": {f: dict(num_layers=4, hidden_size=64, num_heads=4, num_kv_heads=None, num_query_tokens=8)
                 for f in TINY_FAMILIES},
-    "real": {
-        "llava": dict(num_layers=32, hidden_size=32 * 8, num_heads=32, num_kv_heads=32),
-        "qwen2-vl": dict(num_layers=28, hidden_size=28 * 8, num_heads=28, num_kv_heads=4),
-        "qwen2.5-vl": dict(num_layers=28, hidden_size=28 * 8, num_heads=28, num_kv_heads=4),
-        "instructblip": dict(num_layers=32, hidden_size=32 * 8, num_heads=32, num_kv_heads=32,
-                             num_query_tokens=32),
-    },
+    "real": {f.name: dict(f.tiny_real) for f in FAMILIES.values()},
 }
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 

@@ -108,6 +108,8 @@ FAMILY = Family(
     capabilities=CAPABILITIES, chat_template=INSTRUCTBLIP_TEMPLATE, tiny=build_tiny_instructblip,
     aliases={"instructblip": "Salesforce/instructblip-vicuna-7b"}, processor_classes=("InstructBlipProcessor",),
     finish_processor=finish_processor,
+    tiny_real=dict(num_layers=32, hidden_size=32 * 8, num_heads=32, num_kv_heads=32,  # InstructBLIP-Vicuna-7B
+                   num_query_tokens=32),
     # no padding_side init kwarg: the processor forwards the LM tokenizer's init kwargs to the Q-Former tokenizer
     # too, and a left-padded Q-Former text shifts its absolute positions (batched != single results)
     tokenizer_kwargs={})

@@ -106,4 +106,6 @@ FAMILY = Family(
     adapter=LlavaAdapter, capabilities=CAPABILITIES, chat_template=LLAVA_TEMPLATE, tiny=build_tiny_llava,
     aliases={"llava-1.5": "llava-hf/llava-1.5-7b-hf", "llava-1.5-7b": "llava-hf/llava-1.5-7b-hf",
              "llava-1.5-13b": "llava-hf/llava-1.5-13b-hf"},
-    processor_classes=("LlavaProcessor",), tokenizer_kwargs={"image_token": "<image>", "padding_side": "left"})
+    processor_classes=("LlavaProcessor",),
+    tiny_real=dict(num_layers=32, hidden_size=32 * 8, num_heads=32, num_kv_heads=32),  # LLaVA-1.5-7B
+    tokenizer_kwargs={"image_token": "<image>", "padding_side": "left"})

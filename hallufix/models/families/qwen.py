@@ -147,7 +147,9 @@ def build_tiny_qwen25(image_size, *, shape="default", num_query_tokens=None, **d
 
 
 _COMMON = dict(capabilities=CAPABILITIES, chat_template=QWEN_TEMPLATE, processor_classes=PROCESSOR_CLASSES,
-               load_processor=load_processor, tokenizer_kwargs=TOKENIZER_KWARGS, preset_names=("qwen",))
+               load_processor=load_processor, tokenizer_kwargs=TOKENIZER_KWARGS, preset_names=("qwen",),
+               # Qwen2-VL-7B and Qwen2.5-VL-7B: 28 layers, 28 heads over 4 KV heads
+               tiny_real=dict(num_layers=28, hidden_size=28 * 8, num_heads=28, num_kv_heads=4))
 QWEN2_VL = Family(name="qwen2-vl", display_name="Qwen2-VL",
                   model_types={"qwen2_vl": "Qwen2VLForConditionalGeneration"},
                   adapter=lambda: QwenAdapter("qwen2-vl"), tiny=build_tiny_qwen2,

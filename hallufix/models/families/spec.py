@@ -40,6 +40,8 @@ class Family:
         finish_processor: ``(processor) -> None`` applied after loading (default: nothing).
         tiny: ``(image_size, *, shape, num_query_tokens, **lm_dims) -> (model, processor)`` building the tiny
             random model (see :mod:`hallufix.models.tiny`; each builder uses what applies to it).
+        tiny_real: the tiny builder's dims for the ``real`` shape: the checkpoint's decoder depth, query heads,
+            KV heads (and query tokens) at head_dim 8.
         tokenizer_kwargs: init kwargs of its tiny LM tokenizer: named special tokens (``image_token`` ...) and,
             where the processor allows it, ``padding_side`` (saved with the tokenizer).
         preset_names: preset file stems tried in order for this family (its own name, then a file shared with
@@ -57,6 +59,7 @@ class Family:
     processor_classes: tuple[str, ...] = ()
     load_processor: Callable | None = None
     finish_processor: Callable | None = None
+    tiny_real: dict = field(default_factory=dict)
     tokenizer_kwargs: dict[str, str] = field(default_factory=dict)
     preset_names: tuple[str, ...] = ()
 
