@@ -24,7 +24,7 @@ from hallufix.capture import PrefillCapture, gather_visual
 from hallufix.events import BatchInfo, ImageEvent
 from hallufix.errors import BatchEndFailed
 from hallufix.intercept import HookTable, Interceptor, guards, strict
-from hallufix.models.adapters import adapter_for
+from hallufix.models.families import adapter_for
 from hallufix.plugins import ActiveMethods, PluginError, activate, new_manager, split_plugins
 
 
@@ -168,7 +168,7 @@ class MethodRun:
         s = self.session
         grid = grid or s.adapter.image_grid(s.processor, image)
         if grid is None:
-            raise ValueError(f"{s.info.family} has no spatial token grid; pass the grid (e.g. the Q-Former patch grid)")
+            raise ValueError(f"{s.info.family} has no spatial token grid; pass the grid (e.g. capture's patch_grid)")
         return s.adapter.cell_index(s.processor, image, grid)
 
     def _accumulate(self, ic: Interceptor) -> None:
@@ -181,20 +181,22 @@ class MethodRun:
     # ------------------------------------------------------------------ analysis prefill (service for methods)
     def capture(self, images: list | None = None, questions: list[str] | None = None, *, layers=(),
                 hidden_norms: bool = False, extra_images: list[list] | None = None,
-                qformer_attention: bool = False) -> PrefillCapture:
+                token_to_patch: bool = False) -> PrefillCapture:
         """Run one prefill (fresh cache, no generation, no method active) and return, for ``layers``, the last
         prompt row's attention over the visual tokens per head and, when asked, the visual tokens' input hidden
         norms. Used by two-pass methods (ARA, the contrast crop) through :class:`~hallufix.events.ImageEvent`.
 
-        ``qformer_attention=True`` (InstructBLIP only) adds ``extras["qformer_xattn"]`` ``(B, n_query, 1 + n_patch)``
-        (head- and layer-averaged Q-Former cross-attention; column 0 is CLS) and ``extras["patch_grid"]``.
+        ``token_to_patch=True`` (models whose ``info.capabilities.token_to_patch`` is set) adds
+        ``result.token_to_patch`` ``(B, n_visual, rows*cols)``, each visual token's weights over the vision
+        encoder's patches, and ``result.patch_grid`` ``(rows, cols)`` (InstructBLIP: the head- and layer-averaged
+        Q-Former cross-attention, CLS column dropped).
 
         Every tensor is float32 on the model's device; ``result.visual`` gives each row's visual-token count, grids
         and per-image slots (rows of mixed sizes are padded, see :class:`~hallufix.visual.VisualTokens`)."""
         with strict.suspended():  # called from a hook: the model runs outside strict device mode
-            return self._capture(images, questions, layers, hidden_norms, extra_images, qformer_attention)
+            return self._capture(images, questions, layers, hidden_norms, extra_images, token_to_patch)
 
-    def _capture(self, images, questions, layers, hidden_norms, extra_images, qformer_attention) -> PrefillCapture:
+    def _capture(self, images, questions, layers, hidden_norms, extra_images, token_to_patch) -> PrefillCapture:
         s = self.session
         rec = _Recorder(sorted(set(layers)), hidden_norms)
         pm = new_manager()
@@ -221,12 +223,13 @@ class MethodRun:
             if stop is not None:
                 stop.remove()
         rec.result.layout = layout
-        if qformer_attention:
-            if not hasattr(s.adapter, "qformer_cross_attention"):
-                raise ValueError(f"qformer_attention is only available for InstructBLIP, not {s.info.family}")
+        if token_to_patch:
+            if not s.info.capabilities.token_to_patch:
+                raise ValueError(f"capture(token_to_patch=True): {s.info.family} declares no token-to-patch map "
+                                 f"(check model.capabilities.token_to_patch before asking)")
             with torch.inference_mode():
-                rec.result.extras["qformer_xattn"] = s.adapter.qformer_cross_attention(s.model, inputs).float()
-            rec.result.extras["patch_grid"] = s.adapter.patch_grid(s.model)
+                mapping, grid = s.adapter.token_to_patch(s.model, inputs)
+            rec.result.token_to_patch, rec.result.patch_grid = mapping.float(), tuple(grid)
         return rec.result
 
 

@@ -199,6 +199,10 @@ class PrefillCapture:
         hidden_norms: ``{layer: (B, n_max)}`` L2 norms of the visual tokens' input hidden states (when asked).
         layout: the :class:`~hallufix.layout.TokenLayout` of the analysed batch (grids per image).
         extras: per-layer tensors that methods asked the capture for (``{name: {layer: tensor}}``).
+        token_to_patch: ``(B, n_visual, rows*cols)`` each visual token's weights over the vision encoder's patch
+            grid (raster order), when asked with ``token_to_patch=True`` on a model whose capabilities declare it;
+            else ``None``.
+        patch_grid: ``(rows, cols)`` of that patch grid, else ``None``.
     """
 
     last_visual: dict = field(default_factory=dict)
@@ -206,6 +210,8 @@ class PrefillCapture:
     hidden_norms: dict = field(default_factory=dict)
     layout: object = None
     extras: dict = field(default_factory=dict)
+    token_to_patch: object = None
+    patch_grid: tuple | None = None
 
     @property
     def visual(self) -> VisualTokens:

@@ -4,7 +4,8 @@ OmegaConf does the merging in struct mode, so an unknown key fails before any mo
 the closest known one. No Hydra.
 
 Method configs resolve as: the method class's ``Config`` dataclass defaults -> the method's family preset
-(``<method package>/presets/<family>.yaml`` if present; the paper setting per model family) -> user overrides
+(``<method package>/presets/<family>.yaml``, else one shared with a sibling family such as ``qwen.yaml``, if
+present; the paper setting per model family; it says only what differs from the defaults) -> user overrides
 ``name.key=value``.
 """
 from __future__ import annotations
@@ -26,12 +27,15 @@ class ConfigError(ValueError):
 
 def preset_path(cls: type, family: str | None, preset: str | None = None, model: str | None = None) -> Path | None:
     """The YAML preset for ``cls``: the named ``preset``, else one for the ``model`` alias (e.g. ``builtin``), else
-    one for the ``family``, if the method ships it."""
+    one for the ``family``, else one the family shares with a sibling (``qwen.yaml`` for Qwen2-VL and Qwen2.5-VL;
+    :func:`hallufix.models.families.preset_names`), if the method ships it."""
     module = sys.modules.get(cls.__module__)
     if module is None or not getattr(module, "__file__", None):
         return None
     folder = Path(module.__file__).parent / "presets"
-    for name in [preset, model, family]:
+    from hallufix.models.families import preset_names
+
+    for name in [preset, model, *preset_names(family)]:
         if name and (folder / f"{name}.yaml").is_file():
             return folder / f"{name}.yaml"
     return None

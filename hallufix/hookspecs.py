@@ -81,7 +81,8 @@ def hallufix_configure(model):
     """Declare the hook points this method needs on the loaded model.
 
     :param model: :class:`hallufix.layout.ModelInfo` (family, number of layers, heads, KV heads, head dim,
-        image-token id).
+        image-token id, and ``capabilities``: ``spatial_grid``, ``multi_image``, ``token_to_patch``; test these,
+        never the family name, to refuse a setting a model cannot support).
     :return: a list of :class:`hallufix.points.HookPoint` (build them with ``hallufix.points.attn_bias(...)``
         etc.). Returning ``[]`` means the method is a no-op for this configuration (e.g. strength 0), and it is
         then not called at all.

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from hallufix.models.families.spec import Capabilities
 from hallufix.visual import VisualTokens
 
 
@@ -32,6 +33,9 @@ class ModelInfo:
         grid: ``(rows, cols)`` of the visual tokens on the image where fixed (LLaVA 24x24), else ``None`` (Qwen:
             per image from ``image_grid_thw``; InstructBLIP: query tokens, no grid).
         name: the model id or folder it was loaded from.
+        capabilities: what the visual tokens support (:class:`~hallufix.models.families.spec.Capabilities`:
+            ``spatial_grid``, ``multi_image``, ``token_to_patch``); methods test these, never ``family``. Left
+            unset, the registered family's are filled in.
     """
 
     family: str
@@ -44,6 +48,20 @@ class ModelInfo:
     visual_tokens_per_image: int | None = None
     grid: tuple[int, int] | None = None
     name: str = ""
+    capabilities: Capabilities | None = None
+
+    def __post_init__(self):
+        if self.capabilities is None:
+            from hallufix.models.families import capabilities
+
+            object.__setattr__(self, "capabilities", capabilities(self.family))
+
+    @property
+    def display_name(self) -> str:
+        """How messages name the family (``"InstructBLIP"``)."""
+        from hallufix.models.families import display_name
+
+        return display_name(self.family)
 
 
 @dataclass

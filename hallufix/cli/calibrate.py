@@ -59,7 +59,7 @@ def _split(items: list[str], method: str) -> tuple[dict, list[str]]:
 
 def _calibrate(args) -> int:
     from hallufix.cli.run import _load, _make_task
-    from hallufix.config import ConfigError, preset_path
+    from hallufix.config import ConfigError
     from hallufix.tasks.base import TaskError
 
     if not 0 < args.fraction < 1 or not 0 <= args.perception_share <= 1:
@@ -84,14 +84,12 @@ def _calibrate(args) -> int:
                             max_new_tokens=args.max_new_tokens or task.max_new_tokens, batch_size=args.batch_size)
     except (ConfigError, TaskError, ValueError) as exc:
         raise CliError(str(exc)) from None
-    target = Path(args.output) if args.output else (
-        preset_path(FHI, session.info.family, model=session.info.name)
-        or Path(sys.modules[FHI.__module__].__file__).parent / "presets" / f"{session.info.family}.yaml")
+    target, found = preset_target(FHI, session.info.family, session.info.name, args.output)
     options = ", ".join(f"{k}={v}" for k, v in sorted(task_options.items()))
     record = (f"model {model}; task {task_spec}{' (' + options + ')' if options else ''}; {len(samples)} prompts "
               f"(the task's first {len(samples)}); fraction {args.fraction}, perception share {args.perception_share}; "
               f"query_row {cal['query_row']}")
-    write_preset(target, cal, record, [f"fhi.{o}" for o in overrides])
+    write_preset(target, cal, record, [f"fhi.{o}" for o in overrides], base=found)
     sel = cal["selected"]
     print(f"tau_perc {cal['tau_perc']!r}  tau_reas {cal['tau_reas']!r}  "
           f"decode: {cal['tau_perc_decode']!r} / {cal['tau_reas_decode']!r}")
@@ -104,14 +102,29 @@ def _calibrate(args) -> int:
     return 0
 
 
-def write_preset(path: Path, cal: dict, record: str, overrides: list[str]) -> None:
-    """Merge the thresholds, the layer bounds used and the record into the YAML preset at ``path``: other keys and
-    the file's own comments are kept, the generated ``#:`` header is replaced."""
+def preset_target(cls: type, family: str, model: str, output: str | None = None) -> tuple[Path, Path | None]:
+    """``(file to write, preset to start it from)`` for calibrating ``cls`` on ``model`` of ``family``: ``output``
+    if given, else the preset in use, unless it is one the family shares with a sibling (``qwen.yaml``): then a file of the
+    family's own, which :func:`write_preset` starts from the shared one, so the sibling keeps its thresholds."""
+    from hallufix.config import preset_path
+
+    found = preset_path(cls, family, model=model)
+    own = Path(sys.modules[cls.__module__].__file__).parent / "presets" / f"{family}.yaml"
+    if output:
+        return Path(output), None
+    return (found if found is not None and found.stem in (family, model) else own), found
+
+
+def write_preset(path: Path, cal: dict, record: str, overrides: list[str], base: Path | None = None) -> None:
+    """Merge the thresholds, the layer bounds used and the record into the YAML preset at ``path`` (or, when
+    ``path`` does not exist yet, into a copy of ``base``): other keys and the file's own comments are kept, the
+    generated ``#:`` header is replaced."""
     import yaml
 
     data, comments = {}, []
-    if path.is_file():
-        text = path.read_text()
+    source = path if path.is_file() else base
+    if source is not None and source.is_file():
+        text = source.read_text()
         data = yaml.safe_load(text) or {}
         comments = [line for line in text.splitlines() if line.startswith("#") and not line.startswith("#:")]
     data.update({"perc_max_layer": cal["perc_max_layer"], "reas_min_layer": cal["reas_min_layer"],

@@ -42,7 +42,7 @@ class _LogitsHook(LogitsProcessor):
 class Interceptor:
     """Per-call installation of a run's hook table on a model.
 
-    :param model: the loaded transformers model. :param adapter: its :class:`hallufix.models.adapters.Adapter`.
+    :param model: the loaded transformers model. :param adapter: its :class:`hallufix.models.families.base.Adapter`.
     :param table: the run's :class:`HookTable`. :param pm: the run's plugin manager (lifecycle hooks).
     :param layout: the batch's :class:`~hallufix.layout.TokenLayout`. :param info: :class:`ModelInfo`.
     :param stash: per-run storage shared with events.

@@ -6,8 +6,10 @@ from the local cache only when ``allow_download`` is false, downloading what is 
 default (``None``) follows the environment like ``from_pretrained`` does: download unless ``HF_HUB_OFFLINE`` is
 set (tests and CI set it, so they never touch the network). An id that cannot be resolved raises
 :class:`ModelNotAvailableError`, whose message names the id and how to bring a local copy. The model class is ``AutoModelForImageTextToText`` (the
-family class from ``config.model_type`` where Auto does not map it); the processor comes from
-:func:`hallufix.models.processors.load_processor` (image-only processor for Qwen, ``AutoProcessor`` otherwise).
+family's class from :mod:`hallufix.models.families` where Auto does not map it); the processor comes from
+:func:`hallufix.models.processors.load_processor` (the family's own loader, else ``AutoProcessor``).
+
+``MODEL_TYPE_FAMILY`` and ``family_of`` are re-exported from :mod:`hallufix.models.families`.
 """
 from __future__ import annotations
 
@@ -16,14 +18,9 @@ from pathlib import Path
 
 import torch
 
-#: ``config.model_type`` -> family name.
-MODEL_TYPE_FAMILY = {"llava": "llava", "qwen2_vl": "qwen2-vl", "qwen2_5_vl": "qwen2.5-vl",
-                     "instructblip": "instructblip"}
+from hallufix.models.families import FAMILIES, MODEL_CLASSES, MODEL_TYPE_FAMILY, family_of  # noqa: F401
+
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-#: ``config.model_type`` -> model class name in ``transformers`` (fallback when Auto does not map the type).
-FAMILY_CLASSES = {"llava": "LlavaForConditionalGeneration", "qwen2_vl": "Qwen2VLForConditionalGeneration",
-                  "qwen2_5_vl": "Qwen2_5_VLForConditionalGeneration",
-                  "instructblip": "InstructBlipForConditionalGeneration"}
 
 
 class ModelNotAvailableError(RuntimeError):
@@ -73,15 +70,6 @@ def resolve_local(path_or_id: str | Path, *, allow_download: bool | None = None)
     return snap
 
 
-def family_of(model_or_config) -> str:
-    """``llava``, ``qwen2-vl``, ``qwen2.5-vl`` or ``instructblip`` from ``config.model_type`` of a model or config."""
-    config = getattr(model_or_config, "config", model_or_config)
-    model_type = getattr(config, "model_type", None)
-    if model_type not in MODEL_TYPE_FAMILY:
-        raise ValueError(f"unsupported model_type '{model_type}'; supported: {', '.join(MODEL_TYPE_FAMILY)}")
-    return MODEL_TYPE_FAMILY[model_type]
-
-
 def _model_class(model_type: str):
     import transformers
     from transformers import AutoModelForImageTextToText
@@ -89,7 +77,7 @@ def _model_class(model_type: str):
 
     if model_type in MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES:
         return AutoModelForImageTextToText
-    return getattr(transformers, FAMILY_CLASSES[model_type])
+    return getattr(transformers, MODEL_CLASSES[model_type])
 
 
 def load_pretrained(path_or_id: str | Path, *, dtype: str = "auto", device: str = "cpu",
@@ -99,7 +87,7 @@ def load_pretrained(path_or_id: str | Path, *, dtype: str = "auto", device: str 
     ``dtype``: ``"float32"`` / ``"bfloat16"`` / ``"float16"``, or ``"auto"`` = the checkpoint's dtype, except on
     CPU where ``"auto"`` means float32 (CPU half-precision matmuls are slow and lossy). The processor's tokenizer
     pads on the left. Raises :class:`ModelNotAvailableError` for an unavailable id or an incomplete folder and
-    ``ValueError`` for a model type outside the four supported families."""
+    ``ValueError`` for a model type outside the registered families."""
     from hallufix.models.processors import load_processor
 
     if dtype != "auto" and dtype not in DTYPES:
@@ -112,8 +100,8 @@ def load_pretrained(path_or_id: str | Path, *, dtype: str = "auto", device: str 
                                      f"model folder again") from None
     if model_type not in MODEL_TYPE_FAMILY:
         raise UnsupportedModelError(f"'{path_or_id}' has model_type '{model_type}', which hallufix does not support — "
-                                    f"use a LLaVA-1.5, Qwen2-VL / Qwen2.5-VL or InstructBLIP checkpoint (model_type "
-                                    f"{', '.join(MODEL_TYPE_FAMILY)})")
+                                    f"use a {' / '.join(f.display_name for f in FAMILIES.values())} checkpoint "
+                                    f"(model_type {', '.join(MODEL_TYPE_FAMILY)})")
     if dtype == "auto":
         torch_dtype = torch.float32 if str(device) == "cpu" else "auto"
     else:

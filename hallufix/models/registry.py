@@ -1,4 +1,4 @@
-"""Model aliases: short names for the checkpoints researchers use, plus the built-in trained model.
+"""Model aliases: the families' short names for the checkpoints researchers use, plus the built-in trained model.
 
 ``--model`` takes an alias, a hub id, or a local folder in the ``save_pretrained`` layout.
 """
@@ -6,15 +6,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-ALIASES: dict[str, str] = {
-    "llava-1.5": "llava-hf/llava-1.5-7b-hf",
-    "llava-1.5-7b": "llava-hf/llava-1.5-7b-hf",
-    "llava-1.5-13b": "llava-hf/llava-1.5-13b-hf",
-    "qwen-vl": "Qwen/Qwen2.5-VL-7B-Instruct",
-    "qwen2.5-vl": "Qwen/Qwen2.5-VL-7B-Instruct",
-    "qwen2-vl": "Qwen/Qwen2-VL-7B-Instruct",
-    "instructblip": "Salesforce/instructblip-vicuna-7b",
-}
+from hallufix.models.families import ALIASES as FAMILY_ALIASES
+
+#: alias -> hub id: each family's aliases (:mod:`hallufix.models.families`).
+ALIASES: dict[str, str] = dict(FAMILY_ALIASES)
+#: The built-in shapes model, a checkpoint of the ``llava`` family shipped inside the package.
 BUILTIN_NAMES = ("builtin", "shapes-llava")
 DEFAULT_MODEL = "builtin"
 

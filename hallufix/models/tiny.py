@@ -22,6 +22,9 @@ Qwen images are resized to between ``image_size**2`` and ``4 * image_size**2`` p
 larger or non-square images give more tokens (e.g. 300x400 -> grid (1, 6, 8) -> 12 tokens). Vision towers: CLIP
 (LLaVA, 2 layers, width 32), Qwen2-VL ViT (depth 2, width 32), Qwen2.5-VL windowed ViT (depth 4, width 32,
 full attention in blocks 1 and 3), BLIP ViT + Q-Former (2 layers each, width 32).
+
+The per-family builders live in the family modules (:mod:`hallufix.models.families`, ``Family.tiny``); this
+module holds what they share (the BPE tokenizer, the LM config, the named shapes) and the entry points.
 """
 from __future__ import annotations
 
@@ -30,8 +33,11 @@ from pathlib import Path
 
 import torch
 
-TINY_FAMILIES = ("llava", "qwen2-vl", "qwen2.5-vl", "instructblip")
-NUM_QUERY_TOKENS = 8
+from hallufix.models.families import FAMILIES
+from hallufix.models.families.instructblip import NUM_QUERY_TOKENS  # noqa: F401 (re-export)
+from hallufix.models.families.qwen import REAL_MROPE_SECTION, _real_mrope_section  # noqa: F401 (re-export)
+
+TINY_FAMILIES = tuple(FAMILIES)
 PATCH = 14
 
 _WORDS = ("is there a an the cat dog bird car person in on of image picture photo what colour color large small "
@@ -65,21 +71,12 @@ def build_tokenizer(family: str):
     """A fresh ``PreTrainedTokenizerFast`` for ``family`` over the cached BPE, padding on the left.
 
     LLaVA names ``image_token``; Qwen names image/video/vision-start/end tokens; InstructBLIP's LM tokenizer
-    deliberately has *no* ``image_token`` attribute (transformers.md G6: the processor adds ``<image>`` itself)."""
+    deliberately has *no* ``image_token`` attribute (its processor adds ``<image>`` itself)."""
     from tokenizers import Tokenizer
     from transformers import PreTrainedTokenizerFast
 
-    extra = {}
-    if family == "llava":
-        extra = {"image_token": "<image>"}
-    elif family.startswith("qwen"):
-        extra = {"image_token": "<|image_pad|>", "video_token": "<|video_pad|>",
-                 "vision_start_token": "<|vision_start|>", "vision_end_token": "<|vision_end|>"}
-    if family != "instructblip":
-        # As an init kwarg, the padding side is saved with the tokenizer. Not for InstructBLIP: its processor
-        # forwards the LM tokenizer's init kwargs to the Q-Former tokenizer too, and a left-padded Q-Former text
-        # shifts its absolute positions (batched != single results).
-        extra["padding_side"] = "left"
+    # named special tokens and, where the family allows, padding_side as a saved init kwarg (Family.tokenizer_kwargs)
+    extra = dict(FAMILIES[family].tokenizer_kwargs)
     tok = PreTrainedTokenizerFast(tokenizer_object=Tokenizer.from_str(_bpe_json()), bos_token="<s>",
                                   eos_token="</s>", pad_token="<pad>", unk_token="<unk>", **extra)
     tok.padding_side = "left"
@@ -100,23 +97,15 @@ def _text_config(tok, num_layers, hidden_size, num_heads, num_kv_heads, intermed
 
 #: Named shapes. ``default`` is the first shipped fixture (other tests' random-weight expectations depend on it,
 #: keep it bitwise unchanged). ``real`` has the real 7B checkpoints' decoder depth, query heads, KV heads and
-#: InstructBLIP query tokens (LLaVA-1.5-7B: 32 layers, 32 heads over 32 KV heads; Qwen2-VL-7B and Qwen2.5-VL-7B:
-#: 28 layers, 28 heads over 4 KV heads; InstructBLIP-Vicuna-7B: 32 layers, 32 heads, 32 query tokens) at
-#: head_dim 8, so hidden sizes are 256 / 224 / 256 instead of 4096 / 3584 / 4096. Vision towers stay tiny. The
-#: real shape never emits special tokens (see ``_silence_specials``).
+#: InstructBLIP query tokens at head_dim 8 (each family's ``Family.tiny_real``; LLaVA-1.5-7B: 32 layers, 32 heads
+#: over 32 KV heads; Qwen2-VL-7B and Qwen2.5-VL-7B: 28 layers, 28 heads over 4 KV heads; InstructBLIP-Vicuna-7B:
+#: 32 layers, 32 heads, 32 query tokens), so hidden sizes are 256 / 224 / 256 instead of 4096 / 3584 / 4096.
+#: Vision towers stay tiny. The real shape never emits special tokens (see ``_silence_specials``).
 SHAPES: dict[str, dict[str, dict]] = {
     "default": {f: dict(num_layers=4, hidden_size=64, num_heads=4, num_kv_heads=None, num_query_tokens=8)
                 for f in TINY_FAMILIES},
-    "real": {
-        "llava": dict(num_layers=32, hidden_size=32 * 8, num_heads=32, num_kv_heads=32),
-        "qwen2-vl": dict(num_layers=28, hidden_size=28 * 8, num_heads=28, num_kv_heads=4),
-        "qwen2.5-vl": dict(num_layers=28, hidden_size=28 * 8, num_heads=28, num_kv_heads=4),
-        "instructblip": dict(num_layers=32, hidden_size=32 * 8, num_heads=32, num_kv_heads=32,
-                             num_query_tokens=32),
-    },
+    "real": {f.name: dict(f.tiny_real) for f in FAMILIES.values()},
 }
-#: The checkpoints' ``mrope_section`` (Qwen2-VL-7B and Qwen2.5-VL-7B, head_dim 128): t/h/w rotary pairs.
-REAL_MROPE_SECTION = (16, 24, 24)
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -153,13 +142,10 @@ def build_tiny(family: str, *, shape: str = "default", num_layers: int | None = 
         dtype = DTYPES[dtype]
     lm = dict(num_layers=dims["num_layers"], hidden_size=dims["hidden_size"], num_heads=dims["num_heads"],
               num_kv_heads=dims["num_kv_heads"], intermediate_size=intermediate_size, vocab_size=vocab_size)
-    extra = {"num_query_tokens": dims["num_query_tokens"]} if family == "instructblip" else {}
-    if family.startswith("qwen"):
-        extra["real_mrope"] = shape == "real"
-    builder = {"llava": _llava, "qwen2-vl": _qwen2, "qwen2.5-vl": _qwen25, "instructblip": _instructblip}[family]
+    builder = FAMILIES[family].tiny  # each takes what it uses of shape / num_query_tokens
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model, processor = builder(image_size, **extra, **lm)
+        model, processor = builder(image_size, shape=shape, num_query_tokens=dims["num_query_tokens"], **lm)
     if shape == "real":
         _silence_specials(model)
     return model.to(torch.float32).to(dtype).eval(), processor
@@ -173,128 +159,6 @@ def _silence_specials(model) -> None:
     every answer runs to ``max_new_tokens``."""
     with torch.no_grad():
         model.get_output_embeddings().weight[: len(_SPECIALS)] = 0
-
-
-def _llava(image_size, **shape):
-    from transformers import LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor
-    from transformers.models.llava.image_processing_pil_llava import LlavaImageProcessorPil
-
-    from hallufix.models.processors import LLAVA_TEMPLATE
-
-    tok = build_tokenizer("llava")
-    ip = LlavaImageProcessorPil(size={"shortest_edge": image_size},
-                                crop_size={"height": image_size, "width": image_size})
-    proc = LlavaProcessor(image_processor=ip, tokenizer=tok, patch_size=PATCH, vision_feature_select_strategy="default",
-                          num_additional_image_tokens=1, chat_template=LLAVA_TEMPLATE)
-    tok = proc.tokenizer
-    cfg = LlavaConfig(vision_config=dict(model_type="clip_vision_model", hidden_size=32, intermediate_size=64,
-                                         num_hidden_layers=2, num_attention_heads=2, image_size=image_size,
-                                         patch_size=PATCH, projection_dim=32),
-                      text_config=dict(model_type="llama", **_text_config(tok, **shape)),
-                      image_token_index=tok.convert_tokens_to_ids("<image>"),
-                      image_seq_length=(image_size // PATCH) ** 2, vision_feature_layer=-2,
-                      vision_feature_select_strategy="default")
-    return LlavaForConditionalGeneration._from_config(cfg, attn_implementation="sdpa", dtype=torch.float32), proc
-
-
-def _mrope_section(head_dim: int) -> list[int]:
-    """t/h/w rotary split summing to ``head_dim // 2``: h = w = ``head_dim // 4``, t = the rest (16 -> [0, 4, 4]).
-
-    Kept as first shipped (other tests' random-weight expectations depend on it); a single image has a constant
-    temporal index, so an empty t section changes nothing structural."""
-    quarter = head_dim // 4
-    return [head_dim // 2 - 2 * quarter, quarter, quarter]
-
-
-def _real_mrope_section(head_dim: int) -> list[int]:
-    """:data:`REAL_MROPE_SECTION` scaled to ``head_dim // 2`` pairs, every section at least 1 (so text and image
-    positions exercise all three axes as in the checkpoints), the rounding remainder on h then w
-    (8 -> [1, 2, 1], 16 -> [2, 3, 3], 128 -> [16, 24, 24])."""
-    half, total = head_dim // 2, sum(REAL_MROPE_SECTION)
-    if half < 3:
-        raise ValueError(f"head_dim {head_dim} is too small for a three-axis mrope_section (needs >= 6)")
-    sec = [max(1, half * s // total) for s in REAL_MROPE_SECTION]
-    i = 1
-    while sum(sec) < half:
-        sec[i] += 1
-        i = 2 if i == 1 else 1
-    while sum(sec) > half:
-        sec[sec.index(max(sec))] -= 1
-    return sec
-
-
-def _qwen_common(image_size, shape, real_mrope=False):
-    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
-
-    from hallufix.models.processors import QWEN_TEMPLATE, Qwen2VLImageOnlyProcessor
-
-    ip = Qwen2VLImageProcessorPil(size={"shortest_edge": image_size * image_size,
-                                        "longest_edge": 4 * image_size * image_size},
-                                  patch_size=PATCH, temporal_patch_size=2, merge_size=2)
-    proc = Qwen2VLImageOnlyProcessor(image_processor=ip, tokenizer=build_tokenizer("qwen"),
-                                     chat_template=QWEN_TEMPLATE)
-    tok = proc.tokenizer
-    head_dim = shape["hidden_size"] // shape["num_heads"]
-    section = _real_mrope_section(head_dim) if real_mrope else _mrope_section(head_dim)
-    rope = dict(rope_type="default", mrope_section=section, rope_theta=1e4)
-    text = _text_config(tok, **shape, rope_parameters=rope)
-    ids = dict(image_token_id=tok.convert_tokens_to_ids("<|image_pad|>"),
-               video_token_id=tok.convert_tokens_to_ids("<|video_pad|>"),
-               vision_start_token_id=tok.convert_tokens_to_ids("<|vision_start|>"),
-               vision_end_token_id=tok.convert_tokens_to_ids("<|vision_end|>"))
-    return proc, text, ids
-
-
-def _qwen2(image_size, real_mrope=False, **shape):
-    from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration
-
-    proc, text, ids = _qwen_common(image_size, shape, real_mrope)
-    # Qwen2-VL vision: embed_dim = ViT width, hidden_size = merger output = LM width.
-    vision = dict(depth=2, embed_dim=32, hidden_size=shape["hidden_size"], num_heads=2, mlp_ratio=2,
-                  patch_size=PATCH, spatial_merge_size=2, temporal_patch_size=2)
-    cfg = Qwen2VLConfig(text_config=text, vision_config=vision, **ids)
-    return Qwen2VLForConditionalGeneration._from_config(cfg, attn_implementation="sdpa", dtype=torch.float32), proc
-
-
-def _qwen25(image_size, real_mrope=False, **shape):
-    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
-
-    proc, text, ids = _qwen_common(image_size, shape, real_mrope)
-    # Qwen2.5-VL vision: hidden_size = ViT width, out_hidden_size = LM width.
-    vision = dict(depth=4, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=shape["hidden_size"],
-                  patch_size=PATCH, spatial_merge_size=2, temporal_patch_size=2, window_size=56,
-                  fullatt_block_indexes=[1, 3])
-    cfg = Qwen2_5_VLConfig(text_config=text, vision_config=vision, **ids)
-    return Qwen2_5_VLForConditionalGeneration._from_config(cfg, attn_implementation="sdpa",
-                                                           dtype=torch.float32), proc
-
-
-def _instructblip(image_size, num_query_tokens=NUM_QUERY_TOKENS, **shape):
-    from tokenizers import Tokenizer
-    from transformers import (InstructBlipConfig, InstructBlipForConditionalGeneration, InstructBlipProcessor,
-                              PreTrainedTokenizerFast)
-    from transformers.models.blip.image_processing_pil_blip import BlipImageProcessorPil
-
-    from hallufix.models.processors import INSTRUCTBLIP_TEMPLATE
-
-    # Stand-in for the BERT Q-Former tokenizer: same BPE, no BOS/EOS needed.
-    qtok = PreTrainedTokenizerFast(tokenizer_object=Tokenizer.from_str(_bpe_json()), pad_token="<pad>",
-                                   unk_token="<unk>")
-    ip = BlipImageProcessorPil(size={"height": image_size, "width": image_size})
-    proc = InstructBlipProcessor(image_processor=ip, tokenizer=build_tokenizer("instructblip"),
-                                 qformer_tokenizer=qtok, num_query_tokens=num_query_tokens)
-    proc.chat_template = INSTRUCTBLIP_TEMPLATE  # InstructBlipProcessor.__init__ drops a chat_template kwarg
-    tok = proc.tokenizer  # now holds the processor's <image> AddedToken (G6): read ids only from here on
-    cfg = InstructBlipConfig(vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                                num_attention_heads=2, image_size=image_size, patch_size=PATCH),
-                             qformer_config=dict(vocab_size=len(qtok), hidden_size=32, num_hidden_layers=2,
-                                                 num_attention_heads=2, intermediate_size=64,
-                                                 max_position_embeddings=128, cross_attention_frequency=1,
-                                                 pad_token_id=qtok.pad_token_id),
-                             text_config=dict(model_type="llama", **_text_config(tok, **shape)),
-                             num_query_tokens=num_query_tokens, image_token_index=tok.convert_tokens_to_ids("<image>"))
-    return InstructBlipForConditionalGeneration._from_config(cfg, attn_implementation="sdpa",
-                                                             dtype=torch.float32), proc
 
 
 def save_tiny(family: str, path: str | Path, **kw) -> Path:

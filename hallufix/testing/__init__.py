@@ -15,7 +15,9 @@ import os
 
 import pytest
 
-TINY_FAMILIES = ("llava", "qwen2-vl", "qwen2.5-vl", "instructblip")
+from hallufix.models.families import FAMILIES
+
+TINY_FAMILIES = tuple(FAMILIES)  # every registered family (hallufix.models.families)
 
 
 def __getattr__(name):

@@ -30,9 +30,10 @@ import torch
 from hallufix import hookimpl
 from hallufix.testing.leaks import assert_no_hook_leaks, hook_snapshot
 from hallufix.testing.models import QUESTIONS, tiny_images, tiny_session
+from hallufix.models.families import FAMILIES
 from hallufix.testing.real import RealInputsContract
 
-TINY_FAMILIES = ("llava", "qwen2-vl", "qwen2.5-vl", "instructblip")
+TINY_FAMILIES = tuple(FAMILIES)  # every registered family (hallufix.models.families)
 
 
 class _Bomb:

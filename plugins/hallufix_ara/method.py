@@ -84,11 +84,17 @@ class ARA(Method):
     @hallufix.hookimpl
     def hallufix_configure(self, model):
         c = self.config
-        self.family, self.band = model.family, resolve_band(c, model.num_layers)
+        caps = model.capabilities
+        self.band = resolve_band(c, model.num_layers)
+        # no spatial grid of its own: the token map goes onto the vision encoder's patch grid
+        self.via_patches = not caps.spatial_grid and caps.token_to_patch
         if c.dim_floor == 1:
             return []
-        if c.mode == "both" and model.family == "instructblip":
-            raise ValueError("ara mode=both feeds two images; InstructBLIP takes one (use mode=replace)")
+        if c.mode == "both" and not caps.multi_image:
+            raise ValueError(f"ara mode=both feeds two images; {model.display_name} takes one (use mode=replace)")
+        if c.mode != "logit-bias" and not (caps.spatial_grid or caps.token_to_patch):
+            raise ValueError(f"ara mode={c.mode} places a map on the image; {model.display_name}'s visual tokens have "
+                             f"no spatial grid and no token-to-patch map (use mode=logit-bias)")
         if c.mode == "logit-bias":
             after = list(range(self.band[-1] + 1, model.num_layers))
             if not after:
@@ -137,13 +143,13 @@ class ARA(Method):
     @hallufix.hookimpl
     def hallufix_input_image(self, event):
         c = self.config
-        blip = self.family == "instructblip"
-        cap = event.capture(event.images, event.questions, layers=self.band, hidden_norms=True, qformer_attention=blip)
+        cap = event.capture(event.images, event.questions, layers=self.band, hidden_norms=True,
+                            token_to_patch=self.via_patches)
         vt = cap.visual  # per-row token counts and grids (Qwen: every image its own)
         # the analysis is host work (NumPy): one explicit copy of each captured tensor
         a_host = {l: cap.last_visual[l].cpu() for l in self.band}
         n_host = {l: cap.hidden_norms[l].cpu() for l in self.band}
-        xattn_host = cap.extras["qformer_xattn"].cpu() if blip else None
+        to_patch = cap.token_to_patch.cpu() if self.via_patches else None
         self._pending = []
         for b, image in enumerate(event.images):
             own = vt.image_slots(b, 0)  # this row's own visual tokens (no padded slot)
@@ -157,11 +163,10 @@ class ARA(Method):
                 d.update(guard="no image-centric heads", coverage=1.0)
                 self._pending.append(d)
                 continue
-            if blip:  # query-token map -> patch map through the Q-Former cross-attention (CLS column dropped)
-                xattn = xattn_host[b].numpy()[:, 1:]
-                fused = fused @ xattn
+            if self.via_patches:  # token map -> patch map (InstructBLIP: through the Q-Former cross-attention)
+                fused = fused @ to_patch[b].numpy()
                 fused = fused / max(fused.sum(), 1e-12)
-                grid = tuple(cap.extras["patch_grid"])
+                grid = tuple(cap.patch_grid)
             else:
                 grid = vt.grid(b, 0)
             cells = coverage_mask(fused, grid, c.coverage, c.dilation)

@@ -167,9 +167,12 @@ class Contrast(Method):
         c = self.config
         self.fusion, self.post, self.review = resolve_layers(c, model.num_layers)
         if c.variant == "crop":
-            if model.family == "instructblip":
-                raise ValueError("contrast variant=crop needs a spatial token grid; InstructBLIP's query tokens have "
-                                 "none (use variant=review)")
+            if not model.capabilities.spatial_grid:
+                raise ValueError(f"contrast variant=crop needs a spatial token grid; {model.display_name}'s visual "
+                                 f"tokens have none (use variant=review)")
+            if not model.capabilities.multi_image:
+                raise ValueError(f"contrast variant=crop feeds the crop as a second image; {model.display_name} takes "
+                                 f"one (use variant=review)")
             return points.input_image()
         if c.scale == 1 or c.quantile == 0:
             return []
