@@ -15,7 +15,8 @@ halves of a pair cancels. Greedy, ``min_new_tokens = max_new_tokens`` so every r
 Cases: built-in core cases (``none``, ``bias-half``, ``probe-2``) and one YAML file per method case in
 ``benchmarks/cases/`` (``case``, ``plugins``, ``overrides``, ``target``, optional ``max_new_tokens``).
 Output: a table, or with ``--json`` one JSON object per case per line:
-``{"case", "ratio", "baseline_s", "case_s", "target", "rounds", "device", "shape"}``.
+``{"case", "ratio", "ratio_iqr", "baseline_s", "case_s", "target", "rounds", "device", "shape"}`` (``ratio_iqr``:
+the interquartile range of the per-round ratios, the spread to compare with a target's margin).
 
 ``--memory`` adds peak memory: each case (and the baseline) runs one generate in a fresh child process; on CUDA
 the peak is ``torch.cuda.max_memory_allocated`` (bytes), on CPU the child's peak resident set size (``ru_maxrss``,
@@ -187,7 +188,9 @@ def main(argv=None) -> int:
     rows = []
     for name in cases:
         t = timings[name]
+        q1, _, q3 = statistics.quantiles(t["ratio"], n=4) if len(t["ratio"]) > 1 else (t["ratio"][0],) * 3
         rows.append({"case": name, "ratio": round(statistics.median(t["ratio"]), 4),
+                     "ratio_iqr": [round(q1, 4), round(q3, 4)],
                      "baseline_s": round(statistics.median(t["base"]), 4),
                      "case_s": round(statistics.median(t["case"]), 4), "target": cases[name].get("target"),
                      "rounds": args.rounds, "max_new_tokens": int(cases[name].get("max_new_tokens")
