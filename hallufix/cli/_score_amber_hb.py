@@ -115,18 +115,28 @@ def amber_result(responses: str, data: str, evaluation_type: str = "a", similari
 def _amber_run_responses(run: str, write: str | None) -> str:
     """The official inference file (``[{"id", "response"}]``, by id) from a run's ``samples.jsonl``; returns its path
     (``write``, or a file beside the run's samples)."""
+    rows = sorted(({"id": int(r["meta"]["amber_id"]), "response": r["parsed"]} for r in _run_records(run)
+                   if "amber_id" in (r.get("meta") or {})), key=lambda r: r["id"])
+    return _write_rows(rows, run, write, "amber_responses.json", "AMBER samples (a run of amber, amber-disc or "
+                       "amber-gen?)", indent=1)
+
+
+def _run_records(run: str) -> list[dict]:
+    """The records of a run's ``samples.jsonl`` (a :class:`CliError` naming what is wrong otherwise)."""
     from hallufix.report import ReportError, read_samples
 
     try:
-        recs = read_samples(run).values()
+        return list(read_samples(run).values())
     except ReportError as exc:
         raise CliError(str(exc)) from None
-    rows = sorted(({"id": int(r["meta"]["amber_id"]), "response": r["parsed"]} for r in recs
-                   if "amber_id" in (r.get("meta") or {})), key=lambda r: r["id"])
+
+
+def _write_rows(rows: list[dict], run: str, write: str | None, default: str, what: str, indent: int) -> str:
+    """Write an official-layout file of ``rows`` to ``write`` (or ``default`` in the run directory); its path."""
     if not rows:
-        raise CliError(f"{run}: no AMBER samples in samples.jsonl (a run of amber, amber-disc or amber-gen?)")
-    path = Path(write) if write else Path(run) / "amber_responses.json"
-    path.write_text(json.dumps(rows, indent=1), encoding="utf-8")
+        raise CliError(f"{run}: no {what} in samples.jsonl")
+    path = Path(write) if write else Path(run) / default
+    path.write_text(json.dumps(rows, indent=indent), encoding="utf-8")
     return str(path)
 
 
@@ -201,19 +211,10 @@ def hallusionbench_result(results: str, correctness_field: str | None = None,
 def _hallusionbench_run_results(run: str, write: str | None) -> str:
     """The official result layout (one row per question, ``model_prediction`` = the generated text) from a run's
     ``samples.jsonl``; returns its path (``write``, or a file in the run directory)."""
-    from hallufix.report import ReportError, read_samples
-
-    try:
-        recs = list(read_samples(run).values())
-    except ReportError as exc:
-        raise CliError(str(exc)) from None
-    rows = [{**r["meta"], "model_prediction": r.get("output", "")} for r in recs
+    rows = [{**r["meta"], "model_prediction": r.get("output", "")} for r in _run_records(run)
             if "visual_input" in (r.get("meta") or {})]
-    if not rows:
-        raise CliError(f"{run}: no HallusionBench samples in samples.jsonl (a run of the hallusionbench task?)")
-    path = Path(write) if write else Path(run) / "hallusionbench_results.json"
-    path.write_text(json.dumps(rows, indent=4), encoding="utf-8")
-    return str(path)
+    return _write_rows(rows, run, write, "hallusionbench_results.json",
+                       "HallusionBench samples (a run of the hallusionbench task?)", indent=4)
 
 
 def _hallusionbench(args) -> int:
