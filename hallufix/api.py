@@ -42,10 +42,14 @@ class Generation:
 class Session:
     """A loaded model with its processor and adapter."""
 
-    def __init__(self, model, processor, name: str = ""):
+    def __init__(self, model, processor, name: str = "", identity=None):
+        from hallufix.config.identity import identify_loaded
+
         self.model, self.processor = model.eval(), processor
         self.adapter = adapter_for(model)
         self.info = self.adapter.model_info(model, name)
+        #: the canonical :class:`~hallufix.config.ModelIdentity` (what presets are looked up by)
+        self.identity = identity or identify_loaded(model, name)
 
     @classmethod
     def load(cls, model: str | None = None, *, dtype: str = "auto", device: str = "cpu") -> "Session":
@@ -53,25 +57,46 @@ class Session:
         from hallufix.models.loading import load_pretrained
         from hallufix.models.registry import resolve
 
+        from hallufix.config.identity import identify
+
         target = resolve(model)
         m, proc = load_pretrained(target, dtype=dtype, device=device)
-        return cls(m, proc, name=model or "builtin")
+        ident = identify(model)
+        return cls(m, proc, name=model or "builtin", identity=ident if ident.family == _family(m) else None)
 
     @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
-    def start(self, plugins: str | list[str] | None = None, overrides: dict[str, list[str]] | None = None,
-              methods: ActiveMethods | None = None) -> "MethodRun":
-        """Activate ``plugins`` (typed order = call order) with per-method ``overrides`` for a run."""
+    def start(self, plugins: str | list | None = None, overrides: dict[str, list[str]] | None = None,
+              methods=None) -> "MethodRun":
+        """Start a run with a stack of methods (typed order = call order).
+
+        ``methods``: resolved methods (a cell's ``methods`` from :func:`hallufix.config.resolve`, or an
+        :class:`ActiveMethods`), used as they are. Else ``plugins`` (names, ``"clva+ara"``, file plugins or method
+        objects) with per-method ``overrides`` (``{"clva": ["alpha=10"]}``) are resolved by the same
+        :func:`hallufix.config.resolve_methods`, with this model's preset. Given together with ``methods``,
+        ``plugins`` and ``overrides`` must describe the same stack (else :class:`~hallufix.config.ConfigError`)."""
+        from hallufix.config.resolution import check_given
+
         if methods is None:
-            methods = activate(split_plugins(plugins), family=self.info.family, overrides=overrides,
-                               model=self.info.name)
+            methods = activate(split_plugins(plugins), overrides=overrides, model=self.identity,
+                               family=self.info.family)
+        else:
+            check_given(methods.resolved if isinstance(methods, ActiveMethods) else methods, plugins, overrides)
+            if not isinstance(methods, ActiveMethods):
+                methods = activate(methods)
         return MethodRun(self, methods)
 
     def generate(self, images: list, questions: list[str], plugins=None, overrides=None, **kw) -> list[Generation]:
         """One-shot convenience: :meth:`start` then :meth:`MethodRun.generate`."""
         return self.start(plugins, overrides).generate(images, questions, **kw)
+
+
+def _family(model) -> str | None:
+    from hallufix.models.families import MODEL_TYPE_FAMILY
+
+    return MODEL_TYPE_FAMILY.get(getattr(model.config, "model_type", None))
 
 
 def load_model(model: str | None = None, **kw) -> Session:

@@ -1,15 +1,9 @@
-"""Experiments: one run, a baseline-vs-stack comparison, or an ablation grid, from typed overrides or a YAML
-grid file. Pure planning here (no torch); :func:`run_cells` executes the cells on one loaded model.
+"""Experiments: one run, a baseline-vs-stack comparison, or an ablation grid, planned from the override grammar
+(:mod:`hallufix.config.grammar`) or a YAML grid file. Pure planning here (no torch, no methods):
+:func:`plan` expands settings and items into :class:`~hallufix.runs.RunSpec` cells;
+:func:`hallufix.config.resolve` adds each cell's resolved methods before any model loads.
 
-Override grammar (a Hydra subset, no Hydra):
-
-* ``clva.alpha=10``: a method's config key (the method must be in the stack);
-* ``task.image_root=/data/val2014``: a task option;
-* ``batch_size=4``, ``limit=100``, ``seed=1``, ``max_new_tokens=8``: run settings;
-* ``plugins=none,clva,clva+ara``: a sweep over method stacks (``+`` stacks, ``none`` is the baseline);
-* any ``key=a,b,c`` is a sweep: the grid is the cartesian product; one run directory per cell.
-
-A grid file holds the same keys::
+A grid file holds the same keys as the command line::
 
     model: builtin
     task: shapes-pope
@@ -20,19 +14,18 @@ A grid file holds the same keys::
 """
 from __future__ import annotations
 
-import difflib
 import itertools
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hallufix.config import ConfigError
+from hallufix.config.errors import ConfigError
+from hallufix.config.grammar import RUN_KEYS, Item, check_key, parse_items, parse_stack, stack_label, typed
 from hallufix.runs import RunSpec
 from hallufix.validate import run_value
 
-RUN_KEYS = {"batch_size": int, "limit": int, "seed": int, "max_new_tokens": int, "model": str, "task": str,
-            "dtype": str, "device": str}
+__all__ = ["Plan", "RUN_KEYS", "cell_dirname", "default_output", "fixed_settings", "load_grid", "method_label", "plan"]
 
 
 @dataclass
@@ -41,25 +34,6 @@ class Plan:
 
     cells: list[RunSpec] = field(default_factory=list)
     task_options: dict[str, Any] = field(default_factory=dict)
-
-
-def _stack(value: str) -> list[str]:
-    value = value.strip()
-    return [] if value in ("none", "baseline", "") else [v.strip() for v in value.split("+") if v.strip()]
-
-
-def _axes_from_items(items: list[str]) -> dict[str, list[str]]:
-    axes: dict[str, list[str]] = {}
-    for item in items:
-        if "=" not in item:
-            raise ConfigError(f"override '{item}' is not of the form key=value")
-        key, value = item.split("=", 1)
-        key = key.strip()
-        if value.strip().startswith(("[", "{", "'", '"')):
-            axes[key] = [value]
-        else:
-            axes[key] = [v for v in value.split(",")]
-    return axes
 
 
 def load_grid(path: str | Path) -> tuple[dict[str, Any], dict[str, list[str]]]:
@@ -98,52 +72,25 @@ def _as_text(value: Any) -> str:
 
 def plan(base: dict[str, Any], items: list[str], plugins: str | None = None,
          extra_axes: dict[str, list[str]] | None = None) -> Plan:
-    """Expand settings + overrides (+ grid axes) into cells.
+    """Expand settings + override items (+ grid axes) into cells.
 
-    :param base: fixed settings (``model``, ``task``, run keys, and ``overrides`` lists from a grid file).
-    :param items: command-line ``key=value`` strings (commas sweep).
-    :param plugins: the ``--plugins`` stack (commas stack here: ``clva,ara``).
+    :param base: fixed settings (``model``, ``task``, run keys, a grid file's fixed ``plugins``).
+    :param items: command-line ``key=value`` strings (commas sweep; :mod:`hallufix.config.grammar`).
+    :param plugins: the ``--plugins`` stack (``clva,ara`` = ``clva+ara``).
+    :param extra_axes: a grid file's axes, ``{key: [values]}``; items given on the command line win.
     """
-    axes = dict(extra_axes or {})
-    axes.update(_axes_from_items(items))
+    axes: dict[str, Item] = {k: Item(k, tuple(v)) for k, v in (extra_axes or {}).items()}
+    axes.update(parse_items(items))
     if plugins is not None and "plugins" not in axes:
-        axes["plugins"] = ["+".join(p.strip() for p in plugins.split(",") if p.strip()) or "none"]
-    axes.setdefault("plugins", [str(base.get("plugins", "none"))])
+        axes["plugins"] = Item("plugins", (stack_label(parse_stack(plugins)),))
+    axes.setdefault("plugins", Item("plugins", (str(base.get("plugins", "none")),)))
+    for item in axes.values():
+        check_key(item)
     out = Plan()
     keys = list(axes)
     seen = set()
-    for combo in itertools.product(*(axes[k] for k in keys)):
-        setting = dict(zip(keys, combo))
-        stack = _stack(setting.pop("plugins"))
-        spec = RunSpec(plugins=stack)
-        for k, v in base.items():
-            if k in RUN_KEYS and v is not None:
-                setattr(spec, k, run_value(k, v))
-        swept: dict[str, Any] = {}
-        for key, value in setting.items():
-            head, _, rest = key.partition(".")
-            if key in RUN_KEYS:
-                setattr(spec, key, run_value(key, value))
-            elif head == "task" and rest:
-                spec.task_options[rest] = _yaml_value(value)  # per cell: task.seed=0,1 is two cells
-            elif rest:
-                if head not in stack:
-                    if len(axes[key]) > 1:
-                        continue  # a swept key of a method not in this cell's stack
-                    raise ConfigError(f"override '{key}' names method '{head}', which is not in the stack "
-                                      f"{stack or ['baseline']}")
-                spec.overrides.setdefault(head, []).append(f"{rest}={value}")
-            else:
-                close = difflib.get_close_matches(key, list(RUN_KEYS) + ["plugins"], n=1)
-                hint = f" Did you mean '{close[0]}'?" if close else ""
-                raise ConfigError(f"unknown config key '{key}'.{hint} Run keys: {', '.join(sorted(RUN_KEYS))}; "
-                                  f"method keys look like clva.alpha=10, task options like task.image_root=DIR")
-            if len(axes[key]) > 1:
-                swept[key] = _yaml_value(value)
-        if len(axes["plugins"]) > 1:
-            swept["plugins"] = spec.stack
-        spec.swept = swept
-        spec.task_spec = spec.task
+    for combo in itertools.product(*(axes[k].values for k in keys)):
+        spec = _cell(base, axes, dict(zip(keys, combo)))
         ident = (tuple(spec.plugins), tuple(sorted((k, tuple(v)) for k, v in spec.overrides.items())),
                  tuple(sorted((k, str(v)) for k, v in spec.task_options.items())),
                  spec.batch_size, spec.limit, spec.seed, spec.max_new_tokens)
@@ -156,17 +103,35 @@ def plan(base: dict[str, Any], items: list[str], plugins: str | None = None,
     return out
 
 
-def _yaml_value(value: str) -> Any:
-    """``"10"`` -> 10, ``"0.5"`` -> 0.5, ``"true"`` -> True, other strings unchanged (YAML typing). A value the
-    override grammar cannot read (quotes, a shell command such as ``python -c "..."``) stays the string typed."""
-    from omegaconf import OmegaConf
-    from omegaconf.errors import OmegaConfBaseException
-    from yaml import YAMLError
-
-    try:
-        return OmegaConf.to_container(OmegaConf.from_dotlist([f"v={value}"]))["v"]
-    except (OmegaConfBaseException, YAMLError):
-        return value
+def _cell(base: dict[str, Any], axes: dict[str, Item], setting: dict[str, str]) -> RunSpec:
+    """One combination of axis values as a :class:`RunSpec` (a swept key of a method outside its stack does not
+    apply to it; :func:`plan` drops the duplicates that leaves)."""
+    stack = parse_stack(setting.pop("plugins"))
+    spec = RunSpec(plugins=stack)
+    for k, v in base.items():
+        if k in RUN_KEYS and v is not None:
+            setattr(spec, k, run_value(k, v))
+    swept: dict[str, Any] = {}
+    for key, value in setting.items():
+        item = axes[key]
+        if item.scope == "run":
+            setattr(spec, key, run_value(key, value))
+        elif item.scope == "task":
+            spec.task_options[item.rest] = typed(value)  # per cell: task.seed=0,1 is two cells
+        else:
+            if item.head not in stack:
+                if item.swept:
+                    continue  # a swept key of a method that is not in this cell's stack
+                raise ConfigError(f"override '{key}' names method '{item.head}', which is not in the stack "
+                                  f"{stack or ['baseline']} — add it with --plugins or drop the override")
+            spec.overrides.setdefault(item.head, []).append(f"{item.rest}={value}")
+        if item.swept:
+            swept[key] = typed(value)
+    if axes["plugins"].swept:
+        swept["plugins"] = spec.stack
+    spec.swept = swept
+    spec.task_spec = spec.task
+    return spec
 
 
 def method_label(name: str) -> str:

@@ -6,7 +6,8 @@ Two levels (as in llm / pytest):
    module; its ``hallufix_register_methods(register)`` hook registers lazy ``"module:Class"`` targets. No torch is
    imported. A plugin that fails to import is recorded in :attr:`Registry.errors` and hides nothing else.
 2. **Activation** (:func:`activate`): ``--plugins clva,ara`` instantiates only those classes, each with its
-   config (dataclass schema + family preset + ``name.key=value`` overrides), in a fresh pluggy
+   config as :func:`hallufix.config.resolve` resolved it before the model loaded (dataclass schema + the
+   model's preset + ``name.key=value`` overrides), in a fresh pluggy
    ``PluginManager``. They are registered in *reverse* typed order because pluggy calls the last registered
    first: the typed order is the call order, and it is recorded.
 
@@ -193,12 +194,14 @@ def load_local(spec: str, registry: Registry) -> MethodInfo:
 
 @dataclass
 class ActiveMethods:
-    """The methods of one run: instances in typed order, their infos and resolved configs, the plugin manager."""
+    """The methods of one run: instances in typed order, their infos and resolved configs, the plugin manager, and
+    the :class:`~hallufix.config.ResolvedMethod` s they were built from."""
 
     pm: pluggy.PluginManager
     instances: list[Any]
     infos: list[MethodInfo]
     configs: list[Any]
+    resolved: tuple = ()
 
     @property
     def order(self) -> list[str]:
@@ -214,57 +217,37 @@ class ActiveMethods:
 
 
 def split_plugins(spec: str | list[str] | None) -> list[str]:
-    """``"clva,ara"`` / ``["clva", "ara"]`` / ``None`` -> ``["clva", "ara"]`` (empty and ``none`` = baseline)."""
-    if spec is None:
-        return []
-    items = spec.split(",") if isinstance(spec, str) else list(spec)
-    names = [s.strip() if isinstance(s, str) else s for s in items if not isinstance(s, str) or s.strip()]
-    return [] if names in (["none"], ["baseline"]) else names
+    """``"clva,ara"`` / ``"clva+ara"`` / ``["clva", "ara"]`` / ``None`` -> ``["clva", "ara"]`` (empty and ``none`` =
+    baseline): the stack grammar of :func:`hallufix.config.grammar.parse_stack`."""
+    from hallufix.config.grammar import parse_stack
+
+    return parse_stack(spec)
 
 
 def _is_local(name: str) -> bool:
     return name.endswith(".py") or ".py:" in name
 
 
-def activate(names: list, *, family: str | None = None, overrides: dict[str, list[str]] | None = None,
-             registry: Registry | None = None, model: str | None = None) -> ActiveMethods:
-    """Instantiate ``names`` (typed order) with their configs in a fresh plugin manager.
+def activate(methods: Any, *, family: str | None = None, overrides: dict[str, list[str]] | None = None,
+             registry: Registry | None = None, model: Any = None) -> ActiveMethods:
+    """Instantiate a stack (typed order = call order) in a fresh plugin manager.
 
-    :param family: the model family, to pick each method's family preset; :param model: the model alias (a
-        preset named after it, e.g. ``builtin.yaml``, wins over the family's).
-    :param overrides: ``{method_name: ["key=value", ...]}``.
+    ``methods`` is what :func:`hallufix.config.resolve` put in a cell (a sequence of
+    :class:`~hallufix.config.ResolvedMethod`): each is built with its config as resolved, nothing is resolved
+    again. Names, file plugins and method objects (with ``overrides``: ``{method_name: ["key=value", ...]}``) go
+    through the same :func:`hallufix.config.resolve_methods` first; ``model`` (a
+    :class:`~hallufix.config.ModelIdentity` or a ``--model`` string) and ``family`` pick the presets.
     """
-    from hallufix.config import method_config
+    from hallufix.config.resolution import resolve_methods
 
-    keys = [n if isinstance(n, str) else getattr(n, "name", repr(n)) for n in names]
-    if len(set(keys)) != len(keys):
-        raise PluginError(f"a method is listed twice in {keys}; stack distinct methods")
-    if registry is None and any(isinstance(n, str) and not _is_local(n) for n in names):
-        registry = discover()
-    registry = registry if registry is not None else Registry()
-    infos, given = [], {}
-    for n in names:
-        if not isinstance(n, str):  # an already built method object (Python API, tests)
-            info = MethodInfo(getattr(n, "name", type(n).__name__), type(n), "local", "")
-            given[id(info)] = n
-            infos.append(info)
-        else:
-            infos.append(load_local(n, registry) if _is_local(n) else registry.get(n))
+    resolved = resolve_methods(methods, overrides, model=model, family=family, registry=registry)
     pm = new_manager()
-    instances, configs = [], []
-    for info in infos:
-        if id(info) in given:
-            instances.append(given[id(info)])
-            configs.append(getattr(given[id(info)], "config", None))
-            continue
-        try:
-            cls = info.load()
-        except Exception as exc:
-            raise PluginError(f"plugin '{info.name}' ({info.dist}) failed to import: {type(exc).__name__}: {exc}")
-        cfg = method_config(cls, family=family, model=model, overrides=(overrides or {}).get(info.name, []))
-        instances.append(cls(cfg) if cfg is not None else cls())  # a raise here is attributed to the plugin
-        configs.append(cfg)
+    instances, infos, configs = [], [], []
+    for rm in resolved:
+        instances.append(rm.build())  # a raise in the method's __init__ is attributed to the plugin
+        infos.append(rm.info)
+        configs.append(rm.config)
     for inst, info in reversed(list(zip(instances, infos))):
         pm.register(inst, name=info.name)
     pm.check_pending()
-    return ActiveMethods(pm, instances, infos, configs)
+    return ActiveMethods(pm, instances, infos, configs, tuple(resolved))

@@ -41,19 +41,20 @@ def register(sub) -> None:
 
 
 def _split(items: list[str], method: str) -> tuple[dict, list[str]]:
-    import yaml
+    """Task options and ``method``'s keys, in the override grammar of ``run`` (:mod:`hallufix.config.grammar`)."""
+    from hallufix.config.grammar import parse_item, typed
 
     task_options, method_overrides = {}, []
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise CliError(f"override '{item}' is not of the form key=value")
-        if key.startswith("task."):
-            task_options[key[5:]] = yaml.safe_load(value)
-        elif key.startswith(f"{method}."):
-            method_overrides.append(f"{key[len(method) + 1:]}={value}")
+    for text in items:
+        item = parse_item(text)
+        if item.swept:
+            raise CliError(f"override '{text}': calibration uses one value per key, not a sweep")
+        if item.scope == "task":
+            task_options[item.rest] = typed(item.values[0])
+        elif item.scope == "method" and item.head == method:
+            method_overrides.append(f"{item.rest}={item.values[0]}")
         else:
-            raise CliError(f"override '{item}': use task.KEY=VALUE or {method}.KEY=VALUE")
+            raise CliError(f"override '{text}': use task.KEY=VALUE or {method}.KEY=VALUE")
     return task_options, method_overrides
 
 
@@ -84,7 +85,7 @@ def _calibrate(args) -> int:
                             max_new_tokens=args.max_new_tokens or task.max_new_tokens, batch_size=args.batch_size)
     except (ConfigError, TaskError, ValueError) as exc:
         raise CliError(str(exc)) from None
-    target, found = preset_target(FHI, session.info.family, session.info.name, args.output)
+    target, found = preset_target(FHI, session.info.family, session.identity, args.output)
     options = ", ".join(f"{k}={v}" for k, v in sorted(task_options.items()))
     record = (f"model {model}; task {task_spec}{' (' + options + ')' if options else ''}; {len(samples)} prompts "
               f"(the task's first {len(samples)}); fraction {args.fraction}, perception share {args.perception_share}; "
@@ -102,17 +103,20 @@ def _calibrate(args) -> int:
     return 0
 
 
-def preset_target(cls: type, family: str, model: str, output: str | None = None) -> tuple[Path, Path | None]:
+def preset_target(cls: type, family: str, model, output: str | None = None) -> tuple[Path, Path | None]:
     """``(file to write, preset to start it from)`` for calibrating ``cls`` on ``model`` of ``family``: ``output``
     if given, else the preset in use, unless it is one the family shares with a sibling (``qwen.yaml``): then a file of the
-    family's own, which :func:`write_preset` starts from the shared one, so the sibling keeps its thresholds."""
-    from hallufix.config import preset_path
+    family's own, which :func:`write_preset` starts from the shared one, so the sibling keeps its thresholds.
+    ``model`` is the model's :class:`~hallufix.config.ModelIdentity` (or a ``--model`` string): every alias of the
+    built-in model writes ``builtin.yaml``."""
+    from hallufix.config.presets import as_identity, preset_path
 
     found = preset_path(cls, family, model=model)
+    own_stem = as_identity(model).preset_stem if model is not None else None
     own = Path(sys.modules[cls.__module__].__file__).parent / "presets" / f"{family}.yaml"
     if output:
         return Path(output), None
-    return (found if found is not None and found.stem in (family, model) else own), found
+    return (found if found is not None and found.stem in (family, own_stem) else own), found
 
 
 def write_preset(path: Path, cal: dict, record: str, overrides: list[str], base: Path | None = None) -> None:

@@ -24,7 +24,8 @@ def register(sub) -> None:
                    help="head-split width: mean ± λ·std per layer (default 1.0)")
     p.add_argument("--output", required=True, help="folder for index.md, figures (PNG, PDF, SVG) and numbers")
     p.add_argument("overrides", nargs="*", metavar="key=value",
-                   help="method keys (clva.alpha=10) and task options (task.image_root=DIR)")
+                   help="method keys (clva.alpha=10) and task options (task.image_root=DIR), as for run "
+                        "(one value each: no sweeps)")
     p.set_defaults(handler=_inspect)
 
     a = sub.add_parser("analyze", help="layer-wise analyses (layer-masking)")
@@ -46,18 +47,26 @@ def _model_options(p) -> None:
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (default cpu)")
 
 
-def _split_task_options(overrides) -> tuple[dict, list[str]]:
-    """``task.KEY=VALUE`` items -> task options (YAML-typed, as ``run`` reads them); the rest unchanged."""
-    from hallufix.experiment import _yaml_value
+def _resolve(args, *, methods: bool = True):
+    """``--model``, ``--plugins`` and the ``key=value`` items through the same :func:`hallufix.config.resolve` as
+    ``run``: one configuration (no sweeps), task options as ``task.KEY=VALUE``, method keys typed against each
+    method's config with this model's preset — all checked before the model loads. Run keys (``limit=``, ...)
+    belong to ``run`` / ``ablate`` and are refused here."""
+    from hallufix.config import ConfigError, resolve
+    from hallufix.config.grammar import parse_item
 
-    options, rest = {}, []
-    for item in overrides or []:
-        key, eq, value = item.partition("=")
-        if key.startswith("task.") and eq:
-            options[key[5:]] = _yaml_value(value)
-        else:
-            rest.append(item)
-    return options, rest
+    items = list(args.overrides or [])
+    for text in items:
+        item = parse_item(text)
+        if item.scope in ("run", "plugins") or (item.scope == "method" and not methods):
+            what = "task.KEY=VALUE options" if not methods else "method keys (clva.alpha=10) and task.KEY=VALUE"
+            raise CliError(f"'{text}' is not an option of this command: it takes {what}; "
+                           f"give the model and methods with --model / --plugins")
+    try:
+        return resolve(items, settings={"model": args.model, "task": getattr(args, "task", None)},
+                       plugins=getattr(args, "plugins", None), one_cell=True).cells[0]
+    except ConfigError as exc:
+        raise CliError(str(exc)) from None
 
 
 def _load(args):
@@ -93,19 +102,15 @@ def _inputs(args, task_options: dict):
 
 
 def _inspect(args) -> int:
-    from hallufix.config import ConfigError, split_overrides
+    from hallufix.config import ConfigError
     from hallufix.inspect_report import write_inspection
-    from hallufix.plugins import PluginError, split_plugins
+    from hallufix.plugins import PluginError
 
-    task_options, method_items = _split_task_options(args.overrides)
-    images, questions = _inputs(args, task_options)
+    cell = _resolve(args)
+    images, questions = _inputs(args, cell.spec.task_options)
     session = _load(args)
-    stack = split_plugins(args.plugins)
-    per_method, rest = split_overrides(method_items, stack)
-    if rest:
-        raise CliError(f"unknown overrides {rest}; method keys look like clva.alpha=10")
     try:
-        index = write_inspection(session, images, questions, Path(args.output), stack, per_method,
+        index = write_inspection(session, images, questions, Path(args.output), list(cell.methods), {},
                                  lambda_vis=args.lambda_vis, layers=args.layers)
     except (ConfigError, PluginError) as exc:
         raise CliError(str(exc)) from None
@@ -116,9 +121,7 @@ def _inspect(args) -> int:
 def _layer_masking(args) -> int:
     from hallufix.inspect_report import layer_masking
 
-    task_options, rest = _split_task_options(args.overrides)
-    if rest:
-        raise CliError(f"unknown arguments {rest}; layer-masking takes task options as task.KEY=VALUE")
+    task_options = _resolve(args, methods=False).spec.task_options
     from hallufix.cli.run import _make_task
 
     _make_task(args.task, task_options)  # a wrong task or option fails before the model loads

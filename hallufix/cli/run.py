@@ -57,126 +57,102 @@ def register(sub) -> None:
     a.set_defaults(handler=_ablate, no_baseline=True)
 
 
-def _base_settings(args, fixed: dict) -> dict:
-    base = dict(fixed)
-    for key in ("model", "task", "batch_size", "limit", "seed", "max_new_tokens", "dtype", "device"):
-        value = getattr(args, key)
-        if value is not None:
-            base[key] = value
-    base.setdefault("model", "builtin")
-    base.setdefault("task", "shapes-pope")
-    return base
+def _flags(args) -> dict:
+    """The run settings given as flags (they win over a grid file's)."""
+    return {key: getattr(args, key) for key in ("model", "task", "batch_size", "limit", "seed", "max_new_tokens",
+                                                "dtype", "device")}
 
 
 def _run(args) -> int:
-    return _execute(args, {}, {})
+    from hallufix.config import resolve
+
+    return _execute(args, resolve(args.overrides, settings=_flags(args), plugins=args.plugins,
+                                  baseline=not args.no_baseline))
 
 
 def _ablate(args) -> int:
-    from hallufix.experiment import load_grid
+    from hallufix.config import resolve
+    from hallufix.config.grammar import parse_item
 
-    fixed, axes = ({}, {})
     if args.grid and "=" in args.grid and not Path(args.grid).is_file():  # `ablate task.seed=0,1`: no grid file
         args.overrides = [args.grid, *args.overrides]
         args.grid = None
-    if args.grid:
-        if not Path(args.grid).is_file():
-            raise CliError(f"grid file not found: {args.grid}")
-        fixed, axes = load_grid(args.grid)
-    if not axes and not any("," in o for o in args.overrides):
+    if args.grid and not Path(args.grid).is_file():
+        raise CliError(f"grid file not found: {args.grid}")
+    if not args.grid and not any(parse_item(o).swept for o in args.overrides):
         raise CliError("nothing to sweep: give a grid file or key=a,b,c overrides")
-    return _execute(args, fixed, axes)
+    return _execute(args, resolve(args.overrides, grid=args.grid, settings=_flags(args), plugins=args.plugins))
 
 
-def _execute(args, fixed: dict, axes: dict) -> int:
-    from hallufix.experiment import cell_dirname, default_output, plan
+def _execute(args, resolution) -> int:
+    """Run the resolved cells: every check that needs no weights first (:func:`_preflight`), then load the model
+    once and run each cell with its methods as resolved."""
     from hallufix.plugins import activate
     from hallufix.runs import execute
 
-    base = _base_settings(args, fixed)
-    p = plan(base, list(args.overrides), args.plugins, axes)
-    cells = list(p.cells)
-    if not args.no_baseline and len(cells) == 1 and cells[0].plugins:
-        from dataclasses import replace
-
-        cells.insert(0, replace(cells[0], plugins=[], overrides={}, swept={}))
-    registry, samples, out_root, names = _preflight(args, base, cells)
-    if any(c.limit is not None for c in cells):
-        limit = next(c.limit for c in cells if c.limit is not None)
+    base = resolution.settings
+    samples, out_root = _preflight(args, resolution)
+    if any(c.spec.limit is not None for c in resolution.cells):
+        limit = next(c.spec.limit for c in resolution.cells if c.spec.limit is not None)
         print(f"hallufix: warning: --limit {limit}: results cover the first {limit} samples only and are not "
               f"comparable with published full-set numbers (recorded in results.json)", file=sys.stderr)
     session = _load(base)
+    _check_identity(resolution, session)
     results = []
-    for cell in cells:
-        methods = activate(cell.plugins, family=session.info.family, overrides=cell.overrides, registry=registry,
-                           model=session.info.name)
-        out_dir = out_root / cell_dirname(cell, names)
-        task, cell_samples = samples[_task_key(cell)]
-        res = execute(session, task, cell, out_dir, methods=methods, progress=not args.quiet,
+    for cell in resolution.cells:
+        methods = activate(cell.methods)
+        out_dir = out_root / cell.name
+        task, cell_samples = samples[_task_key(cell.spec)]
+        res = execute(session, task, cell.spec, out_dir, methods=methods, progress=not args.quiet,
                       samples=cell_samples, drop_corrupt=args.drop_corrupt_lines,
                       on_nonfinite=args.on_nonfinite)
         if res.get("nonfinite"):
             print(f"hallufix: warning: {res['nonfinite']['n']} sample(s) of {out_dir} had non-finite logits and are "
                   f"left out of its metrics (ids in results.json 'nonfinite'; samples.jsonl says where)",
                   file=sys.stderr)
-        results.append((cell, out_dir, res))
+        results.append((cell.spec, out_dir, res))
     _print_summary(results, out_root)
     return 0
 
 
-def _task_key(cell) -> tuple:
-    return (tuple(sorted((k, repr(v)) for k, v in cell.task_options.items())), cell.limit)
+def _check_identity(resolution, session) -> None:
+    """The loaded weights must be the ones the configs were resolved for (their presets)."""
+    want, got = resolution.model, session.identity
+    if want.family is not None and (want.family, want.checkpoint) != (got.family, got.checkpoint):
+        from hallufix.config import ConfigError
+
+        raise ConfigError(f"the configs were resolved for {want.checkpoint} ({want.family}) but {got.checkpoint} "
+                          f"({got.family}) loaded — check --model")
 
 
-def _preflight(args, base: dict, cells):
-    """Everything that can be checked before the weights load: run settings, device and dtype, method names and
-    configs, the tasks' files and samples (one task per distinct set of task options), the output folder and its
-    locks. Returns ``(registry, {(task options, limit): (task, samples)}, out_root, {stack entry: method name})``."""
-    from hallufix.config import method_config
-    from hallufix.experiment import cell_dirname, default_output
-    from hallufix.plugins import PluginError, discover, load_local
+def _task_key(spec) -> tuple:
+    return (tuple(sorted((k, repr(v)) for k, v in spec.task_options.items())), spec.limit)
+
+
+def _preflight(args, resolution):
+    """The checks :func:`hallufix.config.resolve` leaves (it did run settings, stacks and method configs): device
+    and dtype, the tasks' files and samples (one task per distinct set of task options), the output folder and
+    its locks. Returns ``({(task options, limit): (task, samples)}, out_root)``."""
+    from hallufix.experiment import default_output
     from hallufix.rundir import check_unlocked
-    from hallufix.validate import check_device, check_dtype, check_output, check_samples, check_spec
+    from hallufix.validate import check_device, check_dtype, check_output, check_samples
 
-    for cell in cells:
-        check_spec(cell)
+    base = resolution.settings
     check_dtype(base.get("dtype"))
     check_device(base.get("device"))
-    registry = discover()
-    names: dict[str, str] = {}
-    for cell in cells:  # validate names and config keys before the model loads
-        if len(set(cell.plugins)) != len(cell.plugins):
-            raise PluginError(f"a method is listed twice in {cell.plugins} — stack distinct methods")
-        for name in cell.plugins:
-            local = name.endswith(".py") or ".py:" in name
-            info = load_local(name, discover()) if local else registry.get(name)  # local: a scratch registry
-            try:
-                cls = info.load()
-            except Exception as exc:
-                raise PluginError(f"plugin '{name}' ({info.dist}) failed to import: "
-                                  f"{type(exc).__name__}: {exc} — reinstall it, or leave it out of --plugins"
-                                  ) from None
-            method_config(cls, overrides=cell.overrides.get(name, []))
-            if local:
-                names[name] = info.name
     samples: dict = {}
     tasks: dict = {}
-    for cell in cells:
-        opts = _task_key(cell)[0]
-        if opts not in tasks:
-            tasks[opts] = _make_task(base["task"], cell.task_options)
-        if _task_key(cell) not in samples:
-            samples[_task_key(cell)] = (tasks[opts], check_samples(tasks[opts], cell.limit))
+    for cell in resolution.cells:
+        key = _task_key(cell.spec)
+        if key[0] not in tasks:
+            tasks[key[0]] = _make_task(base["task"], cell.spec.task_options)
+        if key not in samples:
+            samples[key] = (tasks[key[0]], check_samples(tasks[key[0]], cell.spec.limit))
     out_root = Path(args.output) if args.output else default_output(base["model"], base["task"])
     check_output(out_root)
-    dirs = [cell_dirname(cell, names) for cell in cells]
-    if len(set(dirs)) != len(dirs):
-        dup = next(d for d in dirs if dirs.count(d) > 1)
-        raise CliError(f"two cells of this experiment would share the directory {out_root / dup} — give the swept "
-                       f"values distinct text")
-    for d in dirs:
-        check_unlocked(out_root / d)
-    return registry, samples, out_root, names
+    for cell in resolution.cells:
+        check_unlocked(out_root / cell.name)
+    return samples, out_root
 
 
 def _make_task(spec: str, options: dict):
