@@ -62,7 +62,7 @@ class Session:
         target = resolve(model)
         m, proc = load_pretrained(target, dtype=dtype, device=device)
         ident = identify(model)
-        return cls(m, proc, name=model or "builtin", identity=ident if ident.family == _family(m) else None)
+        return cls(m, proc, name=model or "builtin", identity=ident if ident.family else None)
 
     @property
     def device(self) -> torch.device:
@@ -91,12 +91,6 @@ class Session:
     def generate(self, images: list, questions: list[str], plugins=None, overrides=None, **kw) -> list[Generation]:
         """One-shot convenience: :meth:`start` then :meth:`MethodRun.generate`."""
         return self.start(plugins, overrides).generate(images, questions, **kw)
-
-
-def _family(model) -> str | None:
-    from hallufix.models.families import MODEL_TYPE_FAMILY
-
-    return MODEL_TYPE_FAMILY.get(getattr(model.config, "model_type", None))
 
 
 def load_model(model: str | None = None, **kw) -> Session:
