@@ -111,8 +111,11 @@ def _one(entry: str, items: list[str], model, family, registry, cache: dict) -> 
     key = (entry, tuple(items))
     if key in cache:
         return cache[key]
-    if _is_local(entry):  # a scratch copy: a file plugin never changes the shared registry
-        info = load_local(entry, Registry(dict(registry.methods), dict(registry.errors), dict(registry.conflicts)))
+    if _is_local(entry):  # loaded once per resolution, into a scratch copy: the shared registry stays as found
+        if ("file", entry) not in cache:
+            scratch = Registry(dict(registry.methods), dict(registry.errors), dict(registry.conflicts))
+            cache[("file", entry)] = load_local(entry, scratch)
+        info = cache[("file", entry)]
     else:
         info = registry.get(entry)
     try:
