@@ -95,9 +95,10 @@ def test_alias_hub_id_and_snapshot_folder_are_one_checkpoint(hub_cache, tmp_path
         ident = identity(spec)
         assert (ident.checkpoint, ident.family, ident.preset_stem) == (
             "llava-hf/llava-1.5-7b-hf", "llava", "llava-hf--llava-1.5-7b-hf"), spec
-    # a bare hub id with nothing cached falls back to the id itself, family unknown (documented)
+    # a bare hub id with nothing cached falls back to the id itself; the family is the alias table's, else unknown
     bare = identify("someone/not-cached")
     assert (bare.checkpoint, bare.family) == ("someone/not-cached", None)
+    assert identify("Qwen/Qwen2-VL-7B-Instruct").family == "qwen2-vl"
 
 
 def test_a_checkpoint_preset_file_is_found_for_every_name_of_it(hub_cache, tmp_path, monkeypatch):

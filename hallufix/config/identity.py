@@ -13,8 +13,9 @@ Every way of naming the same weights gives the same :class:`ModelIdentity`: ``bu
    folder's absolute path (a local checkpoint of its own: only family presets apply);
 4. a hub id -> itself; its family comes from its ``config.json`` in the local cache (``HF_HUB_OFFLINE``
    respected; when downloads are allowed, just ``config.json`` is fetched). **A bare hub id with no cached
-   config and no network falls back to the id itself** with the family of its alias if it is one, else
-   unknown (then no family preset applies; loading it would fail anyway without the network).
+   config and no network falls back to the id itself**, with the family of the alias that names it if one does
+   (``Qwen/Qwen2-VL-7B-Instruct``), else unknown (then no family preset applies; loading it would fail anyway
+   without the network).
 
 The family is the registry's (:data:`hallufix.models.families.MODEL_TYPE_FAMILY`) for ``config.json``'s
 ``model_type``; ``None`` when there is no readable config or the type is unsupported (the loader says so).
@@ -114,15 +115,18 @@ def _cached_config(repo_id: str) -> dict:
         return {}
 
 
-def _hub(repo_id: str, source: str, family: str | None = None) -> ModelIdentity:
+def _hub(repo_id: str, source: str) -> ModelIdentity:
+    """A hub id: the family from its cached ``config.json``, else from the alias table (an id an alias names)."""
+    from hallufix.models.families import FAMILIES
+
     config = _cached_config(repo_id) if _HUB_ID.match(repo_id) else {}
-    return ModelIdentity(repo_id, _family(config) or family, repo_id, source)
+    known = next((f.name for f in FAMILIES.values() if repo_id in f.aliases.values()), None)
+    return ModelIdentity(repo_id, _family(config) or known, repo_id, source)
 
 
 def identify(spec: str | Path | None) -> ModelIdentity:
     """The :class:`ModelIdentity` of ``--model`` ``spec`` (alias, ``builtin``, hub id or folder; ``None`` is the
     built-in), reading ``config.json`` only. See the module docstring for the rules."""
-    from hallufix.models.families import FAMILIES
     from hallufix.models.registry import ALIASES, BUILTIN_NAMES, DEFAULT_MODEL
 
     spec = str(spec) if spec else DEFAULT_MODEL
@@ -132,8 +136,7 @@ def identify(spec: str | Path | None) -> ModelIdentity:
         return ModelIdentity(BUILTIN_CHECKPOINT, _family(_read_config(BUILTIN_MODEL_DIR)) or "llava",
                              str(BUILTIN_MODEL_DIR), "builtin")
     if spec in ALIASES:
-        family = next((f.name for f in FAMILIES.values() if spec in f.aliases), None)
-        return _hub(ALIASES[spec], "alias", family)
+        return _hub(ALIASES[spec], "alias")
     folder = Path(spec).expanduser()
     if folder.is_dir():
         folder = folder.resolve()
