@@ -89,9 +89,10 @@ def _ablate(args) -> int:
 
 
 def _execute(args, fixed: dict, axes: dict) -> int:
-    from hallufix.experiment import cell_dirname, default_output, plan
-    from hallufix.plugins import activate
-    from hallufix.runs import execute
+    """Plan the cells, check them, load the model, hand the cells to the runner, print what it wrote."""
+    from hallufix.experiment import cell_dirname, plan
+    from hallufix.runner import Job, activate_cell, run_cells
+    from hallufix.runner.world import current, shutdown
 
     base = _base_settings(args, fixed)
     p = plan(base, list(args.overrides), args.plugins, axes)
@@ -100,27 +101,37 @@ def _execute(args, fixed: dict, axes: dict) -> int:
         from dataclasses import replace
 
         cells.insert(0, replace(cells[0], plugins=[], overrides={}, swept={}))
-    registry, samples, out_root, names = _preflight(args, base, cells)
-    if any(c.limit is not None for c in cells):
-        limit = next(c.limit for c in cells if c.limit is not None)
-        print(f"hallufix: warning: --limit {limit}: results cover the first {limit} samples only and are not "
-              f"comparable with published full-set numbers (recorded in results.json)", file=sys.stderr)
-    session = _load(base)
-    results = []
-    for cell in cells:
-        methods = activate(cell.plugins, family=session.info.family, overrides=cell.overrides, registry=registry,
-                           model=session.info.name)
-        out_dir = out_root / cell_dirname(cell, names)
-        task, cell_samples = samples[_task_key(cell)]
-        res = execute(session, task, cell, out_dir, methods=methods, progress=not args.quiet,
-                      samples=cell_samples, drop_corrupt=args.drop_corrupt_lines,
-                      on_nonfinite=args.on_nonfinite)
+    world = current(base.get("device"))
+    try:
+        registry, samples, out_root, names = _preflight(args, base, cells)
+        if any(c.limit is not None for c in cells) and world.rank == 0:
+            limit = next(c.limit for c in cells if c.limit is not None)
+            print(f"hallufix: warning: --limit {limit}: results cover the first {limit} samples only and are not "
+                  f"comparable with published full-set numbers (recorded in results.json)", file=sys.stderr)
+        session = _load({**base, "device": world.device(base.get("device"))})
+        world.barrier()  # every rank loaded (and checked its locks) before any rank opens a directory
+        jobs = []
+        for i, cell in enumerate(cells):
+            task, cell_samples = samples[_task_key(cell)]
+            methods = activate_cell(cell, session, registry) if world.owns_cell(i) else None
+            jobs.append(Job(task, cell, out_root / cell_dirname(cell, names), methods, cell_samples))
+        results = run_cells(session, jobs, world=world, progress=not args.quiet,
+                            drop_corrupt=args.drop_corrupt_lines, on_nonfinite=args.on_nonfinite)
+        if world.size > 1:
+            world.barrier()  # rank 0 has merged and scored: every results.json is written
+            if world.rank != 0:
+                return 0
+            from hallufix.runner import read_results
+
+            results = [read_results(j.out_dir) for j in jobs]
+    finally:
+        shutdown()
+    for job, res in zip(jobs, results):
         if res.get("nonfinite"):
-            print(f"hallufix: warning: {res['nonfinite']['n']} sample(s) of {out_dir} had non-finite logits and are "
-                  f"left out of its metrics (ids in results.json 'nonfinite'; samples.jsonl says where)",
+            print(f"hallufix: warning: {res['nonfinite']['n']} sample(s) of {job.out_dir} had non-finite logits and "
+                  f"are left out of its metrics (ids in results.json 'nonfinite'; samples.jsonl says where)",
                   file=sys.stderr)
-        results.append((cell, out_dir, res))
-    _print_summary(results, out_root)
+    _print_summary([(job.cell, job.out_dir, res) for job, res in zip(jobs, results)], out_root)
     return 0
 
 
@@ -135,7 +146,7 @@ def _preflight(args, base: dict, cells):
     from hallufix.config import method_config
     from hallufix.experiment import cell_dirname, default_output
     from hallufix.plugins import PluginError, discover, load_local
-    from hallufix.rundir import check_unlocked
+    from hallufix.runner.store import check_unlocked
     from hallufix.validate import check_device, check_dtype, check_output, check_samples, check_spec
 
     for cell in cells:
@@ -211,12 +222,9 @@ def _load(base: dict):
 
 
 def _print_summary(results, out_root: Path) -> None:
+    """Print the runs' metrics and overhead as the runner wrote them (nothing is written here)."""
     from hallufix.report_summary import summary_table
 
-    from hallufix.runs import _write_json
-
-    print(summary_table(results), file=sys.stdout)  # also fills each result's overhead ratio vs the baseline
-    for _, out_dir, res in results:
-        _write_json(out_dir / "results.json", res)
+    print(summary_table(results), file=sys.stdout)
     print(f"\nrun directories under {out_root}/ (`hallufix report {out_root}/*` for CSV / Markdown / LaTeX tables; "
           f"rerunning the same command reuses the finished samples)")
