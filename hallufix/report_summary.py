@@ -7,7 +7,7 @@ COUNTS = {"tp", "fp", "tn", "fn", "n", "mentions"}
 
 
 def _fmt(v) -> str:
-    if v is None:
+    if v is None or v != v:  # None, or the NaN pandas makes of it
         return "-"
     if isinstance(v, float):
         return f"{v:.4f}" if abs(v) < 10 else f"{v:.2f}"
