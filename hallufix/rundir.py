@@ -2,7 +2,6 @@
 :mod:`hallufix.runner.store`."""
 from __future__ import annotations
 
-from hallufix.runner.store import *  # noqa: F401,F403
 from hallufix.runner.store import (LOCK, SAMPLES, RunLock, append_records, check_unlocked,  # noqa: F401
                                    config_diff, cut_torn_tail, dumps, holds_exactly, read_jsonl, read_records,
                                    remove_empty_run, rewrite_jsonl, strict, write_json, write_text)
