@@ -392,7 +392,7 @@ def test_second_writer_is_refused(data, tmp_path, capsys):
 def test_full_disk_leaves_no_torn_line_and_resumes(data, tmp_path, capsys, monkeypatch):
     import os
 
-    from hallufix import rundir
+    from hallufix.runner import store as rundir
 
     out = tmp_path / "out"
     real_write, state = os.write, {"samples": 0}
@@ -420,7 +420,7 @@ def test_full_disk_leaves_no_torn_line_and_resumes(data, tmp_path, capsys, monke
 def test_atomic_write_leaves_no_zero_byte_temp_on_a_full_disk(tmp_path, monkeypatch):
     import os
 
-    from hallufix import rundir
+    from hallufix.runner import store as rundir
 
     (tmp_path / "env.json").write_text('{"old": true}\n')
 

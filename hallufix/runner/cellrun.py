@@ -245,11 +245,12 @@ class CellRun:
         return results
 
     def close(self) -> None:
-        """Release the directory; a fresh one in which nothing finished is removed."""
+        """Release the directory; a fresh one in which nothing finished is removed (by a single process only: under
+        several ranks another rank may have finished samples there)."""
         if self._lock is not None:
             self._lock.release()
             self._lock = None
-        if self.fresh and not self.done:
+        if self.fresh and not self.done and not self.world.sharded:
             store.remove_empty_run(self.out_dir)
 
 
