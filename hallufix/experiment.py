@@ -1,6 +1,6 @@
 """Experiments: one run, a baseline-vs-stack comparison, or an ablation grid, planned from the override grammar
 (:mod:`hallufix.config.grammar`) or a YAML grid file. Pure planning here (no torch, no methods):
-:func:`plan` expands settings and items into :class:`~hallufix.runs.RunSpec` cells;
+:func:`plan` expands settings and items into :class:`~hallufix.runner.RunSpec` cells;
 :func:`hallufix.config.resolve` adds each cell's resolved methods before any model loads.
 
 A grid file holds the same keys as the command line::
@@ -22,7 +22,7 @@ from typing import Any
 
 from hallufix.config.errors import ConfigError
 from hallufix.config.grammar import RUN_KEYS, Item, check_key, parse_items, parse_stack, stack_label, typed
-from hallufix.runs import RunSpec
+from hallufix.runner.spec import RunSpec
 from hallufix.validate import run_value
 
 __all__ = ["Plan", "RUN_KEYS", "cell_dirname", "default_output", "fixed_settings", "load_grid", "method_label", "plan"]

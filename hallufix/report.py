@@ -39,18 +39,14 @@ class ReportError(ValueError):
 
 
 def load_run(run_dir: str | Path) -> dict:
-    """``results.json`` of a run directory (:class:`ReportError` if missing or malformed)."""
-    path = Path(run_dir) / "results.json"
-    if not path.is_file():
-        raise ReportError(f"{run_dir} has no results.json (an unfinished run? rerun it to finish)")
+    """``results.json`` of a run directory, any schema version this hallufix reads (:class:`ReportError` if
+    missing or malformed; :func:`hallufix.runner.results.read_results`)."""
+    from hallufix.runner.results import ResultsError, read_results
+
     try:
-        res = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise ReportError(f"{path}:{exc.lineno}: malformed JSON ({exc.msg})") from None
-    missing = [k for k in ("model", "methods", "task", "metrics") if k not in res]
-    if missing:
-        raise ReportError(f"{path}: missing keys {missing} (schema_version {res.get('schema_version')})")
-    return res
+        return read_results(run_dir)
+    except ResultsError as exc:
+        raise ReportError(str(exc)) from None
 
 
 def methods_label(res: dict) -> str:
@@ -153,21 +149,19 @@ def pivot(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def read_samples(run_dir: str | Path) -> dict[str, dict]:
-    """``{id: record}`` from a run's ``samples.jsonl`` (the last record wins for a repeated id; samples flagged by
-    ``--on-nonfinite record`` are left out, as in the run's metrics)."""
-    path = Path(run_dir) / "samples.jsonl"
-    if not path.is_file():
+    """``{id: record}`` from a run's records (:func:`hallufix.runner.store.read_records`, the runner's own reader:
+    the last record wins for a repeated id, a torn last line is not a finished sample); samples flagged by
+    ``--on-nonfinite record`` are left out, as in the run's metrics."""
+    from hallufix.errors import RunDirError
+    from hallufix.runner.store import SAMPLES, read_records, shard_files
+
+    if not Path(run_dir, SAMPLES).is_file() and not shard_files(run_dir):
         raise ReportError(f"{run_dir} has no samples.jsonl")
-    recs = {}
-    for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if line.strip():
-            try:
-                r = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ReportError(f"{path}:{i}: malformed JSON line ({exc.msg})") from None
-            if not r.get("nonfinite"):
-                recs[str(r["id"])] = r
-    return recs
+    try:
+        recs = read_records(run_dir, keep_aside=False)
+    except RunDirError as exc:
+        raise ReportError(str(exc)) from None
+    return {k: r for k, r in recs.items() if not r.get("nonfinite")}
 
 
 def paired_comparison(baseline_dir, run_dir, n_boot: int = 2000, seed: int = 0, split: str | None = None) -> dict:

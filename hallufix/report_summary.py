@@ -1,13 +1,13 @@
-"""The console summary ``hallufix run`` prints: one column per run (baseline first), one row per metric, and
-the wall-time overhead of each run against the baseline measured in the same process."""
+"""The console summary ``hallufix run`` prints: one column per run (baseline first), one row per metric, and the
+wall-time overhead of each run against the baseline, as the runner recorded it in ``results.json``
+(:mod:`hallufix.runner.timing`). Reads only; never writes a run directory."""
 from __future__ import annotations
-
 
 COUNTS = {"tp", "fp", "tn", "fn", "n", "mentions"}
 
 
 def _fmt(v) -> str:
-    if v is None:
+    if v is None or v != v:  # None, or the NaN pandas makes of it
         return "-"
     if isinstance(v, float):
         return f"{v:.4f}" if abs(v) < 10 else f"{v:.2f}"
@@ -22,29 +22,22 @@ def _name(spec) -> str:
 
 
 def summary_table(results: list) -> str:
-    """``results``: ``[(RunSpec, out_dir, results_dict), ...]`` -> aligned text table."""
+    """``results``: ``[(RunSpec, out_dir, results_dict), ...]`` -> aligned text table (raw counts stay in
+    results.json)."""
     import pandas as pd
 
-    cols, base_wall = {}, None
+    cols = {}
     for spec, _, res in results:
-        name = _name(spec)
         col = {}
         for split, metrics in res["metrics"].items():
             for metric, m in metrics.items():
-                if metric not in COUNTS:  # raw counts stay in results.json
+                if metric not in COUNTS:
                     col[(split, metric)] = m["value"]
-        wall = res["overhead"]["wall_s_per_sample"]
-        if not spec.plugins and base_wall is None:
-            base_wall = wall
-        col[("time", "s/sample")] = wall
-        cols[name] = col
-    for spec, _, res in results:
-        name = _name(spec)
-        wall = cols[name][("time", "s/sample")]
-        ratio = (wall / base_wall) if (wall and base_wall) else None
-        cols[name][("time", "x baseline")] = ratio
-        res["overhead"]["baseline_wall_s_per_sample"] = base_wall
-        res["overhead"]["ratio"] = ratio
+        over = res.get("overhead") or {}
+        col[("time", "s/sample")] = over.get("wall_s_per_sample")
+        col[("time", "x baseline")] = over.get("ratio")
+        cols[_name(spec)] = col
     df = pd.DataFrame(cols)
     df.index = [f"{s}/{m}" for s, m in df.index]
     return df.map(_fmt).to_string()
+

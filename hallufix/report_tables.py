@@ -7,7 +7,7 @@
   interval`` (:mod:`hallufix.stats`); the best value of a column (by the metric's direction) is bold.
 * Overhead columns: ms per generated token, s per sample, the per-token time relative to the baseline of the table
   (``x base``) and peak memory (MiB: CUDA's max allocated during the run on a GPU; on a CPU the process's peak
-  RSS, which also covers earlier runs of the same process), all from ``batches.jsonl`` via ``results.json``.
+  RSS, which also covers earlier runs of the same process), all from ``timing.jsonl`` via ``results.json``.
 * Caption: task and options, model and family, n, decoding (greedy, max new tokens), dtype, seed, the
   ``--limit`` warning, and how to read the numbers.
 

@@ -392,7 +392,7 @@ def test_second_writer_is_refused(data, tmp_path, capsys):
 def test_full_disk_leaves_no_torn_line_and_resumes(data, tmp_path, capsys, monkeypatch):
     import os
 
-    from hallufix import rundir
+    from hallufix.runner import store as rundir
 
     out = tmp_path / "out"
     real_write, state = os.write, {"samples": 0}
@@ -420,7 +420,7 @@ def test_full_disk_leaves_no_torn_line_and_resumes(data, tmp_path, capsys, monke
 def test_atomic_write_leaves_no_zero_byte_temp_on_a_full_disk(tmp_path, monkeypatch):
     import os
 
-    from hallufix import rundir
+    from hallufix.runner import store as rundir
 
     (tmp_path / "env.json").write_text('{"old": true}\n')
 
@@ -592,18 +592,18 @@ def test_batched_token_ids_match_one_at_a_time(data):
 
 
 def test_killed_mid_batch_log_line_loses_no_later_measurement(data, tmp_path, capsys):
-    """A kill can tear batches.jsonl's last line too: it is cut, and the next batch's timing still counts."""
+    """A kill can tear timing.jsonl's last line too: it is cut, and the next batch's timing still counts."""
     out = tmp_path / "out"
     args = run_builtin(data, out, "--limit", "2")
     assert cli(args, capsys)[0] == 0
     cell = out / "baseline"
     lines = (cell / "samples.jsonl").read_text().splitlines()
     (cell / "samples.jsonl").write_text(lines[0] + "\n")  # the second sample "never finished" ...
-    log = (cell / "batches.jsonl").read_text().splitlines()
-    (cell / "batches.jsonl").write_text(log[0] + "\n" + log[1][:20])  # ... and its log line was torn
+    log = (cell / "timing.jsonl").read_text().splitlines()
+    (cell / "timing.jsonl").write_text(log[0] + "\n" + log[1][:20])  # ... and its log line was torn
     assert cli(run_builtin(data, out, "--limit", "2"), capsys)[0] == 0
     assert json.loads((cell / "results.json").read_text())["overhead"]["samples_timed"] == 2
-    assert len(records(cell / "batches.jsonl")) == 2
+    assert len(records(cell / "timing.jsonl")) == 2
 
 
 def test_unreadable_config_of_an_existing_run(data, tmp_path, capsys):

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from hallufix.runs import RunSpec, execute, read_samples
+from hallufix.runner import RunSpec, execute, read_samples
 from hallufix.tasks.base import MetricInfo, Sample, Task, TaskError
 from hallufix.testing.models import tiny_images, tiny_session
 
@@ -73,7 +73,7 @@ def test_interrupted_run_resumes_to_identical_results(tmp_path):
     b = [json.loads(x)["output"] for x in (tmp_path / "cut" / "samples.jsonl").read_text().splitlines()]
     assert a == b
     saved = json.loads((tmp_path / "full" / "results.json").read_text())
-    assert saved["schema_version"] == 1 and saved["methods"][0]["name"] == "visual-boost"
+    assert saved["schema_version"] == 2 and saved["methods"][0]["name"] == "visual-boost"
     assert saved["methods"][0]["config"]["w"] == 2.0
     assert saved["metrics"]["all"]["yes_ratio"]["higher_is_better"] is None
     env = json.loads((tmp_path / "full" / "env.json").read_text())

@@ -34,6 +34,8 @@ def run(tmp_path, capsys, task, *extra, limit=None):
 
 
 def directions(res):
+    undeclared = [m for split in res["metrics"].values() for m, v in split.items() if v.get("undeclared")]
+    assert not undeclared, f"{res['task']['name']} scores metrics it does not declare: {undeclared}"
     return {m: v["higher_is_better"] for split in res["metrics"].values() for m, v in split.items()}
 
 

@@ -86,32 +86,44 @@ def _ablate(args) -> int:
 
 def _execute(args, resolution) -> int:
     """Run the resolved cells: every check that needs no weights first (:func:`_preflight`), then load the model
-    once and run each cell with its methods as resolved."""
+    once and hand the cells, with their methods as resolved, to the runner; print what it wrote."""
     from hallufix.plugins import activate
-    from hallufix.runs import execute
+    from hallufix.runner import Job, run_cells
+    from hallufix.runner.world import current, shutdown
 
     base = resolution.settings
-    samples, out_root = _preflight(args, resolution)
-    if any(c.spec.limit is not None for c in resolution.cells):
-        limit = next(c.spec.limit for c in resolution.cells if c.spec.limit is not None)
-        print(f"hallufix: warning: --limit {limit}: results cover the first {limit} samples only and are not "
-              f"comparable with published full-set numbers (recorded in results.json)", file=sys.stderr)
-    session = _load(base)
-    _check_identity(resolution, session)
-    results = []
-    for cell in resolution.cells:
-        methods = activate(cell.methods)
-        out_dir = out_root / cell.name
-        task, cell_samples = samples[_task_key(cell.spec)]
-        res = execute(session, task, cell.spec, out_dir, methods=methods, progress=not args.quiet,
-                      samples=cell_samples, drop_corrupt=args.drop_corrupt_lines,
-                      on_nonfinite=args.on_nonfinite)
+    world = current(base.get("device"))
+    try:
+        samples, out_root = _preflight(args, resolution)
+        if any(c.spec.limit is not None for c in resolution.cells) and world.rank == 0:
+            limit = next(c.spec.limit for c in resolution.cells if c.spec.limit is not None)
+            print(f"hallufix: warning: --limit {limit}: results cover the first {limit} samples only and are not "
+                  f"comparable with published full-set numbers (recorded in results.json)", file=sys.stderr)
+        session = _load({**base, "device": world.device(base.get("device"))})
+        _check_identity(resolution, session)
+        world.barrier()  # every rank loaded (and checked its locks) before any rank opens a directory
+        jobs = []
+        for i, cell in enumerate(resolution.cells):
+            task, cell_samples = samples[_task_key(cell.spec)]
+            methods = activate(cell.methods) if world.owns_cell(i) else None
+            jobs.append(Job(task, cell.spec, out_root / cell.name, methods, cell_samples))
+        results = run_cells(session, jobs, world=world, progress=not args.quiet,
+                            drop_corrupt=args.drop_corrupt_lines, on_nonfinite=args.on_nonfinite)
+        if world.size > 1:
+            world.barrier()  # rank 0 has merged and scored: every results.json is written
+            if world.rank != 0:
+                return 0
+            from hallufix.runner import read_results
+
+            results = [read_results(j.out_dir) for j in jobs]
+    finally:
+        shutdown()
+    for job, res in zip(jobs, results):
         if res.get("nonfinite"):
-            print(f"hallufix: warning: {res['nonfinite']['n']} sample(s) of {out_dir} had non-finite logits and are "
-                  f"left out of its metrics (ids in results.json 'nonfinite'; samples.jsonl says where)",
+            print(f"hallufix: warning: {res['nonfinite']['n']} sample(s) of {job.out_dir} had non-finite logits and "
+                  f"are left out of its metrics (ids in results.json 'nonfinite'; samples.jsonl says where)",
                   file=sys.stderr)
-        results.append((cell.spec, out_dir, res))
-    _print_summary(results, out_root)
+    _print_summary([(job.cell, job.out_dir, res) for job, res in zip(jobs, results)], out_root)
     return 0
 
 
@@ -134,7 +146,7 @@ def _preflight(args, resolution):
     and dtype, the tasks' files and samples (one task per distinct set of task options), the output folder and
     its locks. Returns ``({(task options, limit): (task, samples)}, out_root)``."""
     from hallufix.experiment import default_output
-    from hallufix.rundir import check_unlocked
+    from hallufix.runner.store import check_unlocked
     from hallufix.validate import check_device, check_dtype, check_output, check_samples
 
     base = resolution.settings
@@ -187,12 +199,9 @@ def _load(base: dict):
 
 
 def _print_summary(results, out_root: Path) -> None:
+    """Print the runs' metrics and overhead as the runner wrote them (nothing is written here)."""
     from hallufix.report_summary import summary_table
 
-    from hallufix.runs import _write_json
-
-    print(summary_table(results), file=sys.stdout)  # also fills each result's overhead ratio vs the baseline
-    for _, out_dir, res in results:
-        _write_json(out_dir / "results.json", res)
+    print(summary_table(results), file=sys.stdout)
     print(f"\nrun directories under {out_root}/ (`hallufix report {out_root}/*` for CSV / Markdown / LaTeX tables; "
           f"rerunning the same command reuses the finished samples)")

@@ -5,7 +5,7 @@ Every configuration error is raised here — an unknown key, a bad value, a meth
 method's ``validate()`` refuses given the preset of *this* model (:mod:`hallufix.config.identity`) — so a run that
 resolves only fails later for what needs the loaded model (layer indices beyond its depth, shapes).
 
-The runner consumes cells: ``cell.spec`` (:class:`~hallufix.runs.RunSpec`: the run settings, the stack as typed,
+The runner consumes cells: ``cell.spec`` (:class:`~hallufix.runner.RunSpec`: the run settings, the stack as typed,
 the overrides as text for provenance and directory names) and ``cell.methods``, which
 :func:`hallufix.plugins.activate` instantiates as they are (nothing is resolved again).
 """
