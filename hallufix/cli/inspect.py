@@ -114,7 +114,7 @@ def _inspect(args) -> int:
 
 
 def _layer_masking(args) -> int:
-    from hallufix.inspect_report import layer_masking
+    from hallufix.analysis import run_task_analysis
 
     task_options, rest = _split_task_options(args.overrides)
     if rest:
@@ -125,8 +125,8 @@ def _layer_masking(args) -> int:
     session = _load(args)
     out = Path(args.output)
     try:
-        result = layer_masking(session, args.task, out, limit=args.limit, batch_size=args.batch_size,
-                               task_options=task_options)
+        result = run_task_analysis("layer-masking", session, args.task, out, limit=args.limit,
+                                   batch_size=args.batch_size, task_options=task_options)
     except ValueError as exc:
         raise CliError(str(exc)) from None
     print(f"baseline accuracy {result['baseline']:.4f}")
