@@ -27,6 +27,7 @@ def test_every_hook_point_name_is_documented():
 
 
 def test_hook_sections_are_the_hookspec_docstrings():
+    """docs/hooks.md's generated parts are up to date (regenerate with ``python scripts/hooks_doc.py``)."""
     text = (DOCS / "hooks.md").read_text()
     assert inspect.getdoc(hs).strip() in text, "docs/hooks.md's lifecycle block differs from hookspecs.py"
     for name, fn in inspect.getmembers(hs, inspect.isfunction):
