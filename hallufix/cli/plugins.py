@@ -36,14 +36,18 @@ def _plugins(args) -> int:
         if args.hooks:
             row["hook_points"] = _declared_on_builtin(name)
         rows.append(row)
+    analyses = [{"name": a.name, "kind": a.kind, "dist": a.dist, "description": a.description}
+                for a in sorted(reg.analyses.values(), key=lambda a: a.name)]
     if args.json:
-        print(json.dumps({"plugins": rows, "errors": reg.errors}, indent=2))
+        print(json.dumps({"plugins": rows, "analyses": analyses, "errors": reg.errors}, indent=2))
         return 0
     width = max([len(r["name"]) for r in rows] + [4])
     for r in rows:
         print(f"{r['name']:<{width}}  {r['dist']} {r['version']}  {r['description']}")
         for hp in r.get("hook_points", []):
             print(f"{'':<{width}}    {hp}")
+    for a in analyses:  # run by `hallufix inspect` (inspect) or `hallufix analyze NAME` (task)
+        print(f"analysis {a['name']} ({a['kind']}, {a['dist']})  {a['description']}")
     for ep, err in sorted(reg.errors.items()):
         print(f"failed to load {ep}: {err}")
     if not rows:
