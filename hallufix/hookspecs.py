@@ -102,8 +102,9 @@ def hallufix_configure(model):
         image-token id, and ``capabilities``: ``spatial_grid``, ``multi_image``, ``token_to_patch``; test these,
         never the family name, to refuse a setting a model cannot support).
     :return: a list of :class:`hallufix.points.HookPoint` (build them with ``hallufix.points.attn_bias(...)``
-        etc.). Returning ``[]`` means the method is a no-op for this configuration (e.g. strength 0), and it is
-        then not called at all.
+        etc.). Returning ``[]`` means the method is a no-op for this configuration (e.g. strength 0): nothing is
+        installed and none of its point hooks is called (the per-batch and per-forward hooks, batch_start,
+        forward_start, batch_end, still are: return ``None`` from batch_end then).
     """
 
 

@@ -31,8 +31,9 @@ class VisualBoost(Method):
 
     @hallufix.hookimpl
     def hallufix_configure(self, model):
+        self.layers = []
         if self.config.w == 1.0:
-            return []  # the no-op: declare nothing, so nothing is installed
+            return []  # the no-op: declare nothing, so nothing is installed (batch_start / batch_end still run)
         from hallufix.config import parse_layers
 
         self.layers = parse_layers(self.config.layers, model.num_layers)
@@ -50,6 +51,8 @@ class VisualBoost(Method):
 
     @hallufix.hookimpl
     def hallufix_batch_end(self, batch):
+        if not self.layers:
+            return None  # the no-op says nothing
         counts = batch.visual.n  # per row: its own number of visual tokens
         return [{"layers": self.layers, "visual_tokens": int(counts[r]), "bias_calls": self.calls}
                 for r in range(batch.batch_size)]
