@@ -9,7 +9,7 @@ outside this package touches a model (``tests/test_intercept_boundary.py`` check
 """
 from __future__ import annotations
 
-from typing import Iterable, Protocol
+from typing import Protocol
 
 
 class Installer(Protocol):
@@ -55,8 +55,3 @@ class Installed:
         if errors:
             raise errors[0]
 
-
-def remove_all(installers: Iterable[Installer]) -> None:
-    """Remove ``installers`` in reverse order (the order :class:`Installed` uses)."""
-    for inst in reversed(list(installers)):
-        inst.remove()

@@ -14,11 +14,6 @@ from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMa
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 
-def is_registered(name: str) -> bool:
-    """``name`` has both an attention function and a mask function."""
-    return name in ALL_ATTENTION_FUNCTIONS and name in ALL_MASK_ATTENTION_FUNCTIONS
-
-
 def ensure_registered(name: str, attention_fn: Callable, mask_fn: Callable = sdpa_mask) -> None:
     """Register ``attention_fn`` (``AttentionInterface`` signature) and ``mask_fn`` under ``name`` unless a
     function is already registered there (idempotent; the first registration wins)."""
