@@ -1,12 +1,22 @@
-"""Layer-wise attention analysis behind ``hallufix inspect`` and ``hallufix analyze layer-masking``.
+"""The generic per-layer captures behind ``hallufix inspect``, and the dispatch to the analyses plugins register.
 
 Everything is measured with the same probe hook points the methods use (no eager model): at prefill, every
-layer's text rows are probed once; from them come the per-head visual attention intensity (CLVA's Eq. 1), the last
-row's map over the visual tokens, its entropy and mass, and the drift correlations.
+layer's text rows are probed once; from them come, per layer and head, the visual attention mass averaged over the
+text rows (``phi``), and the last row's attention over the visual tokens (``last_map``).
+
+Method-specific readings of these captures (CLVA's head split and drift curves, contrast's layer knock-out) live in
+their plugins and are registered through ``hallufix_register_analyses`` (:mod:`hallufix.hookspecs`):
+
+* an ``inspect`` analysis is ``fn(inspection: Inspection) -> list[str]``: it reads :class:`Inspection` (the captures
+  with the stack off and on, the image as the model sees it, the output folder), writes its files there and returns
+  the Markdown lines of its section of ``index.md``; ``hallufix inspect`` runs every registered one;
+* a ``task`` analysis is ``fn(session, task_spec, out, **options) -> dict``, run by ``hallufix analyze NAME``.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -45,34 +55,18 @@ class LayerProbe:
 
 
 @dataclass
-class LayerAnalysis:
-    """Per-sample (or averaged) layer-wise measurements, all tensors on CPU.
+class LayerCaptures:
+    """Per-sample (or averaged) layer-wise captures, all tensors on CPU, float32.
 
     Attributes:
-        phi: ``(L, H)`` visual attention intensity per head.
-        last_map: ``(L, H, n)`` last-row attention over the visual tokens per head.
-        grid: ``(rows, cols)`` of the visual tokens, or ``None``.
-        lambda_vis: the head-split width used for the sensitive / insensitive thresholds.
+        phi: ``(L, H)`` visual attention mass per head, averaged over the text rows.
+        last_map: ``(L, H, n)`` the last row's attention over the visual tokens per head.
+        grid: ``(rows, cols)`` of the visual tokens, or ``None`` (no spatial grid).
     """
 
     phi: torch.Tensor
     last_map: torch.Tensor
     grid: tuple[int, int] | None
-    lambda_vis: float = 1.0
-    mid_layer: int = 0
-    neg_layer: int = 0
-    extras: dict = field(default_factory=dict)
-
-    @property
-    def thresholds(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(L,)`` upper (sensitive) and lower (insensitive) thresholds: mean ± lambda·std within each layer."""
-        mu, sd = self.phi.mean(1), self.phi.std(1, unbiased=False)
-        return mu + self.lambda_vis * sd, mu - self.lambda_vis * sd
-
-    def head_sets(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(L, H)`` bool: sensitive and insensitive heads."""
-        hi, lo = self.thresholds
-        return self.phi > hi[:, None], self.phi < lo[:, None]
 
     def mean_map(self, heads: torch.Tensor | None = None) -> torch.Tensor:
         """``(L, n)`` last-row map averaged over all heads or a per-layer head subset ``(L, H)`` bool."""
@@ -82,28 +76,13 @@ class LayerAnalysis:
         return (self.last_map * w[..., None]).sum(1) / w.sum(1).clamp(min=1)[:, None]
 
     def curves(self) -> dict[str, list[float]]:
-        """Per-layer curves: entropy and visual mass of the last row's head-averaged map, and Pearson correlation
-        of each layer's map with the negative anchor (first layer, insensitive heads) and the positive anchor
-        (mid layer, sensitive heads) — the CLVA drift analysis."""
-        sens, insens = self.head_sets()
+        """Per-layer curves of the last row's head-averaged map: its entropy (nats) and its visual mass."""
         maps = self.mean_map()
-        neg = self.mean_map(insens)[self.neg_layer]
-        pos = self.mean_map(sens)[self.mid_layer]
-        return {"entropy": C.entropy(maps).tolist(), "visual_mass": maps.sum(-1).tolist(),
-                "corr_negative_anchor": [pearson(m, neg) for m in maps],
-                "corr_positive_anchor": [pearson(m, pos) for m in maps]}
+        return {"entropy": C.entropy(maps).tolist(), "visual_mass": maps.sum(-1).tolist()}
 
 
-def pearson(a: torch.Tensor, b: torch.Tensor) -> float:
-    """Pearson correlation of two flat vectors (0 when either is constant)."""
-    a, b = a.flatten().double() - a.double().mean(), b.flatten().double() - b.double().mean()
-    den = (a.norm() * b.norm()).item()
-    return float((a @ b).item() / den) if den > 0 else 0.0
-
-
-def analyse(session, images, questions, plugins=(), overrides=None, lambda_vis: float = 1.0,
-            with_diagnostics: bool = True) -> tuple[list[LayerAnalysis], list[dict]]:
-    """One prefill per batch with every layer probed (after the stack's edits) -> one analysis per row, and the
+def analyse(session, images, questions, plugins=(), overrides=None) -> tuple[list[LayerCaptures], list[dict]]:
+    """One prefill per batch with every layer probed (after the stack's edits) -> one capture per row, and the
     stack's per-row diagnostics."""
     probe = LayerProbe()
     run = session.start(list(plugins) + [probe], overrides or {})
@@ -114,51 +93,73 @@ def analyse(session, images, questions, plugins=(), overrides=None, lambda_vis: 
         phi = torch.stack([probe.phi[i][b] for i in range(info.num_layers)]).cpu()
         own = probe.visual.image_slots(b, 0)  # the row's (first) image, without padded slots
         maps = torch.stack([probe.last_map[i][b, :, own] for i in range(info.num_layers)]).cpu()
-        grid = probe.visual.grid(b, 0)
-        results.append(LayerAnalysis(phi, maps, grid, lambda_vis, mid_layer=max(0, info.num_layers // 2 - 3)))
+        results.append(LayerCaptures(phi, maps, probe.visual.grid(b, 0)))
     return results, [o.diagnostics for o in outs]
 
 
-def average(analyses: list[LayerAnalysis]) -> LayerAnalysis:
-    """Mean over samples (same model, same visual token count)."""
-    first = analyses[0]
-    shapes = {tuple(a.last_map.shape) for a in analyses}
+def average(captures: list[LayerCaptures]) -> LayerCaptures:
+    """Mean over samples (same model, same visual token count); a single capture is returned as is."""
+    if len(captures) == 1:
+        return captures[0]
+    shapes = {tuple(a.last_map.shape) for a in captures}
     if len(shapes) > 1:
         raise ValueError(f"cannot average maps over images with different visual-token grids ({sorted(shapes)}); "
                          f"inspect images of one size (Qwen gives every image size its own grid) or one at a time")
-    return LayerAnalysis(torch.stack([a.phi for a in analyses]).mean(0),
-                         torch.stack([a.last_map for a in analyses]).mean(0), first.grid, first.lambda_vis,
-                         first.mid_layer, first.neg_layer)
+    return LayerCaptures(torch.stack([a.phi for a in captures]).mean(0),
+                         torch.stack([a.last_map for a in captures]).mean(0), captures[0].grid)
 
 
-class MaskVisualAtLayer:
-    """Internal method for layer-masking analysis: text rows cannot see visual tokens at ``layer`` (Song et al.'s
-    single-layer knock-out, prefill and decode)."""
+@dataclass
+class Inspection:
+    """What an ``inspect`` analysis receives.
 
-    name = "hallufix-layer-mask"
+    Attributes:
+        session: the loaded :class:`~hallufix.api.Session` (``session.info`` for the model's shape).
+        images, questions: the inspected samples.
+        out: the output folder (write files here; name them after the analysis to avoid clashes).
+        off: the averaged :class:`LayerCaptures` with no method active; ``on``: with the stack on, else ``None``.
+        plugins, overrides: the stack (``[]`` when none) and its per-method overrides.
+        view: the first image as the vision tower sees it (a PIL image a map over ``off.grid`` aligns with), or
+            ``None`` where the visual tokens have no grid.
+        layers: the layers to draw maps for (0-based).
+        options: the inspection's options (``lambda_vis``: the head-split width asked for on the command line).
+        curves_off, curves_on: the core's per-layer curves (entropy, visual mass); an analysis may add its own.
+    """
 
-    def __init__(self, layer: int):
-        self.layer = layer
+    session: Any
+    images: list
+    questions: list[str]
+    out: Path
+    off: LayerCaptures
+    on: LayerCaptures | None = None
+    plugins: list = field(default_factory=list)
+    overrides: dict = field(default_factory=dict)
+    view: Any = None
+    layers: list[int] = field(default_factory=list)
+    options: dict = field(default_factory=dict)
+    curves_off: dict = field(default_factory=dict)
+    curves_on: dict | None = None
 
-    @hookimpl
-    def hallufix_configure(self, model):
-        return P.attn_bias([self.layer])
-
-    @hookimpl
-    def hallufix_attn_bias(self, event):
-        event.add(torch.where(event.visual_keys, float("-inf"), 0.0))
+    @property
+    def shown(self) -> str:
+        """A title suffix saying what an averaged map is drawn on ("" for one sample)."""
+        n = len(self.images)
+        return "" if n == 1 else f" (mean over {n} samples, drawn on the first image)"
 
 
-def suggest_layers(accuracy: list[float], baseline: float, num_layers: int) -> dict:
-    """Fusion layers = shallow layers (first 60%) whose knock-out costs the most accuracy (drop >= half of the
-    largest shallow drop); review layer = the deep layer (last 40%) with the largest drop, if it costs anything."""
-    drops = [baseline - a for a in accuracy]
-    split = int(round(num_layers * 0.6))
-    shallow = drops[:split]
-    top = max(shallow) if shallow else 0.0
-    fusion = [i for i, d in enumerate(shallow) if top > 0 and d >= top / 2]
-    deep = list(range(split, num_layers))
-    review = max(deep, key=lambda i: drops[i]) if deep else None
-    if review is not None and drops[review] <= 0:
-        review = None
-    return {"fusion_layers": fusion, "review_layer": review, "drops": drops}
+def registered(kind: str | None = None) -> dict:
+    """The analyses installed plugins register (``kind``: only those of that kind), by name:
+    :class:`hallufix.plugins.AnalysisInfo` values."""
+    from hallufix.plugins import AnalysisInfo, discover  # noqa: F401  (AnalysisInfo: what the values are)
+
+    found = discover().analyses
+    return {n: a for n, a in sorted(found.items()) if kind is None or a.kind == kind}
+
+
+def run_task_analysis(name: str, session, task_spec: str, out: Path, **options) -> dict:
+    """Run the registered ``task`` analysis ``name`` (``hallufix analyze NAME``)."""
+    found = registered("task")
+    if name not in found:
+        known = ", ".join(found) or "none (install the plugin that provides it)"
+        raise ValueError(f"unknown analysis '{name}'; registered task analyses: {known}")
+    return found[name].load()(session, task_spec, out, **options)

@@ -11,11 +11,7 @@ installed around each ``generate`` call and removed afterwards (also on errors).
 """
 from __future__ import annotations
 
-import inspect
-
 from dataclasses import dataclass, field
-from typing import Any
-
 import torch
 from transformers import LogitsProcessorList
 
@@ -24,6 +20,7 @@ from hallufix.capture import PrefillCapture, gather_visual
 from hallufix.events import BatchInfo, ImageEvent
 from hallufix.errors import BatchEndFailed
 from hallufix.intercept import HookTable, Interceptor, guards, strict
+from hallufix.intercept.prefill import run_prefill
 from hallufix.models.families import adapter_for
 from hallufix.plugins import ActiveMethods, PluginError, activate, new_manager, split_plugins
 
@@ -108,7 +105,6 @@ class MethodRun:
 
     def __init__(self, session: Session, methods: ActiveMethods):
         self.session, self.methods = session, methods
-        self.stash: dict[str, Any] = {name: {} for name in methods.order}
         self.declared: dict[object, list[P.HookPoint]] = {}
         for inst, name in zip(methods.instances, methods.order):
             caller = methods.pm.subset_hook_caller("hallufix_configure",
@@ -123,6 +119,10 @@ class MethodRun:
                 self.declared[inst] = pts
         self.table = HookTable(methods.pm, self.declared)
         self.hook_stats: dict = {"fired": {}, "paths": {}}
+        #: per method, in typed order: its own ``hallufix_batch_end`` caller (what it returns is filed under its name)
+        self._batch_end = [(name, methods.pm.subset_hook_caller(
+            "hallufix_batch_end", remove_plugins=[x for x in methods.instances if x is not inst]))
+            for inst, name in zip(methods.instances, methods.order)]
 
     @property
     def order(self) -> list[str]:
@@ -142,18 +142,18 @@ class MethodRun:
         template). Returns one :class:`Generation` per row.
         """
         s = self.session
+        batch = BatchInfo(s.info, None, list(questions), [{} for _ in questions])
+        with strict.active():
+            self.methods.pm.hook.hallufix_batch_start(batch=batch)  # reset per-batch state, before the images
         rows = [[im] for im in images]
-        image_caller = self.table.global_caller("image")
+        image_caller = self.table.global_caller("input_image")
         if image_caller is not None:
-            ev = ImageEvent(images, questions, s.info, self.capture, self.stash, self._geometry)
+            ev = ImageEvent(images, questions, s.info, self.capture, self._geometry)
             image_caller(event=ev)
             rows = [[im] + extra for im, extra in zip(ev.images, ev.extra_images)]
         inputs = s.adapter.inputs(s.processor, rows, questions, s.device)
-        layout = s.adapter.layout(s.model, inputs, rows)
-        batch = BatchInfo(s.info, layout, list(questions), [{} for _ in questions], self.stash)
-        guards.check_context(s.model, inputs, max_new_tokens)  # before any method sees the batch
-        with strict.active():
-            self.methods.pm.hook.hallufix_batch_start(batch=batch)
+        batch.layout = layout = s.adapter.layout(s.model, inputs, rows)
+        guards.check_context(s.model, inputs, max_new_tokens)  # before the model runs
         guard = guards.FiniteLogitsGuard(s.model.generation_config.eos_token_id)
         kw = dict(max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens, do_sample=False, num_beams=1,
                   return_dict_in_generate=True, output_logits=output_logits, **generate_kw)
@@ -161,13 +161,13 @@ class MethodRun:
             if not self.table.points:
                 out = s.model.generate(**inputs, logits_processor=LogitsProcessorList([guard]), **kw)
             else:
-                with Interceptor(s.model, s.adapter, self.table, self.methods.pm, layout, s.info, self.stash) as ic:
+                with Interceptor(s.model, s.adapter, self.table, self.methods.pm, layout, s.info) as ic:
                     out = s.model.generate(**inputs, logits_processor=LogitsProcessorList(ic.logits_processors()
                                                                                           + [guard]), **kw)
                 self._accumulate(ic)
         try:
             with strict.active():
-                self.methods.pm.hook.hallufix_batch_end(batch=batch)
+                self._end_batch(batch)
         except Exception as exc:
             ended = exc
         else:
@@ -182,6 +182,21 @@ class MethodRun:
         if ended is not None:  # the outputs exist: hand them over with the plugin's error (the runner keeps them)
             raise BatchEndFailed(gens, ended) from ended
         return gens
+
+    def _end_batch(self, batch: BatchInfo) -> None:
+        """Each method's ``hallufix_batch_end``, in typed order; a returned list (one JSON-serialisable entry per
+        row, ``None`` for none) is filed as ``batch.diagnostics[row][method]``."""
+        for name, caller in self._batch_end:
+            for result in caller(batch=batch):
+                if result is None:
+                    continue
+                if not isinstance(result, (list, tuple)) or len(result) != batch.batch_size:
+                    got = f"{len(result)} entries" if isinstance(result, (list, tuple)) else type(result).__name__
+                    raise PluginError(f"method '{name}': hallufix_batch_end must return one diagnostics entry per "
+                                      f"batch row ({batch.batch_size}) or None, got {got}")
+                for diag, entry in zip(batch.diagnostics, result):
+                    if entry is not None:
+                        diag[name] = entry
 
     def _geometry(self, image, grid=None):
         s = self.session
@@ -224,23 +239,10 @@ class MethodRun:
         rows = [[im] + (extra_images[i] if extra_images else []) for i, im in enumerate(images)]
         inputs = s.adapter.inputs(s.processor, rows, questions, s.device)
         layout = s.adapter.layout(s.model, inputs, rows)
-        # the analysis needs attention, not the vocabulary: logits for the last position only (over a 600-token
-        # LLaVA prompt the full LM head costs as much as the decoder layers)
-        extra = {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(s.model.forward).parameters else {}
-        # ... and no layer after the last one asked for: the forward stops there (a forward hook on that decoder
-        # layer raises, the exception is caught here; nothing else depends on the rest of this prefill)
-        stop = None
-        if rec.layers:
-            stop = s.adapter.decoder_layers(s.model)[max(rec.layers)].register_forward_hook(_stop_capture)
-        try:
-            with torch.inference_mode(), Interceptor(s.model, s.adapter, table, pm, layout, s.info, {}):
-                try:
-                    s.model(**inputs, use_cache=True, **extra)
-                except _CaptureDone:
-                    pass
-        finally:
-            if stop is not None:
-                stop.remove()
+        # no layer after the last one asked for runs (nothing else depends on the rest of this prefill)
+        stop_after = s.adapter.decoder_layers(s.model)[max(rec.layers)] if rec.layers else None
+        with torch.inference_mode(), Interceptor(s.model, s.adapter, table, pm, layout, s.info):
+            run_prefill(s.model, inputs, stop_after)
         rec.result.layout = layout
         if token_to_patch:
             if not s.info.capabilities.token_to_patch:
@@ -250,14 +252,6 @@ class MethodRun:
                 mapping, grid = s.adapter.token_to_patch(s.model, inputs)
             rec.result.token_to_patch, rec.result.patch_grid = mapping.float(), tuple(grid)
         return rec.result
-
-
-class _CaptureDone(Exception):
-    """Raised after the last decoder layer an analysis prefill needs (see :meth:`MethodRun.capture`)."""
-
-
-def _stop_capture(module, args, output):
-    raise _CaptureDone
 
 
 class _Recorder:

@@ -23,14 +23,6 @@ def visual_mass(probs: torch.Tensor, visual_keys: torch.Tensor) -> torch.Tensor:
     return (probs * visual_keys[:, None, None, :].to(probs.dtype)).sum(-1)
 
 
-def visual_mass_lse(scores: torch.Tensor, visual_keys: torch.Tensor) -> torch.Tensor:
-    """The same mass from pre-softmax ``scores (B, H, R, kv)`` (masked entries very negative) with two
-    log-sum-exps: ``exp(LSE_vis - LSE_all)``; never normalises the whole row."""
-    neg = torch.finfo(scores.dtype).min
-    vis = torch.where(visual_keys[:, None, None, :], scores, torch.full_like(scores, neg))
-    return torch.exp(torch.logsumexp(vis, -1) - torch.logsumexp(scores, -1))
-
-
 def _valid(x: torch.Tensor, valid) -> torch.Tensor | None:
     """The ``(B, n)`` valid mask from a :class:`VisualTokens`, a bool tensor or ``None``, broadcast to ``x``."""
     if valid is None:
@@ -152,38 +144,11 @@ def quantile_mask(x: torch.Tensor, q: float, valid=None, below: bool = True) -> 
     return out if v is None else out & v
 
 
-def topk_mask(x: torch.Tensor, k: int, valid=None) -> torch.Tensor:
-    """The ``k`` largest valid entries of each row of ``x (..., n)`` (bool; fewer where a row has fewer valid
-    slots)."""
-    v = _valid(x, valid)
-    xf = x.float() if v is None else x.float().masked_fill(~v, float("-inf"))
-    k = min(k, x.shape[-1])
-    top = torch.zeros_like(xf, dtype=torch.bool).scatter(-1, xf.topk(k, dim=-1).indices, True)
-    return top if v is None else top & v
-
-
 def hellinger(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
     """Hellinger distance between normalised rows: ``sqrt(sum (sqrt p - sqrt q)^2) / sqrt 2`` in [0, 1] (padded
     slots, 0 in both, add nothing)."""
     p, q = normalise(p), normalise(q)
     return torch.sqrt(((p.sqrt() - q.sqrt()) ** 2).sum(-1)) / 2 ** 0.5
-
-
-def js_divergence(p: torch.Tensor, q: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
-    """Jensen-Shannon divergence (nats) between normalised rows (padded slots, 0 in both, add nothing)."""
-    p, q = normalise(p), normalise(q)
-    m = (p + q) / 2
-    kl = lambda a, b: (a * (torch.log(a.clamp(min=eps)) - torch.log(b.clamp(min=eps)))).sum(-1)  # noqa: E731
-    return (kl(p, m) + kl(q, m)) / 2
-
-
-def to_grid(values: torch.Tensor, visual: VisualTokens, row: int, image: int = 0) -> torch.Tensor:
-    """One image's slots of one row's values ``(B, ..., n_max)`` -> ``(..., rows, cols)`` on its token grid."""
-    grid = visual.grid(row, image)
-    if grid is None:
-        raise ValueError(f"row {row} image {image} has no spatial token grid")
-    vals = values[row][..., visual.image_slots(row, image)]
-    return vals.reshape(*vals.shape[:-1], grid[0], grid[1])
 
 
 @dataclass

@@ -62,20 +62,29 @@ class ForwardInfo:
 
 @dataclass
 class BatchInfo:
-    """A batch being generated: its layout, model facts, and per-row diagnostics to fill at batch end.
+    """A batch being generated: model facts, the questions, and (once the processor ran) the token layout.
 
-    ``stash`` is per-run storage keyed by method name (``batch.stash["clva"]``) that survives across batches.
-    """
+    ``hallufix_batch_start`` receives it before the image hook, so ``layout`` is ``None`` there (the images, which
+    decide the layout, may still change); from the first forward to ``hallufix_batch_end`` it is the batch's
+    :class:`~hallufix.layout.TokenLayout`. ``diagnostics[row]`` is filled from what each method's
+    ``hallufix_batch_end`` returns, under the method's name."""
 
     model: ModelInfo
-    layout: TokenLayout
+    layout: TokenLayout | None
     questions: list[str]
     diagnostics: list[dict] = field(default_factory=list)
-    stash: dict = field(default_factory=dict)
+
+    @property
+    def batch_size(self) -> int:
+        """Rows in the batch (known from the start: one per question)."""
+        return len(self.questions)
 
     @property
     def visual(self) -> VisualTokens:
         """The batch's :class:`~hallufix.visual.VisualTokens` (built once per batch; shared with every event)."""
+        if self.layout is None:
+            raise RuntimeError("batch.visual is known once the images are processed (after hallufix_input_image); "
+                               "hallufix_batch_start runs before, read it in a later hook")
         return self.layout.visual_tokens
 
 
@@ -84,9 +93,9 @@ class LayerEvent:
     masks for this forward's rows. ``device``: the model's device (every tensor here lives on it); ``dtype``: the
     language model's compute dtype."""
 
-    def __init__(self, layer: int, forward: ForwardInfo, layout: TokenLayout, model: ModelInfo, stash: dict,
+    def __init__(self, layer: int, forward: ForwardInfo, layout: TokenLayout, model: ModelInfo,
                  dtype: torch.dtype = torch.float32):
-        self.layer, self.forward, self.layout, self.model, self.stash = layer, forward, layout, model, stash
+        self.layer, self.forward, self.layout, self.model = layer, forward, layout, model
         self.dtype = dtype
 
     @property
@@ -312,8 +321,8 @@ class LogitsEvent:
     ``scores`` to edit (same shape; moved to their device and dtype)."""
 
     def __init__(self, scores: torch.Tensor, input_ids: torch.Tensor, forward: ForwardInfo | None,
-                 layout: TokenLayout, stash: dict):
-        self._scores, self.input_ids, self.forward, self.layout, self.stash = scores, input_ids, forward, layout, stash
+                 layout: TokenLayout):
+        self._scores, self.input_ids, self.forward, self.layout = scores, input_ids, forward, layout
 
     @property
     def scores(self) -> torch.Tensor:
@@ -344,12 +353,11 @@ class ImageEvent:
             analysis prefill (fresh cache, no generation, other methods inactive) and returns a
             :class:`hallufix.capture.PrefillCapture`.
         cell_index: pixel -> visual-token cell map of an image (see :meth:`cell_index`).
-        stash: per-run storage keyed by method name.
     """
 
     def __init__(self, images: list, questions: list[str], model: ModelInfo, capture: Callable[..., Any],
-                 stash: dict, geometry: Callable[..., Any] | None = None):
-        self.images, self.questions, self.model, self.capture, self.stash = list(images), questions, model, capture, stash
+                 geometry: Callable[..., Any] | None = None):
+        self.images, self.questions, self.model, self.capture = list(images), questions, model, capture
         self.extra_images: list[list] = [[] for _ in images]
         self._geometry = geometry
 

@@ -3,17 +3,21 @@
 Lifecycle of one run (``hallufix run`` or :meth:`hallufix.api.Session.generate`)::
 
     discovery      hallufix_register_methods            (every installed plugin, once per process)
+                   hallufix_register_analyses           (the same; analyses for `hallufix inspect` / `analyze`)
     run setup      hallufix_configure                   (each active method: declare hook points)
-    per batch      hallufix_input_image                 (chained; may run an analysis prefill)
-                   hallufix_batch_start                 (token layout known)
+    per batch      hallufix_batch_start                 (reset per-batch state; before the images)
+                   hallufix_input_image                 point input_image (chained; may run an analysis prefill)
       per forward    hallufix_forward_start             (prefill, then each decode step)
-        per layer      hallufix_layer_input             lm.layers.{i}.in
-                       hallufix_attn_kv                 lm.layers.{i}.attn.kv
-                       hallufix_attn_bias               lm.layers.{i}.attn.scores
-                       hallufix_attn_probs              lm.layers.{i}.attn.probs
-                       hallufix_attn_heads              lm.layers.{i}.attn.heads
-      per step       hallufix_logits                    lm.logits
-                   hallufix_batch_end                   (diagnostics per batch row)
+        per layer      hallufix_layer_input             point layer_input.{i}
+                       hallufix_attn_kv                 point attn_kv.{i}
+                       hallufix_attn_bias               point attn_bias.{i}
+                       hallufix_attn_probs              point attn_probs.{i}
+                       hallufix_attn_heads              point attn_heads.{i}
+      per step       hallufix_logits                    point logits
+                   hallufix_batch_end                   (returns the method's diagnostics, one per batch row)
+
+A hook point is named after the hook that receives it (:mod:`hallufix.points`): ``attn_bias.3`` is
+``hallufix_attn_bias`` at decoder layer 3 (0-based).
 
 Calling rules, the same for every hook:
 
@@ -21,7 +25,8 @@ Calling rules, the same for every hook:
   phase); other layers never see a Python call and keep the fused SDPA kernel.
 * Methods are called in the order the user typed them (``--plugins clva,ara`` -> clva first).
 * Edits chain through the event object: each hook receives the event holding the current value (after the
-  previous methods' edits) and edits it with the event's methods. Return values are ignored (``None``).
+  previous methods' edits) and edits it with the event's methods. Return values are ignored (``None``), except
+  ``hallufix_configure``'s (the declared points) and ``hallufix_batch_end``'s (the diagnostics).
 * Stacking algebra: biases add, probability / hidden / key-value / logit / image edits chain in typed order,
   head gains multiply.
 
@@ -73,6 +78,19 @@ def hallufix_register_methods(register):
     """
 
 
+@hookspec
+def hallufix_register_analyses(register):
+    """Name the analyses this distribution provides (called once per process for every installed plugin).
+
+    :param register: ``register(name, target, *, kind="inspect", description="")`` where ``target`` is a lazy
+        ``"module:function"`` string. ``kind="inspect"``: ``function(inspection)`` receives a
+        :class:`hallufix.analysis.Inspection` (the per-layer captures with the stack off and on, the output
+        folder), writes its files and returns the Markdown lines of its section of ``index.md``; ``hallufix
+        inspect`` runs every registered one. ``kind="task"``: ``function(session, task_spec, out, **options)``
+        returns a JSON-serialisable dict; ``hallufix analyze NAME`` runs it.
+    """
+
+
 # --------------------------------------------------------------------------------------------- run setup
 
 
@@ -84,8 +102,9 @@ def hallufix_configure(model):
         image-token id, and ``capabilities``: ``spatial_grid``, ``multi_image``, ``token_to_patch``; test these,
         never the family name, to refuse a setting a model cannot support).
     :return: a list of :class:`hallufix.points.HookPoint` (build them with ``hallufix.points.attn_bias(...)``
-        etc.). Returning ``[]`` means the method is a no-op for this configuration (e.g. strength 0), and it is
-        then not called at all.
+        etc.). Returning ``[]`` means the method is a no-op for this configuration (e.g. strength 0): nothing is
+        installed and none of its point hooks is called (the per-batch and per-forward hooks, batch_start,
+        forward_start, batch_end, still are: return ``None`` from batch_end then).
     """
 
 
@@ -93,23 +112,24 @@ def hallufix_configure(model):
 
 
 @hookspec
+def hallufix_batch_start(batch):
+    """A batch is about to be generated: reset per-batch state here. Runs first in a batch, before
+    :func:`hallufix_input_image`, so state the image hook builds survives into the generation.
+
+    :param batch: :class:`hallufix.events.BatchInfo`: ``model``, ``questions``, ``batch_size``; ``layout`` is
+        ``None`` here (the images may still change) and set before the first forward.
+    """
+
+
+@hookspec
 def hallufix_input_image(event):
-    """Edit the input images before the processor (``input.image``).
+    """Edit the input images before the processor (point ``input_image``).
 
     :param event: :class:`hallufix.events.ImageEvent`: ``images`` (list of RGB ``PIL.Image``, one per batch
         row, replace entries to edit; chained in typed order), ``questions``, ``extra_images`` (append an image
         per row to feed a second image), and ``capture(...)`` to run an analysis prefill on the *current* images
         with probes (fresh cache, no generation; hook points of other methods are not active during it).
     Phase: before prefill, once per batch.
-    """
-
-
-@hookspec
-def hallufix_batch_start(batch):
-    """A batch is about to be generated.
-
-    :param batch: :class:`hallufix.events.BatchInfo` with the :class:`hallufix.layout.TokenLayout` (spans per
-        row, visual grid per image) and the run stash. Reset per-batch state here.
     """
 
 
@@ -127,7 +147,7 @@ def hallufix_forward_start(forward):
 
 @hookspec
 def hallufix_layer_input(event):
-    """Decoder-layer input hidden states (``lm.layers.{i}.in``).
+    """Decoder-layer input hidden states (point ``layer_input.{i}``).
 
     :param event: :class:`hallufix.events.HiddenEvent`: ``hidden`` ``(B, q, d)`` (replace to edit; chained),
         ``positions`` ``(q,)`` cache positions of the rows, token-role masks ``visual_rows`` / ``text_rows``
@@ -138,7 +158,7 @@ def hallufix_layer_input(event):
 
 @hookspec
 def hallufix_attn_kv(event):
-    """Keys and values as the attention kernel sees them (``lm.layers.{i}.attn.kv``).
+    """Keys and values as the attention kernel sees them (point ``attn_kv.{i}``).
 
     :param event: :class:`hallufix.events.KVEvent`: ``key`` / ``value`` ``(B, Hkv, kv, D)`` (after RoPE and the
         cache update; replace to edit, chained). The KV cache keeps the originals, so a persistent edit must be
@@ -148,7 +168,7 @@ def hallufix_attn_kv(event):
 
 @hookspec
 def hallufix_attn_bias(event):
-    """Add to the pre-softmax attention logits (``lm.layers.{i}.attn.scores``).
+    """Add to the pre-softmax attention logits (point ``attn_bias.{i}``).
 
     :param event: :class:`hallufix.events.BiasEvent`. Call ``event.add(column_bias, rows=...)`` with a per-key
         bias ``(B, 1|H, kv)`` applied to the query rows selected by ``rows`` (a ``(B, q)`` bool mask; default the
@@ -164,7 +184,8 @@ def hallufix_attn_bias(event):
 
 @hookspec
 def hallufix_attn_probs(event):
-    """Read (and, when declared with ``edits=True``, replace) post-softmax probabilities of declared rows.
+    """Read (and, when declared with ``edits=True``, replace) post-softmax probabilities of declared rows (point
+    ``attn_probs.{i}``).
 
     :param event: :class:`hallufix.events.ProbsEvent`: ``probs`` ``(B, H, R, kv)`` float32 for the query rows
         ``rows`` ``(R,)`` (indices into this forward's ``q`` rows; the union of every method's declared rows at
@@ -178,7 +199,7 @@ def hallufix_attn_probs(event):
 
 @hookspec
 def hallufix_attn_heads(event):
-    """Per-head attention outputs before ``o_proj`` (``lm.layers.{i}.attn.heads``).
+    """Per-head attention outputs before ``o_proj`` (point ``attn_heads.{i}``).
 
     :param event: :class:`hallufix.events.HeadsEvent`: ``output`` ``(B, q, H, D)``; ``event.scale(gains)``
         multiplies head outputs by ``gains`` ``(H,)`` or ``(B, H)`` (gains of stacked methods multiply), or
@@ -191,7 +212,7 @@ def hallufix_attn_heads(event):
 
 @hookspec
 def hallufix_logits(event):
-    """Next-token scores (``lm.logits``), once per generation step.
+    """Next-token scores (point ``logits``), once per generation step.
 
     :param event: :class:`hallufix.events.LogitsEvent`: ``scores`` ``(B, V)`` (replace to edit; chained),
         ``input_ids`` ``(B, cur_len)``.
@@ -203,8 +224,10 @@ def hallufix_logits(event):
 
 @hookspec
 def hallufix_batch_end(batch):
-    """A batch finished generating: record diagnostics.
+    """A batch finished generating: return this method's diagnostics.
 
-    :param batch: :class:`hallufix.events.BatchInfo`; put JSON-serialisable per-row diagnostics in
-        ``batch.diagnostics[row][method_name]``.
+    :param batch: :class:`hallufix.events.BatchInfo` (``layout``, ``visual``, ``questions``, ``batch_size``).
+    :return: a list with one JSON-serialisable entry per batch row (``None`` for a row with nothing to say), or
+        ``None``. The core files entry ``r`` as ``diagnostics[r][<method name>]``: the method never names itself.
+        (Writing ``batch.diagnostics[row][name]`` directly still works.)
     """

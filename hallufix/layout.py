@@ -140,26 +140,3 @@ class TokenLayout:
     def visual_rows(self, positions: torch.Tensor) -> torch.Tensor:
         """``(B, q)`` bool: which query rows at cache ``positions`` are visual tokens."""
         return self._roles_at(self.visual, positions, False)
-
-    def spans(self, row: int) -> dict:
-        """Human-readable spans of one row: ``{"pad": n, "system": (a, b), "visual": [(a, b), ...],
-        "instruction": (a, b)}`` with half-open position ranges."""
-        valid, vis = self.valid[row].tolist(), self.visual[row].tolist()
-        n_pad = valid.index(True) if True in valid else len(valid)
-        runs, start = [], None
-        for i, v in enumerate(vis + [False]):
-            if v and start is None:
-                start = i
-            elif not v and start is not None:
-                runs.append((start, i))
-                start = None
-        first_vis = runs[0][0] if runs else self.prompt_len
-        last_vis = runs[-1][1] if runs else self.prompt_len
-        return {"pad": n_pad, "system": (n_pad, first_vis), "visual": runs,
-                "instruction": (last_vis, self.prompt_len)}
-
-    def expand(self, times: int) -> "TokenLayout":
-        """The layout repeated ``times`` per row (beam search / ``num_return_sequences``)."""
-        rep = lambda t: t.repeat_interleave(times, dim=0)  # noqa: E731
-        grids = [g for g in self.grids for _ in range(times)]
-        return TokenLayout(rep(self.input_ids), rep(self.valid), rep(self.visual), rep(self.text), grids)

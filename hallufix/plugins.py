@@ -63,6 +63,28 @@ class MethodInfo:
         return cls
 
 
+#: what an analysis runs on: ``inspect`` (the captures of ``hallufix inspect``), ``task`` (``hallufix analyze NAME``)
+ANALYSIS_KINDS = ("inspect", "task")
+
+
+@dataclass
+class AnalysisInfo:
+    """A registered analysis (:mod:`hallufix.analysis`): ``name``, ``kind`` (:data:`ANALYSIS_KINDS`), lazy
+    ``target`` (``"module:function"`` or the function), distribution, description."""
+
+    name: str
+    target: Any
+    kind: str = "inspect"
+    dist: str = "local"
+    description: str = ""
+
+    def load(self):
+        if not isinstance(self.target, str):
+            return self.target
+        module, _, attr = self.target.partition(":")
+        return getattr(importlib.import_module(module), attr)
+
+
 @dataclass
 class Registry:
     """What discovery found: methods by name, and load errors by entry point."""
@@ -71,6 +93,8 @@ class Registry:
     errors: dict[str, str] = field(default_factory=dict)
     #: method name -> the distributions that all register it (ambiguous: refused when selected)
     conflicts: dict[str, list[str]] = field(default_factory=dict)
+    #: analyses registered through ``hallufix_register_analyses``, by name
+    analyses: dict[str, "AnalysisInfo"] = field(default_factory=dict)
 
     def names(self) -> list[str]:
         return sorted(self.methods)
@@ -105,6 +129,7 @@ def _collect(registry: Registry, module: Any, dist: str, version: str) -> list[s
         seen.append(MethodInfo(name, target, dist, version, description))
 
     pm.hook.hallufix_register_methods(register=register)
+    _collect_analyses(registry, pm, dist)
     shadowed = []
     for info in seen:
         prev = registry.methods.get(info.name)
@@ -123,6 +148,17 @@ def _collect(registry: Registry, module: Any, dist: str, version: str) -> list[s
                 continue
         registry.methods[info.name] = info
     return shadowed
+
+
+def _collect_analyses(registry: Registry, pm: pluggy.PluginManager, dist: str) -> None:
+    """Add the analyses a plugin module registers (``hallufix_register_analyses``); the first name wins."""
+    def register(name: str, target: Any, *, kind: str = "inspect", description: str = "") -> None:
+        if kind not in ANALYSIS_KINDS:
+            raise PluginError(f"analysis '{name}' ({dist}): kind must be one of {', '.join(ANALYSIS_KINDS)}, "
+                              f"got {kind!r}")
+        registry.analyses.setdefault(name, AnalysisInfo(name, target, kind, dist, description))
+
+    pm.hook.hallufix_register_analyses(register=register)
 
 
 def discover() -> Registry:

@@ -1,22 +1,31 @@
-"""Canonical hook-point names and the declarations plugins make at configure time.
+"""Hook points: their names and the declarations plugins make at configure time.
 
 A method plugin tells the core *exactly* which hook points it needs on the loaded model (which layers, which
 query rows, which phases). The interception layer installs only those, and checks after each run that every
 declared point fired at least once ("configured but never fired" is an error).
 
-Names are 0-based, model independent and never raw transformers module paths:
+One vocabulary: a point's kind is the name of the hook that receives it, without the ``hallufix_`` prefix, and its
+name is the kind plus the 0-based layer for per-layer points. The point ``attn_bias.3`` is delivered to
+``hallufix_attn_bias`` at decoder layer 3; names are model independent, never raw transformers module paths.
 
-==================================  ======  ====================================================  ===============
-name                                kind    what                                                  phase
-==================================  ======  ====================================================  ===============
-``input.image``                     image   PIL image before the processor                        before prefill
-``lm.layers.{i}.in``                in      decoder-layer input hidden states ``(B, q, d)``       both
-``lm.layers.{i}.attn.kv``           kv      keys / values as the kernel sees them                 both
-``lm.layers.{i}.attn.scores``       bias    additive logit bias, ``(B, 1|H, kv)`` per query row   both
-``lm.layers.{i}.attn.probs``        probs   post-softmax rows ``(B, H, R, kv)`` (declared rows)   both
-``lm.layers.{i}.attn.heads``        heads   per-head output before ``o_proj`` ``(B, q, H, D)``    both
-``lm.logits``                       logits  next-token scores ``(B, V)``                          each step
-==================================  ======  ====================================================  ===============
+==================  ==============================  =================================================  ==============
+kind                name                            what                                               phase
+==================  ==============================  =================================================  ==============
+``input_image``     ``input_image``                 PIL image before the processor                     before prefill
+``layer_input``     ``layer_input.{i}``             decoder-layer input hidden states ``(B, q, d)``    both
+``attn_kv``         ``attn_kv.{i}``                 keys / values as the kernel sees them              both
+``attn_bias``       ``attn_bias.{i}``               additive logit bias, ``(B, 1|H, kv)`` per query row both
+``attn_probs``      ``attn_probs.{i}``              post-softmax rows ``(B, H, R, kv)`` (declared rows) both
+``attn_heads``      ``attn_heads.{i}``              per-head output before ``o_proj`` ``(B, q, H, D)``  both
+``logits``          ``logits``                      next-token scores ``(B, V)``                       each step
+==================  ==============================  =================================================  ==============
+
+Deprecated for one release (a ``DeprecationWarning``, then removed): the old short kinds (``"bias"``, ``"probs"``,
+``"heads"``, ``"kv"``, ``"in"``, ``"image"``) and the old names (``lm.layers.{i}.attn.scores``, ``.attn.probs``,
+``.attn.heads``, ``.attn.kv``, ``.in``, ``input.image``, ``lm.logits``) are accepted and translated.
+
+A new kind is one line in :data:`KINDS` (and, for a per-layer kind, one in :data:`LAYER_KINDS`) plus its hookspec
+in :mod:`hallufix.hookspecs` named ``hallufix_<kind>``.
 
 No torch import here: declarations are plain data, so ``hallufix hooks`` and config validation stay light.
 """
@@ -24,24 +33,41 @@ from __future__ import annotations
 
 import fnmatch
 import re
-from dataclasses import dataclass, field
+import warnings
+from dataclasses import dataclass
 from typing import Iterable
 
 PHASES = frozenset({"prefill", "decode"})
-KINDS = ("image", "in", "kv", "bias", "probs", "heads", "logits")
+#: every kind, in the order ``hallufix hooks`` lists them; the hook of kind ``k`` is ``hallufix_<k>``
+KINDS = ("input_image", "layer_input", "attn_kv", "attn_bias", "attn_probs", "attn_heads", "logits")
+#: the kinds that live at a decoder layer (named ``<kind>.<layer>``); the others are model-wide (named ``<kind>``)
+LAYER_KINDS = ("layer_input", "attn_kv", "attn_bias", "attn_probs", "attn_heads")
 ROW_KINDS = ("last", "text", "all")
 
-_TEMPLATES = {
-    "image": "input.image",
-    "in": "lm.layers.{i}.in",
-    "kv": "lm.layers.{i}.attn.kv",
-    "bias": "lm.layers.{i}.attn.scores",
-    "probs": "lm.layers.{i}.attn.probs",
-    "heads": "lm.layers.{i}.attn.heads",
-    "logits": "lm.logits",
-}
-_NAME_RE = re.compile(r"^lm\.layers\.(\d+)\.(in|attn\.kv|attn\.scores|attn\.probs|attn\.heads)$")
-_LEAF_TO_KIND = {"in": "in", "attn.kv": "kv", "attn.scores": "bias", "attn.probs": "probs", "attn.heads": "heads"}
+#: deprecated short kinds -> kinds (accepted with a DeprecationWarning for one release)
+_OLD_KINDS = {"image": "input_image", "in": "layer_input", "kv": "attn_kv", "bias": "attn_bias",
+              "probs": "attn_probs", "heads": "attn_heads"}
+#: deprecated names -> kinds
+_OLD_GLOBAL_NAMES = {"input.image": "input_image", "lm.logits": "logits"}
+_OLD_LEAVES = {"in": "layer_input", "attn.kv": "attn_kv", "attn.scores": "attn_bias", "attn.probs": "attn_probs",
+               "attn.heads": "attn_heads"}
+_OLD_NAME_RE = re.compile(r"^lm\.layers\.(\d+)\.(in|attn\.kv|attn\.scores|attn\.probs|attn\.heads)$")
+_NAME_RE = re.compile(r"^([a-z_]+)\.(\d+)$")
+
+
+def _deprecated(old: str, new: str) -> None:
+    warnings.warn(f"hook point {old!r} is deprecated, use {new!r} (the old names go in the next release)",
+                  DeprecationWarning, stacklevel=3)
+
+
+def hook_name(kind: str) -> str:
+    """The hookspec that receives points of ``kind``: ``"attn_bias"`` -> ``"hallufix_attn_bias"``."""
+    return f"hallufix_{kind}"
+
+
+def point_name(kind: str, layer: int | None = None) -> str:
+    """``("attn_bias", 3)`` -> ``"attn_bias.3"``; ``("logits", None)`` -> ``"logits"``."""
+    return kind if layer is None else f"{kind}.{layer}"
 
 
 @dataclass(frozen=True)
@@ -49,17 +75,17 @@ class HookPoint:
     """One declared hook point.
 
     Attributes:
-        kind: one of :data:`KINDS`.
-        layer: 0-based decoder layer index for layer points, ``None`` for ``input.image`` / ``lm.logits``.
-        rows: for ``probs``: which query rows to compute: ``"last"`` (the last query row: the final prompt token at
-            prefill, the new token at decode), ``"text"`` (every instruction / generated row in the forward),
-            ``"all"`` (every row; expensive, for analysis only).
+        kind: one of :data:`KINDS` (the hook's name without ``hallufix_``).
+        layer: 0-based decoder layer index for layer points, ``None`` for ``input_image`` / ``logits``.
+        rows: for ``attn_probs``: which query rows to compute: ``"last"`` (the last query row: the final prompt
+            token at prefill, the new token at decode), ``"text"`` (every instruction / generated row in the
+            forward), ``"all"`` (every row; expensive, for analysis only).
         phases: the phases the point is active in (``prefill``, ``decode``).
-        edits: for ``probs``: whether the plugin may replace the probabilities (the layer's output rows are then
-            recomputed from them as ``P @ V``).
-        per_forward: for ``bias``: the bias does not depend on the layer, only on the forward (e.g. anchors measured
-            earlier in the same forward); the hook is then called once per forward, at the first of these layers the
-            forward reaches, and its terms are reused at the others.
+        edits: for ``attn_probs``: whether the plugin may replace the probabilities (the layer's output rows are
+            then recomputed from them as ``P @ V``).
+        per_forward: for ``attn_bias``: the bias does not depend on the layer, only on the forward (e.g. anchors
+            measured earlier in the same forward); the hook is then called once per forward, at the first of these
+            layers the forward reaches, and its terms are reused at the others.
     """
 
     kind: str
@@ -70,6 +96,9 @@ class HookPoint:
     per_forward: bool = False
 
     def __post_init__(self) -> None:
+        if self.kind in _OLD_KINDS:
+            _deprecated(f"kind={self.kind!r}", f"kind={_OLD_KINDS[self.kind]!r}")
+            object.__setattr__(self, "kind", _OLD_KINDS[self.kind])
         if self.kind not in KINDS:
             raise ValueError(f"unknown hook-point kind {self.kind!r}; known: {', '.join(KINDS)}")
         if self.rows not in ROW_KINDS:
@@ -77,38 +106,65 @@ class HookPoint:
         if not self.phases or not set(self.phases) <= PHASES:
             raise ValueError(f"phases must be a non-empty subset of {sorted(PHASES)}, got {sorted(self.phases)}")
         object.__setattr__(self, "phases", frozenset(self.phases))
-        if (self.layer is None) != (self.kind in ("image", "logits")):
+        if (self.layer is None) == (self.kind in LAYER_KINDS):
             raise ValueError(f"hook point {self.kind!r} {'needs' if self.layer is None else 'takes no'} layer")
 
     @property
     def name(self) -> str:
-        """The canonical name, e.g. ``lm.layers.3.attn.probs``."""
-        return _TEMPLATES[self.kind].format(i=self.layer)
+        """The point's name, e.g. ``attn_probs.3``."""
+        return point_name(self.kind, self.layer)
+
+    @property
+    def hook(self) -> str:
+        """The hookspec that receives this point, e.g. ``hallufix_attn_probs``."""
+        return hook_name(self.kind)
 
 
 def parse_name(name: str) -> tuple[str, int | None]:
-    """``"lm.layers.3.attn.probs"`` -> ``("probs", 3)``; raises ``ValueError`` for unknown names."""
-    if name == "input.image":
-        return "image", None
-    if name == "lm.logits":
-        return "logits", None
+    """``"attn_probs.3"`` -> ``("attn_probs", 3)``, ``"logits"`` -> ``("logits", None)``; the deprecated names
+    (``lm.layers.3.attn.probs``) are translated with a warning; raises ``ValueError`` for unknown names."""
+    if name in KINDS and name not in LAYER_KINDS:
+        return name, None
     m = _NAME_RE.match(name)
-    if not m:
-        raise ValueError(f"unknown hook point {name!r}; names look like {', '.join(_TEMPLATES.values())}")
-    return _LEAF_TO_KIND[m.group(2)], int(m.group(1))
+    if m and m.group(1) in LAYER_KINDS:
+        return m.group(1), int(m.group(2))
+    if name in _OLD_GLOBAL_NAMES:
+        _deprecated(name, _OLD_GLOBAL_NAMES[name])
+        return _OLD_GLOBAL_NAMES[name], None
+    m = _OLD_NAME_RE.match(name)
+    if m:
+        kind, layer = _OLD_LEAVES[m.group(2)], int(m.group(1))
+        _deprecated(name, point_name(kind, layer))
+        return kind, layer
+    raise ValueError(f"unknown hook point {name!r}; names look like input_image, attn_bias.3, logits "
+                     f"(kinds: {', '.join(KINDS)})")
 
 
 def all_names(num_layers: int) -> list[str]:
-    """Every canonical hook-point name of a model with ``num_layers`` decoder layers."""
-    out = ["input.image"]
+    """Every hook-point name of a model with ``num_layers`` decoder layers, layer by layer."""
+    out = [k for k in KINDS if k not in LAYER_KINDS and k != "logits"]
     for i in range(num_layers):
-        out += [_TEMPLATES[k].format(i=i) for k in ("in", "kv", "bias", "probs", "heads")]
-    return out + ["lm.logits"]
+        out += [point_name(k, i) for k in LAYER_KINDS]
+    return out + ["logits"]
+
+
+def _old_name(name: str) -> str:
+    """The deprecated spelling of a (current) point name, for matching deprecated selectors."""
+    kind, layer = parse_name(name)
+    if layer is None:
+        return {v: k for k, v in _OLD_GLOBAL_NAMES.items()}.get(kind, kind)
+    leaf = {v: k for k, v in _OLD_LEAVES.items()}.get(kind)
+    return f"lm.layers.{layer}.{leaf}" if leaf else name
 
 
 def select(pattern: str, num_layers: int) -> list[str]:
-    """Resolve a selector (exact name or fnmatch glob such as ``lm.layers.*.attn.scores``) to names."""
-    return [n for n in all_names(num_layers) if fnmatch.fnmatchcase(n, pattern)]
+    """Resolve a selector (exact name or fnmatch glob such as ``attn_bias.*`` or ``*.3``) to names. A selector in
+    the deprecated spelling (``lm.layers.*.attn.scores``) still matches, with a warning."""
+    names = all_names(num_layers)
+    if pattern.startswith(("lm.", "input.")):
+        _deprecated(pattern, "the names of `hallufix hooks` (attn_bias.*, logits, input_image)")
+        return [n for n in names if fnmatch.fnmatchcase(_old_name(n), pattern)]
+    return [n for n in names if fnmatch.fnmatchcase(n, pattern)]
 
 
 def _layers(layers: int | Iterable[int]) -> list[int]:
@@ -119,27 +175,27 @@ def attn_bias(layers, *, phases=PHASES, per_forward: bool = False) -> list[HookP
     """Declare an additive pre-softmax bias at ``layers`` (keeps SDPA for rows without bias). ``per_forward``: the
     same bias at every one of these layers within a forward, so the hook runs once per forward (see
     :class:`HookPoint`)."""
-    return [HookPoint("bias", i, phases=frozenset(phases), per_forward=per_forward) for i in _layers(layers)]
+    return [HookPoint("attn_bias", i, phases=frozenset(phases), per_forward=per_forward) for i in _layers(layers)]
 
 
 def attn_probs(layers, *, rows: str = "last", phases=PHASES, edits: bool = False) -> list[HookPoint]:
     """Declare a probe of post-softmax probabilities for ``rows`` at ``layers``."""
-    return [HookPoint("probs", i, rows=rows, phases=frozenset(phases), edits=edits) for i in _layers(layers)]
+    return [HookPoint("attn_probs", i, rows=rows, phases=frozenset(phases), edits=edits) for i in _layers(layers)]
 
 
 def attn_heads(layers, *, phases=PHASES) -> list[HookPoint]:
     """Declare per-head outputs before ``o_proj`` at ``layers`` (read or scale)."""
-    return [HookPoint("heads", i, phases=frozenset(phases)) for i in _layers(layers)]
+    return [HookPoint("attn_heads", i, phases=frozenset(phases)) for i in _layers(layers)]
 
 
 def attn_kv(layers, *, phases=PHASES) -> list[HookPoint]:
     """Declare key/value edits at ``layers`` (what the kernel sees; the KV cache keeps the originals)."""
-    return [HookPoint("kv", i, phases=frozenset(phases)) for i in _layers(layers)]
+    return [HookPoint("attn_kv", i, phases=frozenset(phases)) for i in _layers(layers)]
 
 
 def layer_input(layers, *, phases=PHASES) -> list[HookPoint]:
     """Declare decoder-layer input hidden states at ``layers`` (read or edit)."""
-    return [HookPoint("in", i, phases=frozenset(phases)) for i in _layers(layers)]
+    return [HookPoint("layer_input", i, phases=frozenset(phases)) for i in _layers(layers)]
 
 
 def logits() -> list[HookPoint]:
@@ -149,15 +205,4 @@ def logits() -> list[HookPoint]:
 
 def input_image() -> list[HookPoint]:
     """Declare the input-image hook (before the processor; may run analysis passes)."""
-    return [HookPoint("image")]
-
-
-@dataclass
-class Declaration:
-    """Everything one plugin declared: its name and hook points (built by the helpers above)."""
-
-    plugin: str
-    points: list[HookPoint] = field(default_factory=list)
-
-    def names(self) -> list[str]:
-        return sorted({p.name for p in self.points})
+    return [HookPoint("input_image")]

@@ -102,7 +102,7 @@ def _image_ranges(layout, row: int, count: int, grids) -> tuple:
         return tuple(out)
     n_images = max(1, len(grids))
     if n_images > 1:
-        runs = layout.spans(row)["visual"]
+        runs = _visual_runs(layout.visual[row].tolist())
         if len(runs) == n_images:
             out, a = [], 0
             for r0, r1 in runs:
@@ -113,3 +113,15 @@ def _image_ranges(layout, row: int, count: int, grids) -> tuple:
             k = count // n_images
             return tuple((i * k, (i + 1) * k) for i in range(n_images))
     return ((0, count),) if count else ()
+
+
+def _visual_runs(is_visual: list[bool]) -> list[tuple[int, int]]:
+    """Half-open ``(start, end)`` position ranges of the consecutive visual tokens of one prompt row."""
+    runs, start = [], None
+    for i, v in enumerate(is_visual + [False]):
+        if v and start is None:
+            start = i
+        elif not v and start is not None:
+            runs.append((start, i))
+            start = None
+    return runs

@@ -11,6 +11,7 @@ from PIL import Image
 
 from hallufix import hookimpl
 from hallufix import points as P
+from hallufix.intercept.attn_impl import eager
 from hallufix.testing import MethodContract
 from hallufix.testing.models import QUESTIONS, tiny_images, tiny_session
 
@@ -39,13 +40,8 @@ class ImageSpy:
 
 def _eager(s, image, question):
     inputs = s.adapter.inputs(s.processor, [[image]], [question], s.device)
-    prev = s.adapter.get_text_attn_implementation(s.model)
-    s.adapter.set_text_attn_implementation(s.model, "eager")
-    try:
-        with torch.inference_mode():
-            out = s.model(**inputs, output_attentions=True, output_hidden_states=True)
-    finally:
-        s.adapter.set_text_attn_implementation(s.model, prev)
+    with eager(s.model, s.adapter.text_config_key), torch.inference_mode():
+        out = s.model(**inputs, output_attentions=True, output_hidden_states=True)
     vis = (inputs["input_ids"][0] == s.model.config.image_token_id).nonzero().squeeze(1)
     lm = getattr(out, "language_model_outputs", None)  # InstructBLIP: the language model's own outputs
     return (out if lm is None else lm), vis
@@ -276,7 +272,7 @@ def test_logit_bias_mode_is_single_pass():
     s = tiny_session("llava", num_layers=8)
     run = s.start(["ara"], {"ara": TEST_CFG + ["mode=logit-bias"]})
     names = run.declarations()["ara"]
-    assert "input.image" not in names and "lm.layers.6.attn.scores" in names
+    assert "input_image" not in names and "attn_bias.6" in names
     out = run.generate(tiny_images(1), ["is there a cat ?"], max_new_tokens=2)[0]
     assert out.diagnostics["ara"]["selected_layers"]
 

@@ -225,7 +225,7 @@ def run_builtin(data, out, *extra, task="good.jsonl", batch_size=1):
 @pytest.mark.parametrize("plugin, message, finished", [
     ("init", r"plugin 'init-fails' .*failed in __init__: RuntimeError: cannot build myself", 0),
     ("configure", r"plugin 'configure-fails' .*failed in hallufix_configure: IndexError", 0),
-    ("layer", r"method 'bad-layer' declared lm.layers.99.attn.scores, but the model has 8 layers", 0),
+    ("layer", r"method 'bad-layer' declared attn_bias.99, but the model has 8 layers", 0),
     ("forward", r"plugin 'forward-fails' .*failed in hallufix_attn_bias: KeyError: 'missing anchor'.*"
                 r"1 of 3 samples are finished", 1),
     ("shape", r"plugin 'wrong-shape' .*failed in hallufix_attn_bias: ValueError: layer 1: bias must be", 0),

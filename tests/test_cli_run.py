@@ -88,14 +88,13 @@ def test_unknown_option_is_still_an_argparse_error(capsys):
 
 
 def test_hooks_verb_resolves_names_shapes_and_owners(saved_model, capsys):
-    assert main(["hooks", "--model", str(saved_model), "lm.layers.1.*", "--plugins", "visual-boost",
+    assert main(["hooks", "--model", str(saved_model), "*.1", "--plugins", "visual-boost",
                  "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
     names = {p["name"]: p for p in data["points"]}
-    assert set(names) == {"lm.layers.1.in", "lm.layers.1.attn.kv", "lm.layers.1.attn.scores",
-                          "lm.layers.1.attn.probs", "lm.layers.1.attn.heads"}
-    assert names["lm.layers.1.attn.scores"]["declared_by"] == ["visual-boost"]
-    assert names["lm.layers.1.attn.heads"]["shape"] == "(B, q, 4, 16)"
+    assert set(names) == {"layer_input.1", "attn_kv.1", "attn_bias.1", "attn_probs.1", "attn_heads.1"}
+    assert names["attn_bias.1"]["declared_by"] == ["visual-boost"]
+    assert names["attn_heads.1"]["shape"] == "(B, q, 4, 16)"
     assert data["family"] == "llava" and data["num_layers"] == 4
 
 

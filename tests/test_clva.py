@@ -181,8 +181,8 @@ def test_noop_settings_equal_baseline(overrides):
 def test_layers_resolve_per_depth_and_bad_config_is_named():
     s = tiny_session("llava", num_layers=8)
     names = s.start(["clva"]).declarations()["clva"]
-    assert "lm.layers.1.attn.probs" in names and "lm.layers.0.attn.probs" in names  # pos auto = 8/2 - 3
-    assert "lm.layers.2.attn.scores" in names and "lm.layers.7.attn.scores" in names
+    assert "attn_probs.1" in names and "attn_probs.0" in names  # pos auto = 8/2 - 3
+    assert "attn_bias.2" in names and "attn_bias.7" in names
     with pytest.raises(ConfigError, match="Did you mean 'alpha'"):
         s.start(["clva"], {"clva": ["alpah=3"]})
     with pytest.raises(ValueError, match="do not come after the anchor layers"):

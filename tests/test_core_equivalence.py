@@ -153,7 +153,7 @@ def test_per_forward_bias_is_computed_once_per_forward_and_applied_at_every_laye
     run = s.start([shared])
     outs = run.generate(images, qs, max_new_tokens=4, min_new_tokens=4, output_logits=True)
     assert shared.calls == 4  # prefill + 3 decode steps, not once per layer
-    assert all(run.hook_stats["fired"][f"lm.layers.{i}.attn.scores"] == 4 for i in BIAS_LAYERS)
+    assert all(run.hook_stats["fired"][f"attn_bias.{i}"] == 4 for i in BIAS_LAYERS)
     inputs = s.adapter.inputs(s.processor, [[im] for im in images], qs, s.device)
     layout = s.adapter.layout(s.model, inputs, [[im] for im in images])
     ref_logits = run_reference(s, images, qs, ReferenceAttention(layout.visual, layout.text, W, BIAS_LAYERS))
@@ -206,7 +206,7 @@ def test_probe_rows_equal_eager_probabilities(family):
         ref_by_layer.setdefault(layer, []).append(a)
     steps = {0: 0, 2: 0}
     for (name, phase, step, shape), got in zip(rec.calls, rec.values):
-        layer = int(name.split(".")[2])
+        layer = P.parse_name(name)[1]
         want = ref_by_layer[layer][step]
         if phase == "prefill":
             text_rows = layout.text.any(0).nonzero().squeeze(1)

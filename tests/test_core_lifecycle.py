@@ -119,7 +119,7 @@ def test_unfired_point_is_an_error():
 
     bad = Session(s.model, s.processor, name="misrouted")
     bad.adapter = MisroutingAdapter()
-    with pytest.raises(HookNotFiredError, match="lm.layers.0.attn.scores"):
+    with pytest.raises(HookNotFiredError, match="attn_bias.0"):
         bad.start([Bias0()]).generate(tiny_images(1), ["hi"], max_new_tokens=2, min_new_tokens=2)
 
 

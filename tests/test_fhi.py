@@ -137,7 +137,7 @@ def test_static_fold_equals_frozen_scaling_and_restores_weights(family):
     assert (folded.logits - scaled.logits).abs().max() <= 1e-5
     # a folded layer's decode steps take the plain kernel: its heads hook ran at prefill only (1 of 4 forwards)
     fired = run.hook_stats["fired"]
-    assert all(fired[f"lm.layers.{layer}.attn.heads"] == 1 for layer in folded_layers), fired
+    assert all(fired[f"attn_heads.{layer}"] == 1 for layer in folded_layers), fired
     assert hook_snapshot(s.model) == before  # o_proj weights restored bit-exactly
 
 

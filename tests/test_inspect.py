@@ -13,10 +13,11 @@ from PIL import Image, ImageChops
 from hallufix import capture as C
 from hallufix import figures
 from hallufix import points as P
-from hallufix.analysis import MaskVisualAtLayer, analyse, suggest_layers
+from hallufix.analysis import analyse
 from hallufix.inspect_report import write_inspection
 from hallufix.testing import HookRecorder
 from hallufix.testing.models import tiny_images, tiny_session
+from hallufix_contrast.analysis import MaskVisualAtLayer, suggest_layers
 
 
 def test_overlay_puts_a_planted_peak_on_its_cell():

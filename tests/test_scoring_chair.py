@@ -20,7 +20,7 @@ DATA = Path(os.environ.get("HALLUFIX_SHARED_DATA") or Path(__file__).resolve().p
 needs_data = pytest.mark.skipif(not DATA.is_dir(), reason=f"benchmark data folder {DATA} is absent")
 MAXLINN = DATA / "chair" / "maxlinn_example"
 
-# benchmarks.md §2.5 (c): the hand-checkable CHAIR example (ground truth per image, one caption per image)
+# the hand-checkable CHAIR example (ground truth per image, one caption per image)
 HAND_GT = {1: {"person", "bus", "dog"}, 2: {"toilet", "sink"}, 3: {"tie", "person", "elephant"},
            4: {"dining table", "pizza"}}
 HAND_CAPTIONS = ["A man and a woman stand next to a bus. A dog sits near the bench.",

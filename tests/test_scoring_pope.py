@@ -1,4 +1,4 @@
-"""POPE scoring as published: the parse table and worked example of benchmarks.md §1.4-1.6, and LLaVA-1.5-13B's
+"""POPE scoring as published: the parse table of each parser, a worked example, and LLaVA-1.5-13B's
 official answers (mean F1 0.859469) through the Python API and ``hallufix score pope``."""
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ POPE = DATA / "pope"
 LLAVA_ANSWERS = POPE / "llava15_reference" / "llava-v1.5-13b_answers.jsonl"
 LLAVA_QUESTIONS = POPE / "llava15_reference" / "llava_pope_test.jsonl"
 
-# response -> (pope, opera, vcd with gt=yes, vcd with gt=no, lmms-eval prediction)  (benchmarks.md §1.4 table)
+# response -> (pope, opera, vcd with gt=yes, vcd with gt=no, lmms-eval prediction)
 PARSE_TABLE = {
     "Yes": ("yes", "yes", "yes", "yes", "yes"),
     "No.": ("no", "no", "no", "no", "no."),
@@ -94,7 +94,7 @@ def test_score_splits_mean_f1_is_unweighted():
     assert res["all"]["mean_f1"] == pytest.approx((2 / 3 + 1) / 2)
 
 
-REFERENCE = {  # benchmarks.md §1.6 A
+REFERENCE = {  # the published per-split counts and metrics of these answers
     "adversarial": (3000, 1182, 117, 1383, 318, 0.855000, 0.909931, 0.788000, 0.844587, 0.433000),
     "popular": (3000, 1182, 59, 1441, 318, 0.874333, 0.952458, 0.788000, 0.862459, 0.413667),
     "random": (2910, 1182, 31, 1379, 318, 0.880069, 0.974444, 0.788000, 0.871360, 0.416838),

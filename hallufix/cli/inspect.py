@@ -119,7 +119,7 @@ def _inspect(args) -> int:
 
 
 def _layer_masking(args) -> int:
-    from hallufix.inspect_report import layer_masking
+    from hallufix.analysis import run_task_analysis
 
     task_options = _resolve(args, methods=False).spec.task_options
     from hallufix.cli.run import _make_task
@@ -128,8 +128,8 @@ def _layer_masking(args) -> int:
     session = _load(args)
     out = Path(args.output)
     try:
-        result = layer_masking(session, args.task, out, limit=args.limit, batch_size=args.batch_size,
-                               task_options=task_options)
+        result = run_task_analysis("layer-masking", session, args.task, out, limit=args.limit,
+                                   batch_size=args.batch_size, task_options=task_options)
     except ValueError as exc:
         raise CliError(str(exc)) from None
     print(f"baseline accuracy {result['baseline']:.4f}")

@@ -15,7 +15,7 @@ def register(sub) -> None:
     p.set_defaults(handler=_plugins)
 
     h = sub.add_parser("hooks", help="the resolved hook points of a model, with shapes",
-                       epilog="example: hallufix hooks --model builtin 'lm.layers.*.attn.scores'")
+                       epilog="example: hallufix hooks --model builtin 'attn_bias.*'")
     h.add_argument("--model", default=None, help="alias, hub id or folder (default: the built-in model)")
     h.add_argument("pattern", nargs="?", default="*", help="fnmatch selector over canonical names")
     h.add_argument("--plugins", default=None, help="also show which of these methods declares each point")
@@ -36,14 +36,18 @@ def _plugins(args) -> int:
         if args.hooks:
             row["hook_points"] = _declared_on_builtin(name)
         rows.append(row)
+    analyses = [{"name": a.name, "kind": a.kind, "dist": a.dist, "description": a.description}
+                for a in sorted(reg.analyses.values(), key=lambda a: a.name)]
     if args.json:
-        print(json.dumps({"plugins": rows, "errors": reg.errors}, indent=2))
+        print(json.dumps({"plugins": rows, "analyses": analyses, "errors": reg.errors}, indent=2))
         return 0
     width = max([len(r["name"]) for r in rows] + [4])
     for r in rows:
         print(f"{r['name']:<{width}}  {r['dist']} {r['version']}  {r['description']}")
         for hp in r.get("hook_points", []):
             print(f"{'':<{width}}    {hp}")
+    for a in analyses:  # run by `hallufix inspect` (inspect) or `hallufix analyze NAME` (task)
+        print(f"analysis {a['name']} ({a['kind']}, {a['dist']})  {a['description']}")
     for ep, err in sorted(reg.errors.items()):
         print(f"failed to load {ep}: {err}")
     if not rows:
@@ -74,13 +78,13 @@ def _hooks(args) -> int:
             for n in names:
                 owners.setdefault(n, []).append(method)
     H, Hkv, D, d = info.num_heads, info.num_kv_heads, info.head_dim, info.hidden_size
-    shapes = {"image": "PIL.Image per row", "in": f"(B, q, {d})", "kv": f"(B, {Hkv}, kv, {D})",
-              "bias": f"(B, 1|{H}, kv) per query row", "probs": f"(B, {H}, R, kv)", "heads": f"(B, q, {H}, {D})",
-              "logits": "(B, V)"}
+    shapes = {"input_image": "PIL.Image per row", "layer_input": f"(B, q, {d})", "attn_kv": f"(B, {Hkv}, kv, {D})",
+              "attn_bias": f"(B, 1|{H}, kv) per query row", "attn_probs": f"(B, {H}, R, kv)",
+              "attn_heads": f"(B, q, {H}, {D})", "logits": "(B, V)"}
     rows = []
     for name in points.select(args.pattern, info.num_layers):
         kind, layer = points.parse_name(name)
-        rows.append({"name": name, "kind": kind, "layer": layer, "shape": shapes[kind],
+        rows.append({"name": name, "kind": kind, "layer": layer, "shape": shapes.get(kind, ""),
                      "declared_by": owners.get(name, [])})
     if args.json:
         print(json.dumps({"model": info.name, "family": info.family, "num_layers": info.num_layers,

@@ -1,5 +1,6 @@
 """The hallufix attention function: registered once with transformers' ``AttentionInterface`` (and its mask
-function with ``AttentionMaskInterface``), set on the language model only while a run is active.
+function with ``AttentionMaskInterface``) by :mod:`hallufix.intercept.registration`, set on the language model
+only while a run is active.
 
 Per layer and forward it does the least work the active methods declared:
 
@@ -21,9 +22,7 @@ import contextvars
 
 import torch
 import torch.nn.functional as F
-from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_forward
-from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 from hallufix.events import BiasEvent, HeadsEvent, KVEvent, ProbsEvent
 
@@ -68,9 +67,9 @@ def run_layer(st, plan, module, query, key, value, attention_mask, scaling, drop
     fwd = st.forward
     phase, layer = fwd.phase, plan.layer
     q_len, kv_len = query.shape[2], key.shape[2]
-    ev_kw = dict(layer=layer, forward=fwd, layout=st.layout, model=st.info, stash=st.stash, dtype=query.dtype)
+    ev_kw = dict(layer=layer, forward=fwd, layout=st.layout, model=st.info, dtype=query.dtype)
     scaling = module.scaling if scaling is None else scaling
-    heads_caller = plan.callers.get(("heads", phase))
+    heads_caller = plan.callers.get(("attn_heads", phase))
     if plan.heads_only.get(phase, False):
         # heads-only layer in this phase: the fused kernel, then the per-head edit
         out, _ = sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout,
@@ -78,15 +77,15 @@ def run_layer(st, plan, module, query, key, value, attention_mask, scaling, drop
         st.count_path(layer, "sdpa")
         return _heads(st, plan, module, heads_caller, out, ev_kw), None
 
-    kv_caller = plan.callers.get(("kv", phase))
+    kv_caller = plan.callers.get(("attn_kv", phase))
     if kv_caller is not None:
         ev = KVEvent(key, value, **ev_kw)
         kv_caller(event=ev)
         key, value = ev.key, ev.value
-        st.fired(plan.names["kv"])
+        st.fired(plan.names["attn_kv"])
 
     terms = []
-    bias_caller = plan.callers.get(("bias", phase))
+    bias_caller = plan.callers.get(("attn_bias", phase))
     if bias_caller is not None:
         def collect():
             ev = BiasEvent(**ev_kw)
@@ -96,7 +95,7 @@ def run_layer(st, plan, module, query, key, value, attention_mask, scaling, drop
         shared = plan.bias_shared.get(phase)
         # per_forward biases: one call per forward, its terms reused by the layers with the same methods
         terms = collect() if shared is None else fwd.shared(shared, collect)
-        st.fired(plan.names["bias"])
+        st.fired(plan.names["attn_bias"])
 
     n_rep = module.num_key_value_groups
 
@@ -153,8 +152,8 @@ def run_layer(st, plan, module, query, key, value, attention_mask, scaling, drop
             # probe rows are float32 whatever the model dtype (the statistics methods take from them)
             probs = torch.softmax((scores + bias_rows(rows_p, rows_key)).float(), dim=-1)
             probs_ev = ProbsEvent(probs, rows_p, **ev_kw)
-            plan.callers[("probs", phase)](event=probs_ev)
-            st.fired(plan.names["probs"])
+            plan.callers[("attn_probs", phase)](event=probs_ev)
+            st.fired(plan.names["attn_probs"])
             if probs_ev.edited and not st.table.editing_probes(layer):
                 raise RuntimeError(f"layer {layer}: a method edited attention probabilities without declaring "
                                    f"attn_probs(..., edits=True)")
@@ -216,18 +215,8 @@ def _heads(st, plan, module, heads_caller, out, ev_kw):
     layer = plan.layer
     ev = HeadsEvent(out, fold=lambda g: st.fold_head_gains(layer, g), done=lambda: st.finish_layer(layer), **ev_kw)
     heads_caller(event=ev)
-    st.fired(plan.names["heads"])
+    st.fired(plan.names["attn_heads"])
     if layer in st.finished_layers and st.forward.phase == "prefill":
         st.release_finished(layer, module)
     return ev.output
 
-
-def register() -> None:
-    """Register the function and its mask function under :data:`ATTN_NAME` (idempotent, process-wide).
-
-    The mask function matters: without it transformers passes ``attention_mask=None`` and padding is silently
-    ignored (transformers.md G3)."""
-    if ATTN_NAME not in AttentionInterface._global_mapping:
-        AttentionInterface.register(ATTN_NAME, hallufix_attention)
-    if ATTN_NAME not in AttentionMaskInterface._global_mapping:
-        AttentionMaskInterface.register(ATTN_NAME, sdpa_mask)

@@ -15,18 +15,11 @@ from dataclasses import dataclass, field
 import pluggy
 
 from hallufix.intercept import strict
-from hallufix.points import PHASES, HookPoint
+from hallufix.points import KINDS, PHASES, HookPoint, hook_name
 
-HOOK_OF_KIND = {
-    "image": "hallufix_input_image",
-    "in": "hallufix_layer_input",
-    "kv": "hallufix_attn_kv",
-    "bias": "hallufix_attn_bias",
-    "probs": "hallufix_attn_probs",
-    "heads": "hallufix_attn_heads",
-    "logits": "hallufix_logits",
-}
-ATTENTION_KINDS = frozenset({"kv", "bias", "probs", "heads"})
+#: kind -> the hookspec that receives it (``hallufix_<kind>``, see :mod:`hallufix.points`)
+HOOK_OF_KIND = {kind: hook_name(kind) for kind in KINDS}
+ATTENTION_KINDS = frozenset({"attn_kv", "attn_bias", "attn_probs", "attn_heads"})
 
 
 @dataclass
@@ -62,7 +55,7 @@ class HookTable:
                     key = (p.kind, p.layer, phase)
                     if plugin not in owners[key]:
                         owners[key].append(plugin)
-                    if p.kind == "probs":
+                    if p.kind == "attn_probs":
                         self._plan(p.layer).probe_rows[phase].add(p.rows)
         for plugin, pts in declared.items():
             for p in pts:
@@ -71,10 +64,10 @@ class HookTable:
                     name = getattr(plugin, "name", type(plugin).__name__)
                     raise ValueError(f"method '{name}' declared {p.name} but does not implement {hook}")
         per_forward = {(plugin, p.layer, ph) for plugin, pts in declared.items() for p in pts
-                       if p.kind == "bias" and p.per_forward for ph in p.phases}
+                       if p.kind == "attn_bias" and p.per_forward for ph in p.phases}
         everyone = list(declared)
         for (kind, layer, phase), who in owners.items():
-            if kind == "bias" and all((w, layer, phase) in per_forward for w in who):
+            if kind == "attn_bias" and all((w, layer, phase) in per_forward for w in who):
                 self._plan(layer).bias_shared[phase] = ("bias_terms", phase, tuple(id(w) for w in who))
             # under strict device mode (tests) every caller runs its hooks inside the checking mode
             caller = strict.wrap(pm.subset_hook_caller(HOOK_OF_KIND[kind],
@@ -90,7 +83,7 @@ class HookTable:
         for plan in self.layers.values():
             for phase in PHASES:
                 kinds = {k for (k, ph) in plan.callers if ph == phase}
-                plan.heads_only[phase] = kinds == {"heads"}
+                plan.heads_only[phase] = kinds == {"attn_heads"}
 
     def attention_layers(self, phase: str) -> dict[int, LayerPlan]:
         """``{layer: plan}`` of the layers with an attention-level hook (kv / bias / probs / heads) in ``phase``;
@@ -115,4 +108,4 @@ class HookTable:
         return None
 
     def editing_probes(self, layer: int) -> bool:
-        return any(p.kind == "probs" and p.layer == layer and p.edits for p in self.points)
+        return any(p.kind == "attn_probs" and p.layer == layer and p.edits for p in self.points)

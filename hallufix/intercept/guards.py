@@ -17,6 +17,8 @@ import torch
 from transformers import LogitsProcessor
 
 from hallufix.errors import NumericalError
+from hallufix.intercept.installer import Installed
+from hallufix.intercept.module_hooks import ModuleHooks
 
 
 class NonFiniteLogits(NumericalError):
@@ -108,14 +110,14 @@ def locate_nonfinite(run, images: list, questions: list[str], rows: list[int], s
                 first.update(layer=i, forward=calls["n"])
         return hook
 
-    handles = [layer.register_forward_hook(hook_for(i)) for i, layer in enumerate(layers)]
-    try:
-        run.generate(images, questions, max_new_tokens=step + 1)
-    except NonFiniteLogits:
-        pass
-    finally:
-        for h in handles:
-            h.remove()
+    hooks = ModuleHooks()
+    for i, layer in enumerate(layers):
+        hooks.post(layer, hook_for(i))
+    with Installed(hooks):
+        try:
+            run.generate(images, questions, max_new_tokens=step + 1)
+        except NonFiniteLogits:
+            pass
     names = dict(zip(map(id, run.methods.instances), run.methods.order))
     layer = first.get("layer")
     if layer is not None:

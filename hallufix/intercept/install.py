@@ -1,13 +1,18 @@
 """Install exactly what a run declared on a model, and remove exactly that, also when a hook raises.
 
-:class:`Interceptor` is a context manager around one ``generate`` (or one analysis prefill):
+:class:`Interceptor` is a context manager around one ``generate`` (or one analysis prefill). It composes the
+installers of :mod:`hallufix.intercept` (:class:`~hallufix.intercept.installer.Installed`: installed in order,
+removed in reverse, also on failure):
 
-* the hallufix attention function on the language model only (``{"text_config": "hallufix"}``), when any
-  attention-level point (kv / bias / probs / heads) is declared; the previous implementation is restored;
-* one forward pre-hook on the decoder stack that tracks phase / step and calls ``hallufix_forward_start``;
-* decoder-layer pre-hooks for declared ``lm.layers.{i}.in`` points;
-* a ``LogitsProcessor`` for ``lm.logits`` (passed to ``generate`` by the caller);
-* ``o_proj`` weight folds requested through :meth:`fold_head_gains`, restored bit-exactly.
+* :class:`~hallufix.intercept.attn_impl.AttentionImplementation`: the hallufix attention function (registered once
+  through :mod:`~hallufix.intercept.registration`) on the language model only (``{"text_config": "hallufix"}``),
+  when any attention-level point (kv / bias / probs / heads) is declared; the previous implementation is restored;
+* :class:`~hallufix.intercept.module_hooks.ModuleHooks`: one forward pre-hook on the decoder stack that tracks
+  phase / step and calls ``hallufix_forward_start``, and decoder-layer pre-hooks for declared layer-input points;
+* :class:`~hallufix.intercept.weights.WeightFolds`: ``o_proj`` folds requested through :meth:`fold_head_gains`,
+  restored bit-exactly;
+* :class:`~hallufix.intercept.logits.LogitsHook` for ``lm.logits`` (a ``LogitsProcessor`` passed to ``generate``
+  by the caller: :meth:`Interceptor.logits_processors`).
 
 After a normal exit it checks that every declared point whose phase ran fired at least once.
 """
@@ -16,27 +21,36 @@ from __future__ import annotations
 from collections import Counter
 
 import torch
-from transformers import LogitsProcessor
 
-from hallufix.events import ForwardInfo, HiddenEvent, LogitsEvent
+from hallufix.events import ForwardInfo, HiddenEvent
 from hallufix.intercept import attention as attn
 from hallufix.intercept import strict
-from hallufix.intercept.dispatch import HookTable
+from hallufix.intercept.attn_impl import AttentionImplementation
+from hallufix.intercept.dispatch import ATTENTION_KINDS, HookTable
+from hallufix.intercept.installer import Installed
+from hallufix.intercept.logits import LogitsHook
+from hallufix.intercept.module_hooks import ModuleHooks
+from hallufix.intercept.registration import ensure_registered
+from hallufix.intercept.weights import WeightFolds
 
 
 class HookNotFiredError(RuntimeError):
     """A declared hook point never fired although its phase ran: the intervention silently did nothing."""
 
 
-class _LogitsHook(LogitsProcessor):
-    def __init__(self, st: "Interceptor", caller):
-        self.st, self.caller = st, caller
+class _ActiveRun:
+    """Installer: makes ``interceptor`` the run the hallufix attention function serves (a context variable)."""
 
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        ev = LogitsEvent(scores, input_ids, self.st.forward, self.st.layout, self.st.stash)
-        self.caller(event=ev)
-        self.st.fired("lm.logits")
-        return ev.scores
+    def __init__(self, interceptor: "Interceptor"):
+        self.ic, self._token = interceptor, None
+
+    def install(self) -> None:
+        self._token = attn.ACTIVE.set(self.ic)
+
+    def remove(self) -> None:
+        if self._token is not None:
+            attn.ACTIVE.reset(self._token)
+            self._token = None
 
 
 class Interceptor:
@@ -45,12 +59,11 @@ class Interceptor:
     :param model: the loaded transformers model. :param adapter: its :class:`hallufix.models.families.base.Adapter`.
     :param table: the run's :class:`HookTable`. :param pm: the run's plugin manager (lifecycle hooks).
     :param layout: the batch's :class:`~hallufix.layout.TokenLayout`. :param info: :class:`ModelInfo`.
-    :param stash: per-run storage shared with events.
     """
 
-    def __init__(self, model, adapter, table: HookTable, pm, layout, info, stash: dict):
+    def __init__(self, model, adapter, table: HookTable, pm, layout, info):
         self.model, self.adapter, self.table, self.pm = model, adapter, table, pm
-        self.layout, self.info, self.stash = layout, info, stash
+        self.layout, self.info = layout, info
         self.forward: ForwardInfo | None = None
         self.counts: Counter = Counter()
         self.paths: Counter = Counter()
@@ -59,10 +72,8 @@ class Interceptor:
         self.plans: dict[str, dict[int, object]] = {"prefill": {}, "decode": {}}
         #: layers whose heads hook said at prefill that it is finished for this generation (fold or done)
         self.finished_layers: set[int] = set()
-        self._handles: list = []
-        self._prev_impl = None
-        self._folds: list[tuple[torch.nn.Parameter, torch.Tensor]] = []
-        self._token = None
+        self.weights = WeightFolds()
+        self._installed: Installed | None = None
         self._step = 0
         self._forward_start = strict.wrap(pm.hook.hallufix_forward_start)
         params = next(adapter.text_model(model).parameters(), None)
@@ -78,58 +89,41 @@ class Interceptor:
 
     # ------------------------------------------------------------------ install / remove
     def __enter__(self) -> "Interceptor":
-        try:
-            self._install()
-        except BaseException:
-            self._remove()
-            raise
+        self._installed = Installed(*self._installers())
+        self._installed.__enter__()
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        self._remove()
+        self._installed.__exit__(exc_type, exc, tb)
+        self._installed = None
         if exc_type is None:
             self.check_fired()
 
-    def _install(self) -> None:
+    def _installers(self) -> list:
+        """What this run installs, in installation order (removed in reverse)."""
         layers = self.adapter.decoder_layers(self.model)
-        kinds = self.table.kinds()
-        if kinds & {"kv", "bias", "probs", "heads"}:
-            attn.register()
+        out = []
+        if self.table.kinds() & ATTENTION_KINDS:
+            ensure_registered(attn.ATTN_NAME, attn.hallufix_attention)
             self.plans = {phase: {id(layers[i].self_attn): plan
                                   for i, plan in self.table.attention_layers(phase).items()}
                           for phase in ("prefill", "decode")}
-            self._prev_impl = self.adapter.get_text_attn_implementation(self.model)
-            self.adapter.set_text_attn_implementation(self.model, attn.ATTN_NAME)
-        text_model = self.adapter.text_model(self.model)
-        self._handles.append(text_model.register_forward_pre_hook(self._on_forward, with_kwargs=True))
+            out.append(AttentionImplementation(self.model, {self.adapter.text_config_key: attn.ATTN_NAME}))
+        hooks = ModuleHooks().pre(self.adapter.text_model(self.model), self._on_forward, with_kwargs=True)
         for i, plan in sorted(self.table.layers.items()):
-            if any(k == "in" for (k, _) in plan.callers):
-                self._handles.append(layers[i].register_forward_pre_hook(self._make_layer_hook(i), with_kwargs=True))
-        self._token = attn.ACTIVE.set(self)
-
-    def _remove(self) -> None:
-        if self._token is not None:
-            attn.ACTIVE.reset(self._token)
-            self._token = None
-        for h in reversed(self._handles):
-            h.remove()
-        self._handles.clear()
-        for param, original in reversed(self._folds):
-            param.data = original  # the untouched original tensor comes back: bit-exact, no copy
-        self._folds.clear()
-        if self._prev_impl is not None:
-            self.adapter.set_text_attn_implementation(self.model, self._prev_impl)
-            self._prev_impl = None
+            if any(k == "layer_input" for (k, _) in plan.callers):
+                hooks.pre(layers[i], self._make_layer_hook(i), with_kwargs=True)
+        return out + [hooks, self.weights, _ActiveRun(self)]
 
     def logits_processors(self) -> list:
         """The ``LogitsProcessor`` list to pass to ``generate`` (empty when no method declared ``lm.logits``)."""
         caller = self.table.global_caller("logits")
-        return [_LogitsHook(self, caller)] if caller is not None else []
+        return [LogitsHook(self, caller)] if caller is not None else []
 
     def check_fired(self) -> None:
         """Raise :class:`HookNotFiredError` for declared points that never fired in a phase that ran."""
         missing = sorted({p.name for p in self.table.points
-                          if p.kind != "image" and p.phases & self.phases_run and self.counts[p.name] == 0})
+                          if p.kind != "input_image" and p.phases & self.phases_run and self.counts[p.name] == 0})
         if missing:
             raise HookNotFiredError(
                 f"declared hook points never fired: {', '.join(missing)} (phases run: {sorted(self.phases_run)}). "
@@ -157,14 +151,14 @@ class Interceptor:
         plan = self.table.layers[layer]
 
         def hook(module, args, kwargs):
-            caller = plan.callers.get(("in", self.forward.phase))
+            caller = plan.callers.get(("layer_input", self.forward.phase))
             if caller is None:
                 return None
             hidden = args[0] if args else kwargs["hidden_states"]
             ev = HiddenEvent(hidden, layer=layer, forward=self.forward, layout=self.layout, model=self.info,
-                             stash=self.stash, dtype=hidden.dtype)
+                             dtype=hidden.dtype)
             caller(event=ev)
-            self.fired(plan.names["in"])
+            self.fired(plan.names["layer_input"])
             if ev.hidden is hidden:
                 return None
             if args:
@@ -186,11 +180,7 @@ class Interceptor:
         col = gains.to(weight.dtype).repeat_interleave(D)
         if col.numel() != H * D or weight.shape[1] != H * D:
             raise ValueError(f"layer {layer}: gains must be (H={H},)")
-        # the parameter points at a scaled copy until the call ends; the original tensor is never written, so
-        # restoring is a pointer swap (one pass over the weight instead of clone + scale + copy back)
-        self._folds.append((weight, weight.data))
-        with torch.no_grad():
-            weight.data = weight.data * col[None, :]
+        self.weights.scale_columns(weight, col)
         self.finished_layers.add(layer)
 
     def finish_layer(self, layer: int) -> None:
@@ -203,8 +193,8 @@ class Interceptor:
         entirely (transformers' SDPA, no event), as :meth:`HeadsEvent.fold` / ``done`` promise."""
         plan = self.table.layers[layer]
         decode_kinds = {k for (k, ph) in plan.callers if ph == "decode"}
-        pre, dec = plan.callers.get(("heads", "prefill")), plan.callers.get(("heads", "decode"))
-        if decode_kinds != {"heads"} or pre is None or dec is None:
+        pre, dec = plan.callers.get(("attn_heads", "prefill")), plan.callers.get(("attn_heads", "decode"))
+        if decode_kinds != {"attn_heads"} or pre is None or dec is None:
             return
         pre_impls, dec_impls = pre.get_hookimpls(), dec.get_hookimpls()
         if len(dec_impls) == 1 and len(pre_impls) == 1 and dec_impls[0].plugin is pre_impls[0].plugin:

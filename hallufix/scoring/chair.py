@@ -1,6 +1,6 @@
 """CHAIR (Rohrbach et al., 2018): object hallucination in captions, with the community's vocabulary rules.
 
-Pipeline per caption (``benchmarks.md`` §2.2): lower-case, tokenise (:mod:`hallufix.scoring.tokenize`),
+Pipeline per caption (as the original ``chair.py`` does it): lower-case, tokenise (:mod:`hallufix.scoring.tokenize`),
 normalise each token, merge double words (``"baby elephant"`` -> elephant, ``"toilet seat"`` -> toilet, ...),
 drop ``seat`` when ``toilet`` is present, keep the tokens in the vocabulary (duplicates kept) and map them to
 their node words (classes).
@@ -63,7 +63,8 @@ def read_synonyms(path: str | Path) -> dict[str, str]:
 
 
 def coco_double_words() -> dict[str, str]:
-    """The COCO double-word table with its overrides (``benchmarks.md`` §2.2 step 3)."""
+    """The COCO double-word table with its overrides (the pipeline's merge step: a two-word phrase -> its node
+    word, e.g. ``"baby elephant"`` -> elephant)."""
     d = {w: w for w in COCO_DOUBLE_WORDS}
     for a in ANIMALS:
         d[f"baby {a}"] = a

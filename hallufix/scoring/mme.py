@@ -1,4 +1,4 @@
-"""MME scoring as the official ``eval_tool/calculation.py`` does it (``benchmarks.md`` §3.2).
+"""MME scoring as the official ``eval_tool/calculation.py`` does it.
 
 Parse: lower-case; exactly ``yes``/``no`` is taken as is; otherwise ``yes`` in the first 4 characters -> yes, else
 ``no`` in them -> no, else ``other`` (always wrong). Per subtask: acc = correct / questions, acc+ = images with both

@@ -1,6 +1,6 @@
 """POPE scoring exactly as the community does it: four published answer parsers and the metrics.
 
-Parsers (``benchmarks.md`` §1.4):
+Parsers (each as its source repository writes it):
 
 * ``pope`` (default): POPE's official ``evaluate.py`` = LLaVA's ``eval_pope.py``: keep the text before the first
   period, delete commas, split on single spaces; **no** if a token is exactly ``No``, ``not`` or ``no``, else

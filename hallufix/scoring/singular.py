@@ -1,5 +1,5 @@
 """A clean-room singulariser with the behaviour of ``pattern.en.singularize`` that CHAIR's original scorer relies on
-(``benchmarks.md`` §2.3), written from the description of its rule types: irregular plurals, uninflected and
+(``pattern.en.inflect.singularize``), written from the description of its rule types: irregular plurals, uninflected and
 uncountable words, then ordered suffix rules, first match wins. It applies to every token whatever its part of
 speech, so it reproduces the quirks that move CHAIR numbers: bus -> bu, ties -> ty, glass -> glas (rescued only by
 the "wine glas" double word), has -> ha, was -> wa, this -> thi, men -> man, glasses -> glass, skis -> ski.

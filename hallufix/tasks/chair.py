@@ -1,4 +1,4 @@
-"""CHAIR on COCO: captions of COCO val2014 images scored against object ground truth (``benchmarks.md`` §2).
+"""CHAIR on COCO: captions of COCO val2014 images scored against object ground truth (``docs/benchmarks.md``, "CHAIR").
 
 ``--task chair:GT`` where GT is a prebuilt ``{image_id: [objects]}`` JSON or JSON.gz table, or a folder holding
 COCO 2014 ``instances_*2014.json`` and ``captions_*2014.json`` (train + val, as every implementation uses: objects

@@ -1,4 +1,4 @@
-"""MME from its official release folder (``benchmarks.md`` §3) and the eval_tool result files.
+"""MME from its official release folder (``docs/benchmarks.md``, "MME") and the eval_tool result files.
 
 ``--task mme:PATH`` with PATH the ``MME_Benchmark_release_version`` folder (subtask folders nested one level deeper
 under ``MME_Benchmark/`` are found too). Both subtask layouts are read: split (``images/`` +

@@ -1,4 +1,4 @@
-"""POPE from its official files (``benchmarks.md`` §1).
+"""POPE from its official files (the formats are listed in ``docs/benchmarks.md``, "POPE").
 
 Accepted inputs (``--task pope:PATH`` or ``path=``):
 

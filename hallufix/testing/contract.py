@@ -88,7 +88,7 @@ class MethodContract(RealInputsContract):
         declared = run.declarations().get(self.method, [])
         assert declared, f"{self.method} declared no hook points with its active setting"
         fired = run.hook_stats["fired"]
-        missing = [n for n in declared if n != "input.image" and fired.get(n, 0) == 0]
+        missing = [n for n in declared if n != "input_image" and fired.get(n, 0) == 0]
         assert not missing, f"declared but never fired: {missing}"
 
     def test_noop_equals_baseline(self, session):

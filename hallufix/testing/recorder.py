@@ -29,20 +29,20 @@ class HookRecorder:
 
     @hookimpl
     def hallufix_attn_probs(self, event):
-        self._rec(f"lm.layers.{event.layer}.attn.probs", event, event.probs)
+        self._rec(f"attn_probs.{event.layer}", event, event.probs)
 
     @hookimpl
     def hallufix_attn_heads(self, event):
-        self._rec(f"lm.layers.{event.layer}.attn.heads", event, event.output)
+        self._rec(f"attn_heads.{event.layer}", event, event.output)
 
     @hookimpl
     def hallufix_layer_input(self, event):
-        self._rec(f"lm.layers.{event.layer}.in", event, event.hidden)
+        self._rec(f"layer_input.{event.layer}", event, event.hidden)
 
     @hookimpl
     def hallufix_attn_kv(self, event):
-        self._rec(f"lm.layers.{event.layer}.attn.kv", event, event.key)
+        self._rec(f"attn_kv.{event.layer}", event, event.key)
 
     @hookimpl
     def hallufix_logits(self, event):
-        self._rec("lm.logits", event, event.scores)
+        self._rec("logits", event, event.scores)

@@ -3,12 +3,33 @@
 A reference is any callable with transformers' ``AttentionInterface`` signature (``module, query, key, value,
 attention_mask, scaling=..., **kw`` -> ``(output (B, q, H, D), weights)``); it receives an additive float mask
 (``eager_mask``) and the un-repeated GQA keys/values.
+
+One attention name, :data:`REFERENCE_NAME`, is registered once per process; it forwards to the reference of the
+call in progress (a context variable), so a test session never grows transformers' global registry.
 """
 from __future__ import annotations
 
+import contextvars
+
 import torch
-from transformers import AttentionInterface
-from transformers.masking_utils import AttentionMaskInterface, eager_mask
+from transformers.masking_utils import eager_mask
+
+from hallufix.intercept.attn_impl import AttentionImplementation
+from hallufix.intercept.installer import Installed
+from hallufix.intercept.module_hooks import ModuleHooks
+from hallufix.intercept.registration import ensure_registered
+
+#: The attention implementation name the reference harness runs under.
+REFERENCE_NAME = "hallufix-reference"
+
+_CURRENT: contextvars.ContextVar = contextvars.ContextVar("hallufix_reference_attention", default=None)
+
+
+def _reference_attention(module, query, key, value, attention_mask, **kwargs):
+    fn = _CURRENT.get()
+    if fn is None:
+        raise RuntimeError(f"attention implementation {REFERENCE_NAME!r} used outside generate_with_attention")
+    return fn(module, query, key, value, attention_mask, **kwargs)
 
 
 def generate_with_attention(session, images, questions, attention_fn, max_new_tokens: int = 3, pre_hooks=()):
@@ -19,20 +40,18 @@ def generate_with_attention(session, images, questions, attention_fn, max_new_to
     rows = [[im] for im in images]
     inputs = s.adapter.inputs(s.processor, rows, questions, s.device)
     layout = s.adapter.layout(s.model, inputs, rows)
-    name = f"hallufix-reference-{id(attention_fn)}"
-    AttentionInterface.register(name, attention_fn)
-    AttentionMaskInterface.register(name, eager_mask)
-    prev = s.adapter.get_text_attn_implementation(s.model)
-    handles = [m.register_forward_pre_hook(fn, with_kwargs=True) for m, fn in pre_hooks]
-    s.adapter.set_text_attn_implementation(s.model, name)
+    ensure_registered(REFERENCE_NAME, _reference_attention, eager_mask)
+    hooks = ModuleHooks()
+    for m, fn in pre_hooks:
+        hooks.pre(m, fn, with_kwargs=True)
+    token = _CURRENT.set(attention_fn)
     try:
-        with torch.inference_mode():
+        with Installed(hooks, AttentionImplementation(s.model, {s.adapter.text_config_key: REFERENCE_NAME})), \
+                torch.inference_mode():
             out = s.model.generate(**inputs, max_new_tokens=max_new_tokens, min_new_tokens=max_new_tokens,
                                    do_sample=False, return_dict_in_generate=True, output_logits=True)
     finally:
-        s.adapter.set_text_attn_implementation(s.model, prev)
-        for h in handles:
-            h.remove()
+        _CURRENT.reset(token)
     return torch.stack(out.logits, 1), inputs, layout
 
 

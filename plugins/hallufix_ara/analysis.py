@@ -1,4 +1,5 @@
-"""ARA pass-1 analysis as plain functions over one sample's captured attention (``shared/docs/methods.md`` §2.3).
+"""ARA pass-1 analysis as plain functions over one sample's captured attention (the steps are listed in
+``docs/methods/ara.md``).
 
 Inputs per candidate layer l: ``a[l]`` ``(H, n)`` the last prompt row's attention over the n visual tokens per head
 (or query tokens for InstructBLIP), and ``norms[l]`` ``(n,)`` the visual tokens' input hidden-state norms.

@@ -105,8 +105,7 @@ class ARA(Method):
 
     @hallufix.hookimpl
     def hallufix_batch_start(self, batch):
-        self.diag = getattr(self, "_pending", None) or [{} for _ in range(batch.layout.batch_size)]
-        self._pending = None
+        self.diag: list[dict] = [{} for _ in range(batch.batch_size)]  # filled by the image hook or the probes
         self._lb = {"a": {}, "norms": {}, "bias": None}
 
     # ------------------------------------------------------------------ analysis (shared by both modes)
@@ -150,7 +149,6 @@ class ARA(Method):
         a_host = {l: cap.last_visual[l].cpu() for l in self.band}
         n_host = {l: cap.hidden_norms[l].cpu() for l in self.band}
         to_patch = cap.token_to_patch.cpu() if self.via_patches else None
-        self._pending = []
         for b, image in enumerate(event.images):
             own = vt.image_slots(b, 0)  # this row's own visual tokens (no padded slot)
             a_b = {l: a_host[l][b, :, own].numpy() for l in self.band}
@@ -161,7 +159,7 @@ class ARA(Method):
                  "image_centric_heads": {str(l): h for l, h in lm.heads.items()}}
             if fused is None:
                 d.update(guard="no image-centric heads", coverage=1.0)
-                self._pending.append(d)
+                self.diag[b] = d
                 continue
             if self.via_patches:  # token map -> patch map (InstructBLIP: through the Q-Former cross-attention)
                 fused = fused @ to_patch[b].numpy()
@@ -194,7 +192,7 @@ class ARA(Method):
                     event.extra_images[b].append(masked)
                 else:
                     event.images[b] = masked
-            self._pending.append(d)
+            self.diag[b] = d
 
     # ------------------------------------------------------------------ single-pass logit-bias approximation
     @hallufix.hookimpl
@@ -246,6 +244,4 @@ class ARA(Method):
 
     @hallufix.hookimpl
     def hallufix_batch_end(self, batch):
-        for b, d in enumerate(batch.diagnostics):
-            if b < len(self.diag) and self.diag[b]:
-                d[self.name] = self.diag[b]
+        return [d or None for d in self.diag]

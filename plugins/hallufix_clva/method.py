@@ -209,11 +209,13 @@ class CLVA(Method):
         if self.z["pos"] is None:
             return
         last = self._counts()
-        for r, diag in enumerate(batch.diagnostics):
+        out = []
+        for r in range(batch.batch_size):
             d = {"layers": {"neg": self.neg, "pos": self.pos, "drift": [self.drift[0], self.drift[-1]]},
                  "prefill": self.diag_prefill[r] if self.diag_prefill else None, "last_step": last[r]}
             if self.config.record_maps:  # the row's own visual tokens (no padded slot)
                 n = batch.visual.n[r]
                 d["positive_map"] = self.maps["pos"][r, :n].tolist()
                 d["negative_map"] = self.maps["neg"][r, :n].tolist()
-            diag[self.name] = d
+            out.append(d)
+        return out

@@ -187,7 +187,8 @@ class Contrast(Method):
     def hallufix_batch_start(self, batch):
         self.maps: dict[int, torch.Tensor] = {}
         self.masked: torch.Tensor | None = None
-        self.diag: list[dict] = [{} for _ in range(batch.layout.batch_size)]
+        self.diag: list[dict] = [{} for _ in range(batch.batch_size)]  # review variant: filled by the probes
+        self.diag_crop: dict[int, dict] = {}  # crop variant: filled by the image hook
 
     # ------------------------------------------------------------------ review variant
     @hallufix.hookimpl
@@ -242,17 +243,12 @@ class Contrast(Method):
             cells = crop_box(contrast[b, vt.image_slots(b, 0)].numpy(), grid, c.crop_quantile)
             box = pixel_box(event.cell_index(image, grid), cells, grid, c.crop_margin, c.crop_min_side)
             event.extra_images[b].append(image.crop(box))
-            self.diag_crop = getattr(self, "diag_crop", {})
             self.diag_crop[b] = {"pre_layer": int(chosen[b]), "post_layer": self.post, "cells": list(cells),
                                  "box": list(box),
                                  "hellinger": {str(f): round(float(dist[b, k]), 6) for k, f in enumerate(self.fusion)}}
 
     @hallufix.hookimpl
     def hallufix_batch_end(self, batch):
-        crop = getattr(self, "diag_crop", {})
-        for b, d in enumerate(batch.diagnostics):
-            if self.config.variant == "crop" and b in crop:
-                d[self.name] = crop[b]
-            elif self.diag and self.diag[b]:
-                d[self.name] = self.diag[b]
-        self.diag_crop = {}
+        if self.config.variant == "crop":
+            return [self.diag_crop.get(b) for b in range(batch.batch_size)]
+        return [d or None for d in self.diag]

@@ -141,7 +141,8 @@ class FHI(Method):
                   for key, sel in self.selected.items()}
         stats = {layer: {"mean": float(sv.mean()), "min": float(sv.min()), "max": float(sv.max())}
                  for layer, sv in self.stats.items()}
-        for r, diag in enumerate(batch.diagnostics):
+        out = []
+        for r in range(batch.batch_size):
             per_layer = {}
             for key in ("prefill", "last"):
                 sel = listed[key]
@@ -149,12 +150,13 @@ class FHI(Method):
                                   if sel[l][r]["perception"] or sel[l][r]["reasoning"]}
             n_perc = sum(len(v["perception"]) for v in per_layer["prefill"].values())
             n_reas = sum(len(v["reasoning"]) for v in per_layer["prefill"].values())
-            diag[self.name] = {"selected_heads": per_layer, "n_perception": n_perc, "n_reasoning": n_reas,
-                               "folded_layers": sorted(self.folded),
-                               "s_v": {str(l): v for l, v in sorted(stats.items())}}
+            d = {"selected_heads": per_layer, "n_perception": n_perc, "n_reasoning": n_reas,
+                 "folded_layers": sorted(self.folded), "s_v": {str(l): v for l, v in sorted(stats.items())}}
             if self.config.record_sv:
-                diag[self.name]["s_v_heads"] = {key: {str(l): sv[r].tolist() for l, sv in sorted(per.items())}
-                                                for key, per in self.sv_phase.items()}
+                d["s_v_heads"] = {key: {str(l): sv[r].tolist() for l, sv in sorted(per.items())}
+                                  for key, per in self.sv_phase.items()}
+            out.append(d)
+        return out
 
     # ------------------------------------------------------------------ calibration
     @staticmethod

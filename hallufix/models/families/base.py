@@ -34,10 +34,9 @@ class Adapter:
         return getattr(model.config, self.text_config_key)
 
     def get_text_attn_implementation(self, model) -> str:
+        """The language model's attention implementation (switch it with
+        :class:`hallufix.intercept.attn_impl.AttentionImplementation` on ``{text_config_key: name}``)."""
         return self.text_config(model)._attn_implementation
-
-    def set_text_attn_implementation(self, model, name: str) -> None:
-        model.set_attn_implementation({self.text_config_key: name})
 
     def image_token_id(self, model) -> int:
         cfg = model.config

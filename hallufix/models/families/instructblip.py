@@ -46,16 +46,15 @@ class InstructBlipAdapter(Adapter):
 
         The Q-Former runs eagerly for this one call (its fused kernel returns no weights); the previous
         implementation is restored afterwards."""
-        prev = model.config.qformer_config._attn_implementation
-        model.set_attn_implementation({"qformer_config": "eager"})
-        try:
+        import torch
+
+        from hallufix.intercept.attn_impl import eager
+
+        with eager(model, "qformer_config"):
             out = model.get_image_features(pixel_values=inputs["pixel_values"],
                                            qformer_input_ids=inputs["qformer_input_ids"],
                                            qformer_attention_mask=inputs.get("qformer_attention_mask"),
                                            output_attentions=True, return_dict=True)
-        finally:
-            model.set_attn_implementation({"qformer_config": prev})
-        import torch
 
         cross = [a for a in out.qformer_outputs.cross_attentions if a is not None]
         if not cross:

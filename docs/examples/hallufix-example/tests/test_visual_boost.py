@@ -27,3 +27,14 @@ def test_boost_raises_visual_attention():
             return_tensors="pt")["input_ids"][0])
         masses[w] = float(probs[:, vis].sum(-1).mean())
     assert masses[3.0] > masses[1.0]
+
+
+def test_diagnostics_come_back_under_the_method_name():
+    session = tiny_session("llava")
+    run = session.start(["visual-boost"], {"visual-boost": ["w=3.0", "layers=1,2"]})
+    outs = run.generate(tiny_images(2), ["is there a cat ?", "is there a dog ?"], max_new_tokens=2,
+                       min_new_tokens=2)
+    for out in outs:
+        diag = out.diagnostics["visual-boost"]
+        assert diag["layers"] == [1, 2] and diag["visual_tokens"] > 0
+        assert diag["bias_calls"] == 4  # two layers x (prefill + one decode step)
