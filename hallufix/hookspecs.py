@@ -6,6 +6,7 @@ Lifecycle of one run (``hallufix run`` or :meth:`hallufix.api.Session.generate`)
     run setup      hallufix_configure                   (each active method: declare hook points)
     per batch      hallufix_input_image                 (chained; may run an analysis prefill)
                    hallufix_batch_start                 (token layout known)
+      prefill        hallufix_qformer_bias              qformer.layers.{i}.crossattn.scores (Q-Former models)
       per forward    hallufix_forward_start             (prefill, then each decode step)
         per layer      hallufix_layer_input             lm.layers.{i}.in
                        hallufix_attn_kv                 lm.layers.{i}.attn.kv
@@ -159,6 +160,20 @@ def hallufix_attn_bias(event):
     Equivalence: adding ``log w_j`` equals multiplying post-softmax ``A[i, j]`` by ``w_j`` and renormalising.
     Declared with ``per_forward=True``, the hook runs once per forward (at the first of its layers) and its terms
     apply at every declared layer: for biases that depend on the forward only, not on the layer.
+    """
+
+
+@hookspec
+def hallufix_qformer_bias(event):
+    """Add to the pre-softmax logits of the Q-Former cross-attention (``qformer.layers.{i}.crossattn.scores``;
+    models whose ``capabilities.qformer`` is set). Called once per generation, in the prefill, before the language
+    model runs.
+
+    :param event: :class:`hallufix.intercept.qformer.QFormerBiasEvent`. ``event.add(bias)`` adds a
+        ``(B, 1|H, 1|Q, K)`` (or ``(B, K)``) bias over the ``K`` image features (CLS first, then the patches);
+        ``event.add_patch_bias(bias)`` a ``(B, rows*cols)`` bias over the patches only. Biases of all methods add;
+        ``-inf`` masks a feature. Adding ``log w_j`` equals multiplying the cross-attention ``A[q, j]`` by ``w_j``
+        and renormalising over the features. A layer without any term keeps the Q-Former's own kernel.
     """
 
 

@@ -18,6 +18,11 @@ name                                kind    what                                
 ``lm.logits``                       logits  next-token scores ``(B, V)``                          each step
 ==================================  ======  ====================================================  ===============
 
+``qformer.layers.{i}.crossattn.scores`` (kind ``qformer_bias``, prefill): an additive logit bias ``(B, 1|H, 1|Q,
+K)`` on the Q-Former cross-attention (query tokens over the image features). ``qformer.*`` points exist on models
+whose ``capabilities.qformer`` is set; ``{i}`` is a Q-Former layer with cross-attention
+(``ModelInfo.qformer_layers``), not a decoder layer.
+
 No torch import here: declarations are plain data, so ``hallufix hooks`` and config validation stay light.
 """
 from __future__ import annotations
@@ -28,7 +33,9 @@ from dataclasses import dataclass, field
 from typing import Iterable
 
 PHASES = frozenset({"prefill", "decode"})
-KINDS = ("image", "in", "kv", "bias", "probs", "heads", "logits")
+KINDS = ("image", "in", "kv", "bias", "probs", "heads", "logits", "qformer_bias")
+#: kinds whose layer index addresses a sub-model (the Q-Former), not the language model's decoder
+SUBMODEL_KINDS = frozenset({"qformer_bias"})
 ROW_KINDS = ("last", "text", "all")
 
 _TEMPLATES = {
@@ -39,8 +46,10 @@ _TEMPLATES = {
     "probs": "lm.layers.{i}.attn.probs",
     "heads": "lm.layers.{i}.attn.heads",
     "logits": "lm.logits",
+    "qformer_bias": "qformer.layers.{i}.crossattn.scores",
 }
 _NAME_RE = re.compile(r"^lm\.layers\.(\d+)\.(in|attn\.kv|attn\.scores|attn\.probs|attn\.heads)$")
+_QFORMER_RE = re.compile(r"^qformer\.layers\.(\d+)\.crossattn\.scores$")
 _LEAF_TO_KIND = {"in": "in", "attn.kv": "kv", "attn.scores": "bias", "attn.probs": "probs", "attn.heads": "heads"}
 
 
@@ -50,7 +59,8 @@ class HookPoint:
 
     Attributes:
         kind: one of :data:`KINDS`.
-        layer: 0-based decoder layer index for layer points, ``None`` for ``input.image`` / ``lm.logits``.
+        layer: 0-based decoder layer index for layer points (a Q-Former layer for :data:`SUBMODEL_KINDS`),
+            ``None`` for ``input.image`` / ``lm.logits``.
         rows: for ``probs``: which query rows to compute: ``"last"`` (the last query row: the final prompt token at
             prefill, the new token at decode), ``"text"`` (every instruction / generated row in the forward),
             ``"all"`` (every row; expensive, for analysis only).
@@ -92,6 +102,9 @@ def parse_name(name: str) -> tuple[str, int | None]:
         return "image", None
     if name == "lm.logits":
         return "logits", None
+    q = _QFORMER_RE.match(name)
+    if q:
+        return "qformer_bias", int(q.group(1))
     m = _NAME_RE.match(name)
     if not m:
         raise ValueError(f"unknown hook point {name!r}; names look like {', '.join(_TEMPLATES.values())}")
@@ -140,6 +153,12 @@ def attn_kv(layers, *, phases=PHASES) -> list[HookPoint]:
 def layer_input(layers, *, phases=PHASES) -> list[HookPoint]:
     """Declare decoder-layer input hidden states at ``layers`` (read or edit)."""
     return [HookPoint("in", i, phases=frozenset(phases)) for i in _layers(layers)]
+
+
+def qformer_bias(layers) -> list[HookPoint]:
+    """Declare an additive logit bias on the Q-Former cross-attention (query tokens over the image features) at
+    Q-Former ``layers`` (``ModelInfo.qformer_layers``). The Q-Former runs once per generation, in the prefill."""
+    return [HookPoint("qformer_bias", i, phases=frozenset({"prefill"})) for i in _layers(layers)]
 
 
 def logits() -> list[HookPoint]:

@@ -7,6 +7,7 @@
 * one forward pre-hook on the decoder stack that tracks phase / step and calls ``hallufix_forward_start``;
 * decoder-layer pre-hooks for declared ``lm.layers.{i}.in`` points;
 * a ``LogitsProcessor`` for ``lm.logits`` (passed to ``generate`` by the caller);
+* the Q-Former function on the Q-Former only, when a ``qformer.*`` point is declared (:mod:`.qformer`);
 * ``o_proj`` weight folds requested through :meth:`fold_head_gains`, restored bit-exactly.
 
 After a normal exit it checks that every declared point whose phase ran fired at least once.
@@ -20,6 +21,8 @@ from transformers import LogitsProcessor
 
 from hallufix.events import ForwardInfo, HiddenEvent, LogitsEvent
 from hallufix.intercept import attention as attn
+from hallufix.intercept.qformer import QFormerRoute
+from hallufix.points import SUBMODEL_KINDS
 from hallufix.intercept import strict
 from hallufix.intercept.dispatch import HookTable
 
@@ -61,6 +64,8 @@ class Interceptor:
         self.finished_layers: set[int] = set()
         self._handles: list = []
         self._prev_impl = None
+        #: the Q-Former route while installed (:class:`~hallufix.intercept.qformer.QFormerRoute`), else ``None``
+        self.qformer_route: QFormerRoute | None = None
         self._folds: list[tuple[torch.nn.Parameter, torch.Tensor]] = []
         self._token = None
         self._step = 0
@@ -100,6 +105,9 @@ class Interceptor:
                           for phase in ("prefill", "decode")}
             self._prev_impl = self.adapter.get_text_attn_implementation(self.model)
             self.adapter.set_text_attn_implementation(self.model, attn.ATTN_NAME)
+        if kinds & SUBMODEL_KINDS:
+            self.qformer_route = QFormerRoute(self)
+            self.qformer_route.install()
         text_model = self.adapter.text_model(self.model)
         self._handles.append(text_model.register_forward_pre_hook(self._on_forward, with_kwargs=True))
         for i, plan in sorted(self.table.layers.items()):
@@ -120,6 +128,9 @@ class Interceptor:
         if self._prev_impl is not None:
             self.adapter.set_text_attn_implementation(self.model, self._prev_impl)
             self._prev_impl = None
+        if self.qformer_route is not None:
+            self.qformer_route.remove()
+            self.qformer_route = None
 
     def logits_processors(self) -> list:
         """The ``LogitsProcessor`` list to pass to ``generate`` (empty when no method declared ``lm.logits``)."""
