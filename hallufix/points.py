@@ -111,17 +111,18 @@ def parse_name(name: str) -> tuple[str, int | None]:
     return _LEAF_TO_KIND[m.group(2)], int(m.group(1))
 
 
-def all_names(num_layers: int) -> list[str]:
-    """Every canonical hook-point name of a model with ``num_layers`` decoder layers."""
+def all_names(num_layers: int, qformer_layers: Iterable[int] = ()) -> list[str]:
+    """Every canonical hook-point name of a model with ``num_layers`` decoder layers (and Q-Former cross-attention
+    layers ``qformer_layers``, ``ModelInfo.qformer_layers``)."""
     out = ["input.image"]
     for i in range(num_layers):
         out += [_TEMPLATES[k].format(i=i) for k in ("in", "kv", "bias", "probs", "heads")]
-    return out + ["lm.logits"]
+    return out + ["lm.logits"] + [_TEMPLATES["qformer_bias"].format(i=i) for i in qformer_layers]
 
 
-def select(pattern: str, num_layers: int) -> list[str]:
+def select(pattern: str, num_layers: int, qformer_layers: Iterable[int] = ()) -> list[str]:
     """Resolve a selector (exact name or fnmatch glob such as ``lm.layers.*.attn.scores``) to names."""
-    return [n for n in all_names(num_layers) if fnmatch.fnmatchcase(n, pattern)]
+    return [n for n in all_names(num_layers, qformer_layers) if fnmatch.fnmatchcase(n, pattern)]
 
 
 def _layers(layers: int | Iterable[int]) -> list[int]:

@@ -199,6 +199,9 @@ def test_point_names_parse():
     assert [p.name for p in P.qformer_bias([0, 2])] == ["qformer.layers.0.crossattn.scores",
                                                           "qformer.layers.2.crossattn.scores"]
     assert P.qformer_bias(0)[0].phases == {"prefill"}
+    assert P.select("qformer.*", 4, (0, 2)) == ["qformer.layers.0.crossattn.scores",
+                                                  "qformer.layers.2.crossattn.scores"]
+    assert not P.select("qformer.*", 4)  # a model without a Q-Former has none
 
 
 class TestCLVAQFormerContract(MethodContract):

@@ -76,9 +76,9 @@ def _hooks(args) -> int:
     H, Hkv, D, d = info.num_heads, info.num_kv_heads, info.head_dim, info.hidden_size
     shapes = {"image": "PIL.Image per row", "in": f"(B, q, {d})", "kv": f"(B, {Hkv}, kv, {D})",
               "bias": f"(B, 1|{H}, kv) per query row", "probs": f"(B, {H}, R, kv)", "heads": f"(B, q, {H}, {D})",
-              "logits": "(B, V)"}
+              "logits": "(B, V)", "qformer_bias": "(B, 1|H, 1|Q, K) over the image features"}
     rows = []
-    for name in points.select(args.pattern, info.num_layers):
+    for name in points.select(args.pattern, info.num_layers, info.qformer_layers):
         kind, layer = points.parse_name(name)
         rows.append({"name": name, "kind": kind, "layer": layer, "shape": shapes[kind],
                      "declared_by": owners.get(name, [])})
