@@ -26,6 +26,7 @@ import torch
 from hallufix import capture as C
 from hallufix import points as P
 from hallufix.config import parse_layers
+from hallufix_clva.method import anchor_mask
 
 
 def head_classes(phi: torch.Tensor, cfg, kind: str) -> torch.Tensor:
@@ -101,7 +102,8 @@ class QFormerPlacement:
             heads = head_classes(cap.text_mass[layer], cfg, kind)  # Eq. 1-3
             m_query = C.head_average(cap.last_visual[layer], heads)[:, : to_patch.shape[1]]  # Eq. 4: (B, n_query)
             m_patch = torch.bmm(m_query[:, None, :], to_patch)[:, 0]  # (B, rows*cols)
-            self.z[kind] = _anchor_mask(m_patch, cfg) & heads.any(1, keepdim=True)  # Eq. 8-9 over the patches
+            # Eq. 8-9 over the patches (all valid: one image per prompt, a fixed grid)
+            self.z[kind] = anchor_mask(m_patch, cfg, None) & heads.any(1, keepdim=True)
             self.maps[kind], self.heads[kind] = m_patch, heads
         self.bias = log_factor(self.z["pos"], self.z["neg"], cfg)
 
@@ -124,8 +126,3 @@ class QFormerPlacement:
                 d["negative_map"] = self.maps["neg"][r].tolist()
             diag[name] = d
 
-
-def _anchor_mask(m: torch.Tensor, cfg) -> torch.Tensor:
-    from hallufix_clva.method import anchor_mask
-
-    return anchor_mask(m, cfg, None)  # every patch is valid: one image per prompt, a fixed grid
