@@ -16,7 +16,7 @@ import torch
 from transformers import LogitsProcessorList
 
 from hallufix import points as P
-from hallufix.capture import PrefillCapture, gather_visual
+from hallufix.capture import PrefillCapture, gather_visual, visual_mass
 from hallufix.events import BatchInfo, ImageEvent
 from hallufix.errors import BatchEndFailed
 from hallufix.intercept import HookTable, Interceptor, guards, strict
@@ -112,7 +112,11 @@ class MethodRun:
             results = caller(model=session.info)
             pts = [p for r in results for p in (r or [])]
             for p in pts:
-                if p.layer is not None and not 0 <= p.layer < session.info.num_layers:
+                if p.kind in P.SUBMODEL_KINDS:
+                    if p.layer not in session.info.qformer_layers:
+                        raise PluginError(f"method '{name}' declared {p.name}, but the model's Q-Former "
+                                          f"cross-attention layers are {list(session.info.qformer_layers)}")
+                elif p.layer is not None and not 0 <= p.layer < session.info.num_layers:
                     raise PluginError(f"method '{name}' declared {p.name}, but the model has "
                                       f"{session.info.num_layers} layers (0-based) — check its layer settings")
             if pts:
@@ -215,7 +219,7 @@ class MethodRun:
     # ------------------------------------------------------------------ analysis prefill (service for methods)
     def capture(self, images: list | None = None, questions: list[str] | None = None, *, layers=(),
                 hidden_norms: bool = False, extra_images: list[list] | None = None,
-                token_to_patch: bool = False) -> PrefillCapture:
+                token_to_patch: bool = False, text_mass: bool = False) -> PrefillCapture:
         """Run one prefill (fresh cache, no generation, no method active) and return, for ``layers``, the last
         prompt row's attention over the visual tokens per head and, when asked, the visual tokens' input hidden
         norms. Used by two-pass methods (ARA, the contrast crop) through :class:`~hallufix.events.ImageEvent`.
@@ -225,14 +229,18 @@ class MethodRun:
         encoder's patches, and ``result.patch_grid`` ``(rows, cols)`` (InstructBLIP: the head- and layer-averaged
         Q-Former cross-attention, CLS column dropped).
 
+        ``text_mass=True`` adds ``result.text_mass`` ``{layer: (B, H)}``, each head's visual attention mass averaged
+        over the prompt's text rows (CLVA's Eq. 1 at prefill).
+
         Every tensor is float32 on the model's device; ``result.visual`` gives each row's visual-token count, grids
         and per-image slots (rows of mixed sizes are padded, see :class:`~hallufix.visual.VisualTokens`)."""
         with strict.suspended():  # called from a hook: the model runs outside strict device mode
-            return self._capture(images, questions, layers, hidden_norms, extra_images, token_to_patch)
+            return self._capture(images, questions, layers, hidden_norms, extra_images, token_to_patch, text_mass)
 
-    def _capture(self, images, questions, layers, hidden_norms, extra_images, token_to_patch) -> PrefillCapture:
+    def _capture(self, images, questions, layers, hidden_norms, extra_images, token_to_patch,
+                 text_mass=False) -> PrefillCapture:
         s = self.session
-        rec = _Recorder(sorted(set(layers)), hidden_norms)
+        rec = _Recorder(sorted(set(layers)), hidden_norms, text_mass)
         pm = new_manager()
         pm.register(rec, name="hallufix-capture")
         table = HookTable(pm, {rec: rec.points()})
@@ -259,12 +267,14 @@ class _Recorder:
 
     name = "hallufix-capture"
 
-    def __init__(self, layers: list[int], hidden_norms: bool):
-        self.layers, self.hidden_norms = layers, hidden_norms
+    def __init__(self, layers: list[int], hidden_norms: bool, text_mass: bool = False):
+        self.layers, self.hidden_norms, self.text_mass = layers, hidden_norms, text_mass
         self.result = PrefillCapture()
 
     def points(self) -> list[P.HookPoint]:
         pts = P.attn_probs(self.layers, rows="last", phases={"prefill"})
+        if self.text_mass:
+            pts += P.attn_probs(self.layers, rows="text", phases={"prefill"})
         if self.hidden_norms:
             pts += P.layer_input(self.layers, phases={"prefill"})
         return pts
@@ -276,6 +286,10 @@ class _Recorder:
         last = event.last()  # (B, H, kv) float32
         self.result.last_visual[event.layer] = gather_visual(last, event.visual)  # (B, H, n_max)
         self.result.last_mass[event.layer] = (last * event.visual_keys[:, None, :]).sum(-1)
+        if self.text_mass:
+            mass = visual_mass(event.probs, event.visual_keys)  # (B, H, R)
+            text = event.row_mask("text").float()  # (B, R)
+            self.result.text_mass[event.layer] = (mass * text[:, None]).sum(-1) / text.sum(-1).clamp(min=1)[:, None]
 
     @_hookimpl
     def hallufix_layer_input(self, event):

@@ -161,6 +161,7 @@ class PrefillCapture:
         last_visual: ``{layer: (B, H, n_max)}`` the last prompt row's attention over the visual tokens, per head
             (slots of :attr:`visual`; padded slots 0).
         last_mass: ``{layer: (B, H)}`` that row's total visual mass.
+        text_mass: ``{layer: (B, H)}`` the visual mass averaged over the prompt's text rows (when asked).
         hidden_norms: ``{layer: (B, n_max)}`` L2 norms of the visual tokens' input hidden states (when asked).
         layout: the :class:`~hallufix.layout.TokenLayout` of the analysed batch (grids per image).
         extras: per-layer tensors that methods asked the capture for (``{name: {layer: tensor}}``).
@@ -172,6 +173,7 @@ class PrefillCapture:
 
     last_visual: dict = field(default_factory=dict)
     last_mass: dict = field(default_factory=dict)
+    text_mass: dict = field(default_factory=dict)
     hidden_norms: dict = field(default_factory=dict)
     layout: object = None
     extras: dict = field(default_factory=dict)

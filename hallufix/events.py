@@ -349,7 +349,8 @@ class ImageEvent:
         images: list of RGB ``PIL.Image`` (one per row); replace entries to edit (chained in typed order).
         questions: the user texts.
         extra_images: per row, images appended after the (edited) main image, e.g. a crop or the original.
-        capture: ``capture(images, questions, layers=..., hidden_norms=False, token_to_patch=False)`` runs an
+        capture: ``capture(images, questions, layers=..., hidden_norms=False, token_to_patch=False,
+            text_mass=False)`` runs an
             analysis prefill (fresh cache, no generation, other methods inactive) and returns a
             :class:`hallufix.capture.PrefillCapture`.
         cell_index: pixel -> visual-token cell map of an image (see :meth:`cell_index`).

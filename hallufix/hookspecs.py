@@ -7,6 +7,7 @@ Lifecycle of one run (``hallufix run`` or :meth:`hallufix.api.Session.generate`)
     run setup      hallufix_configure                   (each active method: declare hook points)
     per batch      hallufix_batch_start                 (reset per-batch state; before the images)
                    hallufix_input_image                 point input_image (chained; may run an analysis prefill)
+      prefill        hallufix_qformer_bias              point qformer_bias.{i} (Q-Former models: a Q-Former layer)
       per forward    hallufix_forward_start             (prefill, then each decode step)
         per layer      hallufix_layer_input             point layer_input.{i}
                        hallufix_attn_kv                 point attn_kv.{i}
@@ -179,6 +180,20 @@ def hallufix_attn_bias(event):
     Equivalence: adding ``log w_j`` equals multiplying post-softmax ``A[i, j]`` by ``w_j`` and renormalising.
     Declared with ``per_forward=True``, the hook runs once per forward (at the first of its layers) and its terms
     apply at every declared layer: for biases that depend on the forward only, not on the layer.
+    """
+
+
+@hookspec
+def hallufix_qformer_bias(event):
+    """Add to the pre-softmax logits of the Q-Former cross-attention (point ``qformer_bias.{i}``;
+    models whose ``capabilities.qformer`` is set). Called once per generation, in the prefill, before the language
+    model runs.
+
+    :param event: :class:`hallufix.intercept.qformer.QFormerBiasEvent`. ``event.add(bias)`` adds a
+        ``(B, 1|H, 1|Q, K)`` (or ``(B, K)``) bias over the ``K`` image features (CLS first, then the patches);
+        ``event.add_patch_bias(bias)`` a ``(B, rows*cols)`` bias over the patches only. Biases of all methods add;
+        ``-inf`` masks a feature. Adding ``log w_j`` equals multiplying the cross-attention ``A[q, j]`` by ``w_j``
+        and renormalising over the features. A layer without any term keeps the Q-Former's own kernel.
     """
 
 

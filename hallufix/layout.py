@@ -36,6 +36,8 @@ class ModelInfo:
         capabilities: what the visual tokens support (:class:`~hallufix.models.families.spec.Capabilities`:
             ``spatial_grid``, ``multi_image``, ``token_to_patch``); methods test these, never ``family``. Left
             unset, the registered family's are filled in.
+        qformer_layers: the Q-Former layers (0-based) that hold a cross-attention over the image features, where
+            ``capabilities.qformer`` is set (InstructBLIP-7B: 0, 2, ..., 10); else empty.
     """
 
     family: str
@@ -49,6 +51,7 @@ class ModelInfo:
     grid: tuple[int, int] | None = None
     name: str = ""
     capabilities: Capabilities | None = None
+    qformer_layers: tuple[int, ...] = ()
 
     def __post_init__(self):
         if self.capabilities is None:

@@ -27,6 +27,11 @@ Deprecated for one release (a ``DeprecationWarning``, then removed): the old sho
 A new kind is one line in :data:`KINDS` (and, for a per-layer kind, one in :data:`LAYER_KINDS`) plus its hookspec
 in :mod:`hallufix.hookspecs` named ``hallufix_<kind>``.
 
+``qformer_bias.{i}`` (prefill): an additive logit bias ``(B, 1|H, 1|Q,
+K)`` on the Q-Former cross-attention (query tokens over the image features). ``qformer_bias`` points exist on models
+whose ``capabilities.qformer`` is set; ``{i}`` is a Q-Former layer with cross-attention
+(``ModelInfo.qformer_layers``), not a decoder layer.
+
 No torch import here: declarations are plain data, so ``hallufix hooks`` and config validation stay light.
 """
 from __future__ import annotations
@@ -39,9 +44,12 @@ from typing import Iterable
 
 PHASES = frozenset({"prefill", "decode"})
 #: every kind, in the order ``hallufix hooks`` lists them; the hook of kind ``k`` is ``hallufix_<k>``
-KINDS = ("input_image", "layer_input", "attn_kv", "attn_bias", "attn_probs", "attn_heads", "logits")
+KINDS = ("input_image", "layer_input", "attn_kv", "attn_bias", "attn_probs", "attn_heads", "logits", "qformer_bias")
 #: the kinds that live at a decoder layer (named ``<kind>.<layer>``); the others are model-wide (named ``<kind>``)
 LAYER_KINDS = ("layer_input", "attn_kv", "attn_bias", "attn_probs", "attn_heads")
+#: per-layer kinds whose layer index addresses a sub-model (the Q-Former's layers, ``ModelInfo.qformer_layers``),
+#: not the language model's decoder; named ``<kind>.<sub-model layer>`` like the others
+SUBMODEL_KINDS = ("qformer_bias",)
 ROW_KINDS = ("last", "text", "all")
 
 #: deprecated short kinds -> kinds (accepted with a DeprecationWarning for one release)
@@ -76,7 +84,8 @@ class HookPoint:
 
     Attributes:
         kind: one of :data:`KINDS` (the hook's name without ``hallufix_``).
-        layer: 0-based decoder layer index for layer points, ``None`` for ``input_image`` / ``logits``.
+        layer: 0-based decoder layer index for layer points (a Q-Former layer for :data:`SUBMODEL_KINDS`),
+            ``None`` for ``input_image`` / ``logits``.
         rows: for ``attn_probs``: which query rows to compute: ``"last"`` (the last query row: the final prompt
             token at prefill, the new token at decode), ``"text"`` (every instruction / generated row in the
             forward), ``"all"`` (every row; expensive, for analysis only).
@@ -106,7 +115,7 @@ class HookPoint:
         if not self.phases or not set(self.phases) <= PHASES:
             raise ValueError(f"phases must be a non-empty subset of {sorted(PHASES)}, got {sorted(self.phases)}")
         object.__setattr__(self, "phases", frozenset(self.phases))
-        if (self.layer is None) == (self.kind in LAYER_KINDS):
+        if (self.layer is None) == (self.kind in LAYER_KINDS or self.kind in SUBMODEL_KINDS):
             raise ValueError(f"hook point {self.kind!r} {'needs' if self.layer is None else 'takes no'} layer")
 
     @property
@@ -123,10 +132,10 @@ class HookPoint:
 def parse_name(name: str) -> tuple[str, int | None]:
     """``"attn_probs.3"`` -> ``("attn_probs", 3)``, ``"logits"`` -> ``("logits", None)``; the deprecated names
     (``lm.layers.3.attn.probs``) are translated with a warning; raises ``ValueError`` for unknown names."""
-    if name in KINDS and name not in LAYER_KINDS:
+    if name in KINDS and name not in LAYER_KINDS and name not in SUBMODEL_KINDS:
         return name, None
     m = _NAME_RE.match(name)
-    if m and m.group(1) in LAYER_KINDS:
+    if m and (m.group(1) in LAYER_KINDS or m.group(1) in SUBMODEL_KINDS):
         return m.group(1), int(m.group(2))
     if name in _OLD_GLOBAL_NAMES:
         _deprecated(name, _OLD_GLOBAL_NAMES[name])
@@ -140,12 +149,13 @@ def parse_name(name: str) -> tuple[str, int | None]:
                      f"(kinds: {', '.join(KINDS)})")
 
 
-def all_names(num_layers: int) -> list[str]:
-    """Every hook-point name of a model with ``num_layers`` decoder layers, layer by layer."""
-    out = [k for k in KINDS if k not in LAYER_KINDS and k != "logits"]
+def all_names(num_layers: int, qformer_layers: Iterable[int] = ()) -> list[str]:
+    """Every hook-point name of a model with ``num_layers`` decoder layers, layer by layer (and Q-Former
+    cross-attention layers ``qformer_layers``, ``ModelInfo.qformer_layers``, last)."""
+    out = [k for k in KINDS if k not in LAYER_KINDS and k not in SUBMODEL_KINDS and k != "logits"]
     for i in range(num_layers):
         out += [point_name(k, i) for k in LAYER_KINDS]
-    return out + ["logits"]
+    return out + ["logits"] + [point_name(k, i) for k in SUBMODEL_KINDS for i in qformer_layers]
 
 
 def _old_name(name: str) -> str:
@@ -157,10 +167,10 @@ def _old_name(name: str) -> str:
     return f"lm.layers.{layer}.{leaf}" if leaf else name
 
 
-def select(pattern: str, num_layers: int) -> list[str]:
+def select(pattern: str, num_layers: int, qformer_layers: Iterable[int] = ()) -> list[str]:
     """Resolve a selector (exact name or fnmatch glob such as ``attn_bias.*`` or ``*.3``) to names. A selector in
     the deprecated spelling (``lm.layers.*.attn.scores``) still matches, with a warning."""
-    names = all_names(num_layers)
+    names = all_names(num_layers, qformer_layers)
     if pattern.startswith(("lm.", "input.")):
         _deprecated(pattern, "the names of `hallufix hooks` (attn_bias.*, logits, input_image)")
         return [n for n in names if fnmatch.fnmatchcase(_old_name(n), pattern)]
@@ -196,6 +206,12 @@ def attn_kv(layers, *, phases=PHASES) -> list[HookPoint]:
 def layer_input(layers, *, phases=PHASES) -> list[HookPoint]:
     """Declare decoder-layer input hidden states at ``layers`` (read or edit)."""
     return [HookPoint("layer_input", i, phases=frozenset(phases)) for i in _layers(layers)]
+
+
+def qformer_bias(layers) -> list[HookPoint]:
+    """Declare an additive logit bias on the Q-Former cross-attention (query tokens over the image features) at
+    Q-Former ``layers`` (``ModelInfo.qformer_layers``). The Q-Former runs once per generation, in the prefill."""
+    return [HookPoint("qformer_bias", i, phases=frozenset({"prefill"})) for i in _layers(layers)]
 
 
 def logits() -> list[HookPoint]:

@@ -1,13 +1,14 @@
 """Docs stay in step with the code: every hookspec and every hook-point kind is documented with its signature."""
 from __future__ import annotations
 
+import importlib
 import inspect
 import re
 from pathlib import Path
 
 import hallufix.events as ev
 import hallufix.hookspecs as hs
-from hallufix.points import KINDS, LAYER_KINDS, point_name
+from hallufix.points import KINDS, LAYER_KINDS, SUBMODEL_KINDS, point_name
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
 
@@ -22,7 +23,7 @@ def test_every_hookspec_has_a_section_with_its_signature():
 def test_every_hook_point_name_is_documented():
     text = (DOCS / "hooks.md").read_text()
     for kind in KINDS:
-        name = point_name(kind, "{i}" if kind in LAYER_KINDS else None)
+        name = point_name(kind, "{i}" if kind in LAYER_KINDS or kind in SUBMODEL_KINDS else None)
         assert f"`{name}`" in text, f"docs/hooks.md lacks {name}"
 
 
@@ -41,7 +42,7 @@ def _attributes(cls) -> set[str]:
     names = {n for n in dir(cls) if not n.startswith("_")}
     names |= set(getattr(cls, "__dataclass_fields__", {}))
     for klass in cls.__mro__:
-        if klass.__module__ == ev.__name__:
+        if klass.__module__.startswith("hallufix"):
             src = inspect.getsource(klass)
             names |= set(re.findall(r"self\.([a-z]\w*)\s*(?:,\s*self\.\w+\s*)*[:=,]", src))
             for lhs in re.findall(r"^\s*((?:self\.\w+\s*,\s*)+self\.\w+)\s*=", src, re.M):
@@ -49,11 +50,17 @@ def _attributes(cls) -> set[str]:
     return names
 
 
+def _import(path: str):
+    module, _, name = path.rpartition(".")
+    return getattr(importlib.import_module(module), name)
+
+
 def test_every_event_attribute_named_in_the_hook_docs_exists():
     """``event.X`` in docs/hooks.md exists on some event class; ``batch.X`` on BatchInfo, ``forward.X`` on
     ForwardInfo."""
     text = (DOCS / "hooks.md").read_text()
     events = [c for _, c in inspect.getmembers(ev, inspect.isclass) if c.__module__ == ev.__name__]
+    events += [_import(path) for path in re.findall(r":class:`(hallufix\.[\w.]+Event)`", text)]  # events elsewhere
     known = {"event": set().union(*(_attributes(c) for c in events)), "batch": _attributes(ev.BatchInfo),
              "forward": _attributes(ev.ForwardInfo)}
     missing = sorted({f"{obj}.{attr}" for obj, attr in re.findall(r"\b(event|batch|forward)\.([a-z_]\w*)", text)

@@ -13,7 +13,7 @@ from hallufix.testing.models import tiny_images, tiny_session
 EXPECTED = {"llava": Capabilities(spatial_grid=True, multi_image=True, token_to_patch=False),
             "qwen2-vl": Capabilities(spatial_grid=True, multi_image=True, token_to_patch=False),
             "qwen2.5-vl": Capabilities(spatial_grid=True, multi_image=True, token_to_patch=False),
-            "instructblip": Capabilities(spatial_grid=False, multi_image=False, token_to_patch=True)}
+            "instructblip": Capabilities(spatial_grid=False, multi_image=False, token_to_patch=True, qformer=True)}
 
 
 @pytest.mark.parametrize("family", list(EXPECTED))

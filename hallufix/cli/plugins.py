@@ -80,9 +80,10 @@ def _hooks(args) -> int:
     H, Hkv, D, d = info.num_heads, info.num_kv_heads, info.head_dim, info.hidden_size
     shapes = {"input_image": "PIL.Image per row", "layer_input": f"(B, q, {d})", "attn_kv": f"(B, {Hkv}, kv, {D})",
               "attn_bias": f"(B, 1|{H}, kv) per query row", "attn_probs": f"(B, {H}, R, kv)",
-              "attn_heads": f"(B, q, {H}, {D})", "logits": "(B, V)"}
+              "attn_heads": f"(B, q, {H}, {D})", "logits": "(B, V)",
+              "qformer_bias": "(B, 1|H, 1|Q, K) over the image features"}
     rows = []
-    for name in points.select(args.pattern, info.num_layers):
+    for name in points.select(args.pattern, info.num_layers, info.qformer_layers):
         kind, layer = points.parse_name(name)
         rows.append({"name": name, "kind": kind, "layer": layer, "shape": shapes.get(kind, ""),
                      "declared_by": owners.get(name, [])})

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import pluggy
 
 from hallufix.intercept import strict
-from hallufix.points import KINDS, PHASES, HookPoint, hook_name
+from hallufix.points import KINDS, PHASES, SUBMODEL_KINDS, HookPoint, hook_name
 
 #: kind -> the hookspec that receives it (``hallufix_<kind>``, see :mod:`hallufix.points`)
 HOOK_OF_KIND = {kind: hook_name(kind) for kind in KINDS}
@@ -48,6 +48,8 @@ class HookTable:
         self.points: list[HookPoint] = [p for pts in declared.values() for p in pts]
         self.layers: dict[int, LayerPlan] = {}
         self.global_callers: dict[str, object] = {}
+        #: ``{(kind, sub-model layer, phase): caller}`` for :data:`~hallufix.points.SUBMODEL_KINDS` (the Q-Former)
+        self.submodel_callers: dict[tuple, object] = {}
         owners: dict[tuple, list[object]] = defaultdict(list)
         for plugin, pts in declared.items():
             for p in pts:
@@ -74,11 +76,13 @@ class HookTable:
                                                        remove_plugins=[x for x in everyone if x not in who]))
             if layer is None:
                 self.global_callers[(kind, phase)] = caller
+            elif kind in SUBMODEL_KINDS:
+                self.submodel_callers[(kind, layer, phase)] = caller
             else:
                 plan = self._plan(layer)
                 plan.callers[(kind, phase)] = caller
         for p in self.points:
-            if p.layer is not None:
+            if p.layer is not None and p.kind not in SUBMODEL_KINDS:
                 self.layers[p.layer].names[p.kind] = p.name
         for plan in self.layers.values():
             for phase in PHASES:

@@ -13,6 +13,8 @@ removed in reverse, also on failure):
   restored bit-exactly;
 * :class:`~hallufix.intercept.logits.LogitsHook` for ``lm.logits`` (a ``LogitsProcessor`` passed to ``generate``
   by the caller: :meth:`Interceptor.logits_processors`).
+* :class:`~hallufix.intercept.qformer.QFormerRoute`: the Q-Former function on the Q-Former only, when a
+  ``qformer_bias`` point is declared.
 
 After a normal exit it checks that every declared point whose phase ran fired at least once.
 """
@@ -24,6 +26,8 @@ import torch
 
 from hallufix.events import ForwardInfo, HiddenEvent
 from hallufix.intercept import attention as attn
+from hallufix.intercept.qformer import QFormerRoute
+from hallufix.points import SUBMODEL_KINDS
 from hallufix.intercept import strict
 from hallufix.intercept.attn_impl import AttentionImplementation
 from hallufix.intercept.dispatch import ATTENTION_KINDS, HookTable
@@ -74,6 +78,8 @@ class Interceptor:
         self.finished_layers: set[int] = set()
         self.weights = WeightFolds()
         self._installed: Installed | None = None
+        #: the Q-Former route while installed (:class:`~hallufix.intercept.qformer.QFormerRoute`), else ``None``
+        self.qformer_route: QFormerRoute | None = None
         self._step = 0
         self._forward_start = strict.wrap(pm.hook.hallufix_forward_start)
         params = next(adapter.text_model(model).parameters(), None)
@@ -113,6 +119,9 @@ class Interceptor:
         for i, plan in sorted(self.table.layers.items()):
             if any(k == "layer_input" for (k, _) in plan.callers):
                 hooks.pre(layers[i], self._make_layer_hook(i), with_kwargs=True)
+        if self.table.kinds() & set(SUBMODEL_KINDS):
+            self.qformer_route = QFormerRoute(self)
+            out.append(self.qformer_route)
         return out + [hooks, self.weights, _ActiveRun(self)]
 
     def logits_processors(self) -> list:

@@ -48,6 +48,8 @@ class Config:
     phi_std: str = "population"  # sigma of Eq. 2-3 over a layer's heads: population | sample
     map_std: str = "population"  # sigma of Eq. 8 over the visual tokens: population | sample
     record_maps: bool = False    # put the anchor maps into the diagnostics
+    placement: str = "lm"        # lm: the language model's attention | qformer: the Q-Former's (App. B.1, qformer.py)
+    qformer_layers: str = "auto"  # placement=qformer: Q-Former cross-attention layers; auto = every one
 
     def validate(self):
         if self.anchors not in ("dynamic", "prefill"):
@@ -56,6 +58,8 @@ class Config:
             raise ValueError(f"empty_heads must be top1 or skip, got {self.empty_heads!r}")
         if self.alpha < 0 or self.beta < 0:
             raise ValueError("alpha and beta must be >= 0")
+        if self.placement not in ("lm", "qformer"):
+            raise ValueError(f"placement must be lm or qformer, got {self.placement!r}")
         if self.eps_scale not in ("absolute", "relative"):
             raise ValueError(f"eps_scale must be absolute or relative, got {self.eps_scale!r}")
         for key in ("phi_std", "map_std"):
@@ -100,6 +104,7 @@ def resolve_layers(cfg: Config, num_layers: int) -> tuple[int, int, list[int]]:
 class CLVA(Method):
     name = "clva"
     Config = Config
+    qformer = None  # the QFormerPlacement state under placement=qformer (plugins/hallufix_clva/qformer.py)
 
     # ------------------------------------------------------------------ set-up
     @hallufix.hookimpl
@@ -110,6 +115,11 @@ class CLVA(Method):
         if off:
             return []
         self.neg, self.pos, self.drift = resolve_layers(c, model.num_layers)
+        if c.placement == "qformer":  # App. B.1: re-weight the Q-Former's cross-attention instead
+            from hallufix_clva.qformer import QFormerPlacement
+
+            self.qformer = QFormerPlacement(c, model, self.neg, self.pos)
+            return self.qformer.points()
         probe_phases = {"prefill", "decode"} if c.anchors == "dynamic" else {"prefill"}
         return (points.attn_probs(sorted({self.neg, self.pos}), rows="text", phases=probe_phases)
                 + points.attn_bias(self.drift, per_forward=True))
@@ -123,6 +133,14 @@ class CLVA(Method):
         self.maps = {"pos": None, "neg": None}
         self.heads = {}
         self.diag_prefill = None
+
+    @hallufix.hookimpl
+    def hallufix_input_image(self, event):
+        self.qformer.on_image(event)  # declared only with placement=qformer
+
+    @hallufix.hookimpl
+    def hallufix_qformer_bias(self, event):
+        self.qformer.on_bias(event)
 
     # ------------------------------------------------------------------ anchors (probe rows at 2 layers)
     @hallufix.hookimpl
@@ -206,6 +224,8 @@ class CLVA(Method):
 
     @hallufix.hookimpl
     def hallufix_batch_end(self, batch):
+        if self.qformer is not None:
+            return self.qformer.diagnostics(batch, self.name)
         if self.z["pos"] is None:
             return
         last = self._counts()

@@ -125,6 +125,10 @@ class Adapter:
         encoder's patch grid, for families whose capabilities declare ``token_to_patch``."""
         raise ValueError(f"{self.family} has no token-to-patch map (its capabilities do not declare token_to_patch)")
 
+    def qformer_cross_attention_modules(self, model) -> dict:
+        """``{Q-Former layer: cross-attention module}`` for families whose capabilities declare ``qformer``."""
+        raise ValueError(f"{self.family} has no Q-Former (its capabilities do not declare qformer)")
+
     def new_tokens(self, sequences, inputs: dict):
         """The generated part of ``generate``'s output ``(B, P + T)`` -> ``(B, T)``."""
         return sequences[:, inputs["input_ids"].shape[1]:]

@@ -11,7 +11,7 @@ INSTRUCTBLIP_TEMPLATE = (
     "{% for m in messages %}{% for c in m['content'] %}{% if c['type'] == 'text' %}{{ c['text'] }}{% endif %}"
     "{% endfor %}{% endfor %}"
 )
-CAPABILITIES = Capabilities(spatial_grid=False, multi_image=False, token_to_patch=True)
+CAPABILITIES = Capabilities(spatial_grid=False, multi_image=False, token_to_patch=True, qformer=True)
 NUM_QUERY_TOKENS = 8
 
 
@@ -25,6 +25,23 @@ class InstructBlipAdapter(Adapter):
         if getattr(processor, "chat_template", None):
             return super().prompt(processor, question, n_images)
         return question
+
+    def model_info(self, model, name: str = ""):
+        import dataclasses
+
+        return dataclasses.replace(super().model_info(model, name),
+                                   qformer_layers=tuple(sorted(self.qformer_cross_attention_modules(model))))
+
+    # ---------------------------------------------------------------- the Q-Former (capabilities.qformer)
+    #: leading image features before the patches in the Q-Former's cross-attention keys (the ViT's CLS)
+    qformer_prefix_keys = 1
+
+    def qformer_cross_attention_modules(self, model) -> dict:
+        """``{Q-Former layer index: its cross-attention module}`` (``InstructBlipQFormerMultiHeadAttention``: the
+        module transformers passes to the attention function; queries = the query tokens, keys = the image
+        features, CLS first)."""
+        return {i: layer.crossattention.attention for i, layer in enumerate(model.qformer.encoder.layer)
+                if getattr(layer, "has_cross_attention", False)}
 
     def visual_tokens_per_image(self, model) -> int:
         return int(model.config.num_query_tokens)
@@ -90,7 +107,8 @@ def build_tiny_instructblip(image_size, *, shape="default", num_query_tokens=NUM
     proc.chat_template = INSTRUCTBLIP_TEMPLATE  # InstructBlipProcessor.__init__ drops a chat_template kwarg
     tok = proc.tokenizer  # now holds the processor's <image> AddedToken (G6): read ids only from here on
     cfg = InstructBlipConfig(vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                                num_attention_heads=2, image_size=image_size, patch_size=PATCH),
+                                                num_attention_heads=2, image_size=image_size, patch_size=PATCH,
+                                                initializer_range=0.02),
                              qformer_config=dict(vocab_size=len(qtok), hidden_size=32, num_hidden_layers=2,
                                                  num_attention_heads=2, intermediate_size=64,
                                                  max_position_embeddings=128, cross_attention_frequency=1,

@@ -16,11 +16,15 @@ class Capabilities:
         multi_image: a prompt may hold several images (methods that add a second image per row need it).
         token_to_patch: the analysis prefill can map the visual tokens onto the vision encoder's patch grid
             (:attr:`hallufix.capture.PrefillCapture.token_to_patch`; InstructBLIP's Q-Former cross-attention).
+        qformer: the visual tokens come out of a Q-Former whose cross-attention over the vision encoder's
+            features (CLS first, then the patches in raster order) the core can bias: hook points
+            ``qformer_bias.{i}`` at the layers in ``ModelInfo.qformer_layers``.
     """
 
     spatial_grid: bool = True
     multi_image: bool = True
     token_to_patch: bool = False
+    qformer: bool = False
 
 
 @dataclass(frozen=True)
