@@ -15,6 +15,9 @@ name                                kind    what                                
 ``lm.layers.{i}.attn.scores``       bias    additive logit bias, ``(B, 1|H, kv)`` per query row   both
 ``lm.layers.{i}.attn.probs``        probs   post-softmax rows ``(B, H, R, kv)`` (declared rows)   both
 ``lm.layers.{i}.attn.heads``        heads   per-head output before ``o_proj`` ``(B, q, H, D)``    both
+``lm.layers.{i}.mlp.in``            mlp_in  MLP input (after ``post_attention_layernorm``)        both
+``lm.layers.{i}.mlp.out``           mlp_out MLP output, before the residual add ``(B, q, d)``     both
+``lm.layers.{i}.lens``              lens    logit lens of the stream entering layer i (last row)  both
 ``lm.logits``                       logits  next-token scores ``(B, V)``                          each step
 ==================================  ======  ====================================================  ===============
 
@@ -29,6 +32,8 @@ from typing import Iterable
 
 PHASES = frozenset({"prefill", "decode"})
 KINDS = ("image", "in", "kv", "bias", "probs", "heads", "logits")
+# MLP hooks and the logit lens (hallufix.intercept.mlp_lens)
+KINDS += ("mlp_in", "mlp_out", "lens")
 ROW_KINDS = ("last", "text", "all")
 
 _TEMPLATES = {
@@ -40,8 +45,10 @@ _TEMPLATES = {
     "heads": "lm.layers.{i}.attn.heads",
     "logits": "lm.logits",
 }
-_NAME_RE = re.compile(r"^lm\.layers\.(\d+)\.(in|attn\.kv|attn\.scores|attn\.probs|attn\.heads)$")
+_TEMPLATES.update({"mlp_in": "lm.layers.{i}.mlp.in", "mlp_out": "lm.layers.{i}.mlp.out", "lens": "lm.layers.{i}.lens"})
+_NAME_RE = re.compile(r"^lm\.layers\.(\d+)\.(in|attn\.kv|attn\.scores|attn\.probs|attn\.heads|mlp\.in|mlp\.out|lens)$")
 _LEAF_TO_KIND = {"in": "in", "attn.kv": "kv", "attn.scores": "bias", "attn.probs": "probs", "attn.heads": "heads"}
+_LEAF_TO_KIND.update({"mlp.in": "mlp_in", "mlp.out": "mlp_out", "lens": "lens"})
 
 
 @dataclass(frozen=True)
@@ -102,7 +109,7 @@ def all_names(num_layers: int) -> list[str]:
     """Every canonical hook-point name of a model with ``num_layers`` decoder layers."""
     out = ["input.image"]
     for i in range(num_layers):
-        out += [_TEMPLATES[k].format(i=i) for k in ("in", "kv", "bias", "probs", "heads")]
+        out += [_TEMPLATES[k].format(i=i) for k in ("in", "kv", "bias", "probs", "heads", "mlp_in", "mlp_out", "lens")]
     return out + ["lm.logits"]
 
 
@@ -140,6 +147,22 @@ def attn_kv(layers, *, phases=PHASES) -> list[HookPoint]:
 def layer_input(layers, *, phases=PHASES) -> list[HookPoint]:
     """Declare decoder-layer input hidden states at ``layers`` (read or edit)."""
     return [HookPoint("in", i, phases=frozenset(phases)) for i in _layers(layers)]
+
+
+def mlp_in(layers, *, phases=PHASES) -> list[HookPoint]:
+    """Declare the MLP input at ``layers`` (after ``post_attention_layernorm``; read or edit)."""
+    return [HookPoint("mlp_in", i, phases=frozenset(phases)) for i in _layers(layers)]
+
+
+def mlp_out(layers, *, phases=PHASES) -> list[HookPoint]:
+    """Declare the MLP output at ``layers`` (before the residual add; read or edit, the input alongside)."""
+    return [HookPoint("mlp_out", i, phases=frozenset(phases)) for i in _layers(layers)]
+
+
+def logit_lens(layers, *, phases=PHASES) -> list[HookPoint]:
+    """Declare the logit lens at ``layers``: next-token logits of the residual stream entering each layer, at the
+    last position, through the model's final norm and ``lm_head`` (computed only when a hook asks)."""
+    return [HookPoint("lens", i, phases=frozenset(phases)) for i in _layers(layers)]
 
 
 def logits() -> list[HookPoint]:

@@ -26,6 +26,7 @@ HOOK_OF_KIND = {
     "heads": "hallufix_attn_heads",
     "logits": "hallufix_logits",
 }
+HOOK_OF_KIND.update({"mlp_in": "hallufix_mlp_in", "mlp_out": "hallufix_mlp_out", "lens": "hallufix_logit_lens"})
 ATTENTION_KINDS = frozenset({"kv", "bias", "probs", "heads"})
 
 

@@ -20,7 +20,7 @@ from transformers import LogitsProcessor
 
 from hallufix.events import ForwardInfo, HiddenEvent, LogitsEvent
 from hallufix.intercept import attention as attn
-from hallufix.intercept import strict
+from hallufix.intercept import mlp_lens, strict
 from hallufix.intercept.dispatch import HookTable
 
 
@@ -105,6 +105,7 @@ class Interceptor:
         for i, plan in sorted(self.table.layers.items()):
             if any(k == "in" for (k, _) in plan.callers):
                 self._handles.append(layers[i].register_forward_pre_hook(self._make_layer_hook(i), with_kwargs=True))
+        mlp_lens.install(self, layers, self._handles)  # MLP hooks and the logit lens (after the layer-input hooks)
         self._token = attn.ACTIVE.set(self)
 
     def _remove(self) -> None:
