@@ -142,7 +142,7 @@ class DoLa(Method):
             if len(layers) != len(self._candidates[tied]):
                 missing = sorted(set(self._candidates[tied]) - set(layers))
                 raise RuntimeError(f"dola: the logit lens of layers {missing} did not run in this forward")
-            lens = lens_events[layers[0]].lens
+            lens = lens_events[layers[0]].lens  # one product for every candidate: (k, B, d) -> (k, B, V)
             stacked = lens(torch.stack([lens_events[j].hidden for j in layers]), norm=cfg.premature_norm)
             if len(layers) == 1:
                 choice = torch.zeros(scores.shape[0], dtype=torch.long, device=scores.device)
@@ -162,6 +162,8 @@ class DoLa(Method):
         valid = self._valid
         if valid is None or bool(valid.all()):
             return input_ids
+        if valid.shape[0] != input_ids.shape[0]:  # beams / several sequences per prompt: rows repeat in order
+            valid = valid.repeat_interleave(input_ids.shape[0] // valid.shape[0], dim=0)
         full = torch.ones_like(input_ids, dtype=torch.bool)
         full[:, : valid.shape[1]] = valid
         return torch.where(full, input_ids, input_ids[:, -1:])
