@@ -93,9 +93,11 @@ def test_hooks_verb_resolves_names_shapes_and_owners(saved_model, capsys):
     data = json.loads(capsys.readouterr().out)
     names = {p["name"]: p for p in data["points"]}
     assert set(names) == {"lm.layers.1.in", "lm.layers.1.attn.kv", "lm.layers.1.attn.scores",
-                          "lm.layers.1.attn.probs", "lm.layers.1.attn.heads"}
+                          "lm.layers.1.attn.probs", "lm.layers.1.attn.heads", "lm.layers.1.mlp.in",
+                          "lm.layers.1.mlp.out", "lm.layers.1.lens"}
     assert names["lm.layers.1.attn.scores"]["declared_by"] == ["visual-boost"]
     assert names["lm.layers.1.attn.heads"]["shape"] == "(B, q, 4, 16)"
+    assert names["lm.layers.1.mlp.out"]["shape"] == "(B, q, 64)"
     assert data["family"] == "llava" and data["num_layers"] == 4
 
 

@@ -77,6 +77,7 @@ def _hooks(args) -> int:
     shapes = {"image": "PIL.Image per row", "in": f"(B, q, {d})", "kv": f"(B, {Hkv}, kv, {D})",
               "bias": f"(B, 1|{H}, kv) per query row", "probs": f"(B, {H}, R, kv)", "heads": f"(B, q, {H}, {D})",
               "logits": "(B, V)"}
+    shapes.update({"mlp_in": f"(B, q, {d})", "mlp_out": f"(B, q, {d})", "lens": "(B, V) last row"})
     rows = []
     for name in points.select(args.pattern, info.num_layers):
         kind, layer = points.parse_name(name)
