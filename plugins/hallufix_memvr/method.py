@@ -56,7 +56,7 @@ def retrace_layers(cfg: Config, L: int) -> list[int]:
         start = min(_scale(PAPER_START, L), end - 2)
     else:
         start = int(cfg.starting_layer)
-    return [l + 1 for l in range(start + 1, end) if 0 <= l + 1 <= L - 1]
+    return [l + 1 for l in range(max(start + 1, 0), end) if l + 1 <= L - 1]
 
 
 def top_k_entropy(logits: torch.Tensor, k: int) -> torch.Tensor:
@@ -120,7 +120,8 @@ class MemVR(Method):
             fire = fire & ~done
         st["triggered"] = fire if done is None else done | fire
         st["fire"][event.layer] = fire
-        self._counts[:, event.layer] += fire
+        if self._has_visual is not None:
+            self._counts[:, event.layer] += fire & self._has_visual  # rows without visual tokens never retrace
 
     @hallufix.hookimpl
     def hallufix_mlp_out(self, event):
