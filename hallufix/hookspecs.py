@@ -14,6 +14,9 @@ Lifecycle of one run (``hallufix run`` or :meth:`hallufix.api.Session.generate`)
                        hallufix_attn_bias               point attn_bias.{i}
                        hallufix_attn_probs              point attn_probs.{i}
                        hallufix_attn_heads              point attn_heads.{i}
+                       hallufix_logit_lens              point logit_lens.{i}
+                       hallufix_mlp_in                  point mlp_in.{i}
+                       hallufix_mlp_out                 point mlp_out.{i}
       per step       hallufix_logits                    point logits
                    hallufix_batch_end                   (returns the method's diagnostics, one per batch row)
 
@@ -219,6 +222,41 @@ def hallufix_attn_heads(event):
     :param event: :class:`hallufix.events.HeadsEvent`: ``output`` ``(B, q, H, D)``; ``event.scale(gains)``
         multiplies head outputs by ``gains`` ``(H,)`` or ``(B, H)`` (gains of stacked methods multiply), or
         replace ``event.output``.
+    """
+
+
+@hookspec
+def hallufix_mlp_in(event):
+    """The decoder layer's MLP input (point ``mlp_in.{i}``): the hidden states after
+    ``post_attention_layernorm``, before the FFN.
+
+    :param event: :class:`hallufix.events_mlp.MLPEvent`: ``hidden`` ``(B, q, d)`` in the model dtype (replace to
+        edit; chained), token-role masks, ``lens(j)`` (logit lens of an earlier declared layer, this forward).
+    Phase: as declared. Installed as a forward pre-hook on the layer's MLP module only at declared layers.
+    """
+
+
+@hookspec
+def hallufix_mlp_out(event):
+    """The decoder layer's MLP output before the residual add (point ``mlp_out.{i}``).
+
+    :param event: :class:`hallufix.events_mlp.MLPOutEvent`: ``output`` ``(B, q, d)`` (replace to edit; chained),
+        ``input`` ``(B, q, d)`` the MLP's input (read-only), token-role masks, ``valid_rows`` ``(B, q)``.
+    Phase: as declared (FFN edits such as MemVR's visual key-value memory, FADE, AIR).
+    """
+
+
+@hookspec
+def hallufix_logit_lens(event):
+    """The logit lens at point ``logit_lens.{i}``: the residual stream entering decoder layer ``i`` (``i = 0``: the
+    input embeddings), at the last position of this forward, before layer ``i`` runs.
+
+    :param event: :class:`hallufix.events_lens.LensEvent`: ``hidden`` ``(B, d)`` (model dtype, read-only),
+        ``logits(norm=True)`` ``(B, V)`` float32 through the model's final norm and ``lm_head`` (computed on
+        first call, cached per event; ``norm=False`` skips the norm, as DoLa's official code), and ``lens`` the
+        projector (``lens(hidden (..., d), norm=...)`` -> ``(..., V)`` float32) to project several stashed layers
+        in one matmul later (e.g. in ``hallufix_logits``). Nothing is projected unless a hook asks.
+    Phase: as declared; called once per declared layer per forward, in layer order.
     """
 
 

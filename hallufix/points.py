@@ -8,30 +8,7 @@ One vocabulary: a point's kind is the name of the hook that receives it, without
 name is the kind plus the 0-based layer for per-layer points. The point ``attn_bias.3`` is delivered to
 ``hallufix_attn_bias`` at decoder layer 3; names are model independent, never raw transformers module paths.
 
-==================  ==============================  =================================================  ==============
-kind                name                            what                                               phase
-==================  ==============================  =================================================  ==============
-``input_image``     ``input_image``                 PIL image before the processor                     before prefill
-``layer_input``     ``layer_input.{i}``             decoder-layer input hidden states ``(B, q, d)``    both
-``attn_kv``         ``attn_kv.{i}``                 keys / values as the kernel sees them              both
-``attn_bias``       ``attn_bias.{i}``               additive logit bias, ``(B, 1|H, kv)`` per query row both
-``attn_probs``      ``attn_probs.{i}``              post-softmax rows ``(B, H, R, kv)`` (declared rows) both
-``attn_heads``      ``attn_heads.{i}``              per-head output before ``o_proj`` ``(B, q, H, D)``  both
-``logits``          ``logits``                      next-token scores ``(B, V)``                       each step
-==================  ==============================  =================================================  ==============
-
-Deprecated for one release (a ``DeprecationWarning``, then removed): the old short kinds (``"bias"``, ``"probs"``,
-``"heads"``, ``"kv"``, ``"in"``, ``"image"``) and the old names (``lm.layers.{i}.attn.scores``, ``.attn.probs``,
-``.attn.heads``, ``.attn.kv``, ``.in``, ``input.image``, ``lm.logits``) are accepted and translated.
-
-A new kind is one line in :data:`KINDS` (and, for a per-layer kind, one in :data:`LAYER_KINDS`) plus its hookspec
-in :mod:`hallufix.hookspecs` named ``hallufix_<kind>``.
-
-``qformer_bias.{i}`` (prefill): an additive logit bias ``(B, 1|H, 1|Q,
-K)`` on the Q-Former cross-attention (query tokens over the image features). ``qformer_bias`` points exist on models
-whose ``capabilities.qformer`` is set; ``{i}`` is a Q-Former layer with cross-attention
-(``ModelInfo.qformer_layers``), not a decoder layer.
-
+==================  ==============================  =================================================  =======
 No torch import here: declarations are plain data, so ``hallufix hooks`` and config validation stay light.
 """
 from __future__ import annotations
@@ -44,9 +21,10 @@ from typing import Iterable
 
 PHASES = frozenset({"prefill", "decode"})
 #: every kind, in the order ``hallufix hooks`` lists them; the hook of kind ``k`` is ``hallufix_<k>``
-KINDS = ("input_image", "layer_input", "attn_kv", "attn_bias", "attn_probs", "attn_heads", "logits", "qformer_bias")
+KINDS = ("input_image", "layer_input", "attn_kv", "attn_bias", "attn_probs", "attn_heads", "logits", "qformer_bias",
+         "mlp_in", "mlp_out", "logit_lens")
 #: the kinds that live at a decoder layer (named ``<kind>.<layer>``); the others are model-wide (named ``<kind>``)
-LAYER_KINDS = ("layer_input", "attn_kv", "attn_bias", "attn_probs", "attn_heads")
+LAYER_KINDS = ("layer_input", "attn_kv", "attn_bias", "attn_probs", "attn_heads", "mlp_in", "mlp_out", "logit_lens")
 #: per-layer kinds whose layer index addresses a sub-model (the Q-Former's layers, ``ModelInfo.qformer_layers``),
 #: not the language model's decoder; named ``<kind>.<sub-model layer>`` like the others
 SUBMODEL_KINDS = ("qformer_bias",)
@@ -212,6 +190,22 @@ def qformer_bias(layers) -> list[HookPoint]:
     """Declare an additive logit bias on the Q-Former cross-attention (query tokens over the image features) at
     Q-Former ``layers`` (``ModelInfo.qformer_layers``). The Q-Former runs once per generation, in the prefill."""
     return [HookPoint("qformer_bias", i, phases=frozenset({"prefill"})) for i in _layers(layers)]
+
+
+def mlp_in(layers, *, phases=PHASES) -> list[HookPoint]:
+    """Declare the MLP input at ``layers`` (after ``post_attention_layernorm``; read or edit)."""
+    return [HookPoint("mlp_in", i, phases=frozenset(phases)) for i in _layers(layers)]
+
+
+def mlp_out(layers, *, phases=PHASES) -> list[HookPoint]:
+    """Declare the MLP output at ``layers`` (before the residual add; read or edit, the input alongside)."""
+    return [HookPoint("mlp_out", i, phases=frozenset(phases)) for i in _layers(layers)]
+
+
+def logit_lens(layers, *, phases=PHASES) -> list[HookPoint]:
+    """Declare the logit lens at ``layers``: next-token logits of the residual stream entering each layer, at the
+    last position, through the model's final norm and ``lm_head`` (computed only when a hook asks)."""
+    return [HookPoint("logit_lens", i, phases=frozenset(phases)) for i in _layers(layers)]
 
 
 def logits() -> list[HookPoint]:

@@ -1,4 +1,4 @@
-"""The "Effect of each method" table of docs/builtin-model.md from the 18 run directories of
+"""The "Effect of each method" table of docs/builtin-model.md from the 24 run directories of
 ``hallufix ablate configs/ablations/methods-builtin.yaml --task T --output ROOT/T`` (T = shapes-pope, shapes-chair,
 shapes-mme).
 
@@ -13,7 +13,7 @@ import json
 import sys
 from pathlib import Path
 
-STACKS = ["baseline", "clva", "ara", "contrast", "fhi", "clva+ara"]
+STACKS = ["baseline", "clva", "ara", "contrast", "fhi", "clva+ara", "dola", "memvr"]
 ROWS = [  # (label, task, split, metric, format)
     ("POPE random accuracy", "shapes-pope", "random", "accuracy", "{:.4f}"),
     ("POPE popular accuracy", "shapes-pope", "popular", "accuracy", "{:.4f}"),

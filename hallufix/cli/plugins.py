@@ -81,7 +81,8 @@ def _hooks(args) -> int:
     shapes = {"input_image": "PIL.Image per row", "layer_input": f"(B, q, {d})", "attn_kv": f"(B, {Hkv}, kv, {D})",
               "attn_bias": f"(B, 1|{H}, kv) per query row", "attn_probs": f"(B, {H}, R, kv)",
               "attn_heads": f"(B, q, {H}, {D})", "logits": "(B, V)",
-              "qformer_bias": "(B, 1|H, 1|Q, K) over the image features"}
+              "qformer_bias": "(B, 1|H, 1|Q, K) over the image features",
+              "mlp_in": f"(B, q, {d})", "mlp_out": f"(B, q, {d})", "logit_lens": "(B, V) last row"}
     rows = []
     for name in points.select(args.pattern, info.num_layers, info.qformer_layers):
         kind, layer = points.parse_name(name)

@@ -28,7 +28,7 @@ from hallufix.events import ForwardInfo, HiddenEvent
 from hallufix.intercept import attention as attn
 from hallufix.intercept.qformer import QFormerRoute
 from hallufix.points import SUBMODEL_KINDS
-from hallufix.intercept import strict
+from hallufix.intercept import mlp_lens, strict
 from hallufix.intercept.attn_impl import AttentionImplementation
 from hallufix.intercept.dispatch import ATTENTION_KINDS, HookTable
 from hallufix.intercept.installer import Installed
@@ -119,6 +119,7 @@ class Interceptor:
         for i, plan in sorted(self.table.layers.items()):
             if any(k == "layer_input" for (k, _) in plan.callers):
                 hooks.pre(layers[i], self._make_layer_hook(i), with_kwargs=True)
+        mlp_lens.install(self, layers, hooks)  # MLP hooks and the logit lens (after the layer-input hooks)
         if self.table.kinds() & set(SUBMODEL_KINDS):
             self.qformer_route = QFormerRoute(self)
             out.append(self.qformer_route)

@@ -23,9 +23,9 @@ class ModuleHooks:
         """A forward pre-hook ``fn(module, args[, kwargs])`` on ``module`` (see ``register_forward_pre_hook``)."""
         return self._add((module, "pre", fn, with_kwargs))
 
-    def post(self, module: torch.nn.Module, fn: Callable) -> "ModuleHooks":
-        """A forward hook ``fn(module, args, output)`` on ``module`` (see ``register_forward_hook``)."""
-        return self._add((module, "post", fn, False))
+    def post(self, module: torch.nn.Module, fn: Callable, *, with_kwargs: bool = False) -> "ModuleHooks":
+        """A forward hook ``fn(module, args[, kwargs], output)`` on ``module`` (see ``register_forward_hook``)."""
+        return self._add((module, "post", fn, with_kwargs))
 
     def _add(self, spec) -> "ModuleHooks":
         self._queued.append(spec)
@@ -38,7 +38,7 @@ class ModuleHooks:
         if kind == "pre":
             self._handles.append(module.register_forward_pre_hook(fn, with_kwargs=with_kwargs))
         else:
-            self._handles.append(module.register_forward_hook(fn))
+            self._handles.append(module.register_forward_hook(fn, with_kwargs=with_kwargs))
 
     def install(self) -> None:
         self._installed = True

@@ -30,6 +30,19 @@ class Adapter:
     def o_proj(self, layer):
         return layer.self_attn.o_proj
 
+    def mlp(self, layer):
+        """The decoder layer's MLP module (input: after ``post_attention_layernorm``; output: before the residual
+        add), the module ``mlp_in.{i}`` / ``.out`` hook."""
+        return layer.mlp
+
+    def final_norm(self, model):
+        """The language model's final norm (applied to the last layer's output before ``lm_head``)."""
+        return self.text_model(model).norm
+
+    def lm_head(self, model):
+        """The output projection to the vocabulary."""
+        return model.get_output_embeddings()
+
     def text_config(self, model):
         return getattr(model.config, self.text_config_key)
 
