@@ -53,6 +53,7 @@ class RunSpec:
     swept: dict[str, Any] = field(default_factory=dict)
     task_options: dict[str, Any] = field(default_factory=dict)  # recorded in the identity (the task is built
     task_spec: str | None = None                                 # from them by the caller); ``NAME[:PATH]``
+    decoding: Any = None  # a hallufix.decoding.Decoding (None: greedy); its seed is ``seed``
 
     @property
     def stack(self) -> str:
@@ -154,7 +155,7 @@ def execute(session, task: Task, spec: RunSpec, out_dir: Path, *, methods=None, 
         raise
 
 
-def _generate(run, batch, images, max_new: int, on_nonfinite: str):
+def _generate(run, batch, images, max_new: int, on_nonfinite: str, decoding=None):
     """One batch: ``(generations, {row: message})``. Non-finite logits stop the run with the method and layer that
     produced them (:mod:`hallufix.intercept.guards`); with ``on_nonfinite="record"`` the batch is redone one row at a
     time and the rows that still break are returned flagged (their message says where) instead."""
@@ -165,7 +166,8 @@ def _generate(run, batch, images, max_new: int, on_nonfinite: str):
 
     questions = [s.question for s in batch]
     try:
-        return run.generate(images, questions, max_new_tokens=max_new), {}
+        return run.generate(images, questions, max_new_tokens=max_new, decoding=decoding,
+                            row_keys=[s.id for s in batch]), {}
     except NonFiniteLogits as exc:
         info = locate_nonfinite(run, images, questions, exc.rows, exc.step)
         dtype = str(next(run.session.model.parameters()).dtype)
@@ -175,7 +177,8 @@ def _generate(run, batch, images, max_new: int, on_nonfinite: str):
     outs, flagged = [], {}
     for i, (image, question) in enumerate(zip(images, questions)):
         try:
-            outs.extend(run.generate([image], [question], max_new_tokens=max_new))
+            outs.extend(run.generate([image], [question], max_new_tokens=max_new, decoding=decoding,
+                                     row_keys=[batch[i].id]))
         except NonFiniteLogits:
             outs.append(Generation("", torch.zeros(0, dtype=torch.long)))
             flagged[i] = message
@@ -200,6 +203,9 @@ def _execute_locked(session, task, spec, out_dir, methods, progress, on_batch, s
     template = prov.prompt_template(session)
     files = prov.task_files(spec.task_spec or task.name, spec.task_options)
     generation = prov.generation_settings(max_new)
+    decoding = decoding_of(spec)
+    if decoding.strategy != "greedy":  # greedy runs keep the identity they always had (resumable)
+        generation.update(do_sample=decoding.sampled, num_beams=decoding.num_beams, decoding=decoding.record())
     ident = prov.identity(model=prov.model_identity(session, spec.model), methods=run.methods.record(),
                           task=task.name, task_options=spec.task_options, files=files, template=template,
                           questions_sha256="", generation=generation, dtype=dtype, device=str(session.device),
@@ -245,7 +251,7 @@ def _execute_locked(session, task, spec, out_dir, methods, progress, on_batch, s
             t0 = time.perf_counter()
             failure = None
             try:
-                outs, flagged = _generate(run, batch, images, max_new, on_nonfinite)
+                outs, flagged = _generate(run, batch, images, max_new, on_nonfinite, decoding)
             except BatchEndFailed as exc:  # the batch was generated: keep it, then report the plugin's error
                 outs, flagged, failure = exc.generations, {}, exc.original
             except PromptTooLong as exc:
@@ -257,6 +263,8 @@ def _execute_locked(session, task, spec, out_dir, methods, progress, on_batch, s
                 recs.append({"id": s.id, "split": s.split, "question": s.question, "answer": s.answer,
                              "output": o.text, "parsed": task.parse(s, o.text), "meta": s.meta,
                              "diagnostics": o.diagnostics})
+                if o.seed is not None:  # --decoding sample: the row's generator seed
+                    recs[-1]["seed"] = o.seed
                 if i in flagged:  # --on-nonfinite record: kept, flagged, left out of the metrics
                     recs[-1].update(output=None, parsed=None, nonfinite=flagged[i])
                 bad: list[str] = []
@@ -291,7 +299,8 @@ def _execute_locked(session, task, spec, out_dir, methods, progress, on_batch, s
             "attn_implementation": session.adapter.get_text_attn_implementation(session.model)},
         "methods": run.methods.record(),
         "task": {**getattr(task, "record", dict)(), "name": task.name, "n": len(records)},  # + file versions etc.
-        "swept": spec.swept, "seed": spec.seed, "metrics": metrics_block(task, scores, counts),
+        "swept": spec.swept, "seed": spec.seed, "decoding": decoding_of(spec).record(),
+        "metrics": metrics_block(task, scores, counts),
         "nonfinite": {"n": len(broken), "ids": broken, "excluded_from_metrics": True} if broken else None,
         "overhead": {"wall_s_per_sample": (m["wall_s"] / m["samples"]) if m["samples"] else None,
                      "wall_s_per_token": (m["wall_s"] / m["tokens"]) if m["tokens"] else None,
@@ -320,3 +329,12 @@ def _execute_locked(session, task, spec, out_dir, methods, progress, on_batch, s
 
 def _diff(now: dict, before: dict) -> dict:
     return {k: v - before.get(k, 0) for k, v in now.items() if v - before.get(k, 0)}
+
+
+def decoding_of(spec: RunSpec):
+    """The run's :class:`~hallufix.decoding.Decoding`, seeded with the run's ``seed``."""
+    from dataclasses import replace
+
+    from hallufix.decoding import Decoding
+
+    return replace(spec.decoding or Decoding(), seed=spec.seed)

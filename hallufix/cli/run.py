@@ -34,6 +34,9 @@ def _common(p) -> None:
     p.add_argument("--drop-corrupt-lines", action="store_true",
                    help="when a resumed samples.jsonl has corrupt lines, drop just those (kept in "
                         "samples.jsonl.dropped) and redo their samples")
+    from hallufix.decoding.cli import add_decoding_flags
+
+    add_decoding_flags(p)
     p.add_argument("overrides", nargs="*", metavar="key=value",
                    help="method keys (clva.alpha=10), task options (task.image_root=DIR), run keys; a,b,c sweeps")
 
@@ -96,6 +99,10 @@ def _execute(args, fixed: dict, axes: dict) -> int:
     base = _base_settings(args, fixed)
     p = plan(base, list(args.overrides), args.plugins, axes)
     cells = list(p.cells)
+    from hallufix.decoding.cli import decoding_from_args
+
+    for cell in cells:  # every cell (the baseline too) decodes the same way
+        cell.decoding = decoding_from_args(args)
     if not args.no_baseline and len(cells) == 1 and cells[0].plugins:
         from dataclasses import replace
 
