@@ -29,13 +29,19 @@ class GenerationPlan:
     seeds: list[int] | None = None
 
 
-def plan(decoding: Decoding | None, questions: list[str], images: list, row_keys: list[str] | None = None
-         ) -> GenerationPlan:
+def plan(decoding: Decoding | None, questions: list[str], images: list, row_keys: list[str] | None = None,
+         methods=None) -> GenerationPlan:
     """The plan for one batch. ``row_keys`` (one per row; the runner passes sample ids) seed the rows of
     ``sample``; without them a row's key is a hash of its question and image (:func:`content_key`)."""
     d = decoding or Decoding()
     if d.strategy == "beam":
-        return GenerationPlan({"do_sample": False, "num_beams": d.num_beams}, expand=d.num_beams)
+        kwargs = {"do_sample": False, "num_beams": d.num_beams}
+        caller = candidate_caller(methods) if methods is not None else None
+        if caller is not None:  # a method implements hallufix_beam_candidates: the loop with the candidate hook
+            from hallufix.decoding.beam import make_beam_search
+
+            kwargs["custom_generate"] = make_beam_search(caller)
+        return GenerationPlan(kwargs, expand=d.num_beams)
     if d.strategy == "greedy":
         return GenerationPlan({"do_sample": False, "num_beams": 1})
     if row_keys is not None and len(row_keys) != len(questions):
@@ -44,6 +50,25 @@ def plan(decoding: Decoding | None, questions: list[str], images: list, row_keys
     seeds = [row_seed(d.seed, str(k)) for k in keys]
     return GenerationPlan({"do_sample": False, "num_beams": 1}, [RowSampler(seeds, d.temperature, d.top_p)],
                           seeds=seeds)
+
+
+def candidate_caller(methods):
+    """A function ``(event=...)`` calling each active method's ``hallufix_beam_candidates`` in typed order, or
+    ``None`` when no active method implements it (beam search then is transformers' own ``_beam_search``)."""
+    callers = []
+    for inst in methods.instances:
+        if not hasattr(inst, "hallufix_beam_candidates"):
+            continue
+        others = [x for x in methods.instances if x is not inst]
+        callers.append(methods.pm.subset_hook_caller("hallufix_beam_candidates", remove_plugins=others))
+    if not callers:
+        return None
+
+    def call(event):
+        for c in callers:
+            c(event=event)
+
+    return call
 
 
 def expand_layout(layout, times: int):
