@@ -129,7 +129,7 @@ class MethodRun:
         """
         from hallufix.decoding import prepare as decoding_plan
 
-        steps = decoding_plan.plan(decoding, questions, images, row_keys, self.methods)
+        steps = decoding_plan.plan(decoding, questions, images, row_keys, self.methods, self.declared)
         s = self.session
         rows = [[im] for im in images]
         image_caller = self.table.global_caller("image")

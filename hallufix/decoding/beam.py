@@ -13,7 +13,7 @@ helpers ``_get_top_k_continuations``, ``_get_running_beams_for_next_iteration``,
   candidate tokens (``event.lookahead(tokens)``: the cache is cropped back afterwards) and ask for a rollback;
 * a rollback (``event.rollback(n, ban)``) restores the beams as they were when ``n`` tokens had been generated,
   rebuilds the cache (cropped to the prompt, then one forward over the restored beams' ``n`` tokens) and redoes that
-  step with the tokens in ``ban`` (``(B * num_beams, m)``) excluded.
+  step with the tokens in ``ban`` (``(B * num_beams, m)`` ids per restored row, ``-1`` for none) excluded.
 
 With a hook that changes nothing the loop is transformers' beam search bit for bit (tests/test_opera.py).
 """
@@ -130,8 +130,11 @@ def candidate_beam_search(model, input_ids, logits_processor, stopping_criteria,
                 del raw_logits[target:], all_scores[target:]
             continue
         logits = event.logits
-        if ban is not None:
-            logits = logits.scatter(1, ban, torch.finfo(logits.dtype).min)
+        if ban is not None:  # (N, m) token ids per row, -1 = none
+            rows = torch.arange(ban.shape[0], device=dev)[:, None].expand_as(ban)
+            keep = ban >= 0
+            logits = logits.clone()
+            logits[rows[keep], ban[keep]] = torch.finfo(logits.dtype).min
         log_probs = nn.functional.log_softmax(logits, dim=-1)
         log_probs = logits_processor(flat_running, log_probs)
         if raw_logits is not None:

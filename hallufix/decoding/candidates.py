@@ -44,5 +44,5 @@ class CandidateEvent:
 
     def rollback(self, generated: int, ban: torch.Tensor | None = None) -> None:
         """Restart the search from the beams as they were with ``generated`` tokens (``< step``), excluding
-        ``ban`` ``(N, m)`` token ids of the restored rows at that step. The last request of a step wins."""
+        ``ban`` ``(N, m)`` token ids of the restored rows at that step (``-1``: none). The last request of a step wins."""
         self.rollback_to, self.rollback_ban = int(generated), ban

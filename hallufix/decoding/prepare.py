@@ -30,13 +30,13 @@ class GenerationPlan:
 
 
 def plan(decoding: Decoding | None, questions: list[str], images: list, row_keys: list[str] | None = None,
-         methods=None) -> GenerationPlan:
+         methods=None, declared=None) -> GenerationPlan:
     """The plan for one batch. ``row_keys`` (one per row; the runner passes sample ids) seed the rows of
     ``sample``; without them a row's key is a hash of its question and image (:func:`content_key`)."""
     d = decoding or Decoding()
     if d.strategy == "beam":
         kwargs = {"do_sample": False, "num_beams": d.num_beams}
-        caller = candidate_caller(methods) if methods is not None else None
+        caller = candidate_caller(methods, declared) if methods is not None else None
         if caller is not None:  # a method implements hallufix_beam_candidates: the loop with the candidate hook
             from hallufix.decoding.beam import make_beam_search
 
@@ -52,12 +52,13 @@ def plan(decoding: Decoding | None, questions: list[str], images: list, row_keys
                           seeds=seeds)
 
 
-def candidate_caller(methods):
+def candidate_caller(methods, declared=None):
     """A function ``(event=...)`` calling each active method's ``hallufix_beam_candidates`` in typed order, or
-    ``None`` when no active method implements it (beam search then is transformers' own ``_beam_search``)."""
+    ``None`` when no active method implements it (beam search then is transformers' own ``_beam_search``). With
+    ``declared`` (``{instance: points}``), a method that declared nothing (a no-op setting) is not called."""
     callers = []
     for inst in methods.instances:
-        if not hasattr(inst, "hallufix_beam_candidates"):
+        if not hasattr(inst, "hallufix_beam_candidates") or (declared is not None and inst not in declared):
             continue
         others = [x for x in methods.instances if x is not inst]
         callers.append(methods.pm.subset_hook_caller("hallufix_beam_candidates", remove_plugins=others))
