@@ -38,12 +38,15 @@ class Config:
     num_candidates: int = 5       # k: candidates per beam (official num_attn_candidates 5)
     penalty_weight: float = 1.0   # alpha (official penalty_weights 1); 0 = plain beam search
     warmup: int = 10              # first response tokens using the image-attention term; earliest rollback target
-    rollback: bool = True         # retrospection-allocation rollback (needs one prompt per generate call)
+    rollback: str = "auto"        # retrospection rollback: on | off | auto (on for one prompt per generate call,
+    #                               off for larger batches: a rollback restarts the whole batch's search)
     layer: str = "last"           # the attention layer (official: the last, outputs.attentions[-1]); or an index
 
     def validate(self):
         if self.scale_factor <= 0 or self.num_candidates < 1 or self.threshold < 0 or self.warmup < 0:
             raise ValueError("scale_factor must be > 0, num_candidates >= 1, threshold and warmup >= 0")
+        if str(self.rollback).lower() not in ("on", "off", "auto", "true", "false"):
+            raise ValueError(f"rollback must be on, off or auto, got {self.rollback!r}")
         if self.penalty_weight < 0:
             raise ValueError(f"penalty_weight must be >= 0, got {self.penalty_weight}")
 
@@ -68,12 +71,16 @@ class OPERA(Method):
 
     @hallufix.hookimpl
     def hallufix_batch_start(self, batch):
+        if self.config.penalty_weight == 0:
+            return
         B = batch.layout.batch_size
-        if self.config.rollback and B > 1:
+        mode = {"true": "on", "false": "off"}.get(str(self.config.rollback).lower(), str(self.config.rollback).lower())
+        if mode == "on" and B > 1:
             raise ValueError(f"opera: the rollback works on one prompt per generate call (as the official code); "
-                             f"got a batch of {B} — use --batch-size 1, or opera.rollback=false")
+                             f"got a batch of {B} — use --batch-size 1, or opera.rollback=auto / off")
+        self.rollback = mode == "on" or (mode == "auto" and B == 1)
         self.rows = batch.diagnostics
-        self.stats = {"steps": 0, "rollbacks": 0, "warmup_steps": 0}
+        self.stats = {"steps": 0, "rollbacks": 0, "warmup_steps": 0, "rollback_active": self.rollback}
         self.hist: torch.Tensor | None = None   # (N, n, n) response rows over response columns
         self.snapshots: dict[int, torch.Tensor] = {}
         self.locs: list[torch.Tensor] = []       # per step (N,) the mode over candidates of the max location
@@ -130,7 +137,7 @@ class OPERA(Method):
         self.stats["steps"] += 1
         step_loc = loc.mode(dim=-1).values  # (N,)
         self.locs.append(step_loc)
-        if c.rollback:
+        if self.rollback:
             self._maybe_rollback(event, t, step_loc)
 
     def _append_row(self, event, t: int, P: int) -> None:
@@ -174,5 +181,7 @@ class OPERA(Method):
 
     @hallufix.hookimpl
     def hallufix_batch_end(self, batch):
+        if self.config.penalty_weight == 0:
+            return
         for d in batch.diagnostics:
             d["opera"] = dict(self.stats)
