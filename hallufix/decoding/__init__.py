@@ -8,7 +8,14 @@
   own ``torch.Generator`` and forces the drawn token, so a row's samples depend on its seed only (not on its batch
   neighbours, the batch size, or a resumed run's position).
 """
-from hallufix.decoding.strategy import Decoding, DecodingError, row_seed
-from hallufix.decoding.prepare import GenerationPlan, plan
+from hallufix.decoding.strategy import Decoding, DecodingError, row_seed  # light: no torch (CLI help)
 
 __all__ = ["Decoding", "DecodingError", "GenerationPlan", "plan", "row_seed"]
+
+
+def __getattr__(name):
+    if name in ("GenerationPlan", "plan"):
+        from hallufix.decoding import prepare
+
+        return getattr(prepare, name)
+    raise AttributeError(name)
