@@ -13,7 +13,8 @@ per round; the reported ratio is the median over rounds of case / baseline, so m
 halves of a pair cancels. Greedy, ``min_new_tokens = max_new_tokens`` so every run decodes the same length.
 
 Cases: built-in core cases (``none``, ``bias-half``, ``probe-2``) and one YAML file per method case in
-``benchmarks/cases/`` (``case``, ``plugins``, ``overrides``, ``target``, optional ``max_new_tokens``).
+``benchmarks/cases/`` (``case``, ``plugins``, ``overrides``, ``target``, optional ``max_new_tokens``, optional
+``num_beams``: that case and its baseline run beam search with that many beams, e.g. OPERA against plain beam 5).
 Output: a table, or with ``--json`` one JSON object per case per line:
 ``{"case", "ratio", "ratio_iqr", "baseline_s", "case_s", "target", "rounds", "device", "shape"}`` (``ratio_iqr``:
 the interquartile range of the per-round ratios, the spread to compare with a target's margin).
@@ -153,13 +154,18 @@ def main(argv=None) -> int:
         if args.device.startswith("cuda"):
             torch.cuda.synchronize()
 
-    def baseline(n_new):
+    def baseline(n_new, beams=1):
         inputs = session.adapter.inputs(session.processor, [[image]], [question], session.device)
         with torch.inference_mode():
-            session.model.generate(**inputs, max_new_tokens=n_new, min_new_tokens=n_new, do_sample=False)
+            session.model.generate(**inputs, max_new_tokens=n_new, min_new_tokens=n_new, do_sample=False,
+                                   num_beams=beams)
 
     def case(name, n_new):
-        runs[name].generate([image], [question], max_new_tokens=n_new, min_new_tokens=n_new)
+        from hallufix.decoding import Decoding
+
+        beams = int(cases[name].get("num_beams") or 1)
+        decoding = Decoding.from_args("beam", num_beams=beams) if beams > 1 else None
+        runs[name].generate([image], [question], max_new_tokens=n_new, min_new_tokens=n_new, decoding=decoding)
 
     timings = {n: {"base": [], "case": [], "ratio": []} for n in cases}
     order = list(cases)
@@ -168,7 +174,8 @@ def main(argv=None) -> int:
         rng.shuffle(order)
         for name in order:
             n_new = int(cases[name].get("max_new_tokens") or args.max_new_tokens)
-            pair = [("base", lambda: baseline(n_new)), ("case", lambda: case(name, n_new))]
+            beams = int(cases[name].get("num_beams") or 1)
+            pair = [("base", lambda: baseline(n_new, beams)), ("case", lambda: case(name, n_new))]
             if rng.random() < 0.5:
                 pair.reverse()
             got = {}

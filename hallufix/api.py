@@ -34,6 +34,8 @@ class Generation:
     token_ids: torch.Tensor
     diagnostics: dict = field(default_factory=dict)
     logits: torch.Tensor | None = None
+    #: the row's sampling seed (``--decoding sample``; :func:`hallufix.decoding.row_seed`), else ``None``
+    seed: int | None = None
 
 
 class Session:
@@ -139,12 +141,18 @@ class MethodRun:
 
     # ------------------------------------------------------------------ generation
     def generate(self, images: list, questions: list[str], *, max_new_tokens: int = 16, min_new_tokens: int = 0,
-                 output_logits: bool = False, **generate_kw) -> list[Generation]:
-        """Greedy generation for a batch (one image per question), with the run's methods active.
+                 output_logits: bool = False, decoding=None, row_keys: list[str] | None = None,
+                 **generate_kw) -> list[Generation]:
+        """Generation for a batch (one image per question), with the run's methods active.
 
         :param images: RGB ``PIL.Image`` per row. :param questions: user texts (the adapter applies the chat
-        template). Returns one :class:`Generation` per row.
+        template). :param decoding: a :class:`hallufix.decoding.Decoding` (default greedy). :param row_keys: one key
+        per row seeding its samples (sample ids; default a hash of the row's question and image). Returns one
+        :class:`Generation` per row.
         """
+        from hallufix.decoding import prepare as decoding_plan
+
+        steps = decoding_plan.plan(decoding, questions, images, row_keys, self.methods, self.declared)
         s = self.session
         batch = BatchInfo(s.info, None, list(questions), [{} for _ in questions])
         with strict.active():
@@ -159,15 +167,16 @@ class MethodRun:
         batch.layout = layout = s.adapter.layout(s.model, inputs, rows)
         guards.check_context(s.model, inputs, max_new_tokens)  # before the model runs
         guard = guards.FiniteLogitsGuard(s.model.generation_config.eos_token_id)
-        kw = dict(max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens, do_sample=False, num_beams=1,
+        kw = dict(max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens, **steps.kwargs,
                   return_dict_in_generate=True, output_logits=output_logits, **generate_kw)
         with torch.inference_mode():
             if not self.table.points:
-                out = s.model.generate(**inputs, logits_processor=LogitsProcessorList([guard]), **kw)
+                out = s.model.generate(**inputs, logits_processor=LogitsProcessorList([guard] + steps.processors), **kw)
             else:
-                with Interceptor(s.model, s.adapter, self.table, self.methods.pm, layout, s.info) as ic:
-                    out = s.model.generate(**inputs, logits_processor=LogitsProcessorList(ic.logits_processors()
-                                                                                          + [guard]), **kw)
+                with Interceptor(s.model, s.adapter, self.table, self.methods.pm,
+                                 decoding_plan.expand_layout(layout, steps.expand), s.info) as ic:
+                    out = s.model.generate(**inputs, logits_processor=LogitsProcessorList(
+                        ic.logits_processors() + [guard] + steps.processors), **kw)
                 self._accumulate(ic)
         try:
             with strict.active():
@@ -178,11 +187,11 @@ class MethodRun:
             ended = None
         new = s.adapter.new_tokens(out.sequences, inputs)
         texts = s.processor.batch_decode(new, skip_special_tokens=True)
-        logits = torch.stack(out.logits, 1) if output_logits else None
+        logits = decoding_plan.row_logits(out, len(texts), steps.expand) if output_logits else None
         eos = s.model.generation_config.eos_token_id
         ids = [guards.trim_at_eos(new[i], eos) for i in range(len(texts))]  # batched rows: no pad after EOS
-        gens = [Generation(t.strip(), ids[i], batch.diagnostics[i],
-                           None if logits is None else logits[i][: len(ids[i])]) for i, t in enumerate(texts)]
+        gens = [Generation(t.strip(), ids[i], batch.diagnostics[i], None if logits is None else logits[i][: len(ids[i])],
+                           None if steps.seeds is None else steps.seeds[i]) for i, t in enumerate(texts)]
         if ended is not None:  # the outputs exist: hand them over with the plugin's error (the runner keeps them)
             raise BatchEndFailed(gens, ended) from ended
         return gens

@@ -272,6 +272,20 @@ def hallufix_logits(event):
     """
 
 
+@hookspec
+def hallufix_beam_candidates(event):
+    """One beam-search step's next-token logits, before ``log_softmax`` (``--decoding beam`` only).
+
+    :param event: :class:`hallufix.decoding.candidates.CandidateEvent`: ``logits`` ``(B * num_beams, V)`` float32
+        (replace to edit; chained in typed order), ``input_ids`` of the running beams, ``step``, ``parents`` (the
+        row each beam continued), ``banned`` after a rollback; ``event.lookahead(tokens)`` runs one forward on a
+        candidate token per beam (every declared hook fires; the cache is restored) and ``event.rollback(n, ban)``
+        restarts the search from the beams of ``n`` generated tokens. Implementing this hook switches beam search to
+        :func:`hallufix.decoding.beam.candidate_beam_search` (transformers' loop step for step, plus this hook).
+    Phase: once per beam step, after the decode forward.
+    """
+
+
 # --------------------------------------------------------------------------------------------- results
 
 

@@ -35,6 +35,8 @@ def register(sub) -> None:
     p.add_argument("--max-new-tokens", type=int, default=None, help="default: the task's")
     p.add_argument("--dtype", default="auto", help="auto, float32, bfloat16, float16 (default auto)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (default cpu)")
+    p.add_argument("--refresh", action="store_true", help="recompute even when the calibration cache holds this "
+                                                           "model + config + prompt set ($HALLUFIX_CACHE_DIR)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="task options (task.seed=1) and method keys "
                                                                     "(fhi.perc_max_layer=7, fhi.query_row=mean)")
     p.set_defaults(handler=_calibrate)
@@ -80,9 +82,10 @@ def _calibrate(args) -> int:
 
     try:
         images = [s.load_image() for s in samples]
-        cal = FHI.calibrate(session, images, [s.question for s in samples], fraction=args.fraction,
-                            perception_share=args.perception_share, overrides=overrides,
-                            max_new_tokens=args.max_new_tokens or task.max_new_tokens, batch_size=args.batch_size)
+        cal = _cached(session, model, task_spec, task_options, samples, args, overrides, lambda: FHI.calibrate(
+            session, images, [s.question for s in samples], fraction=args.fraction,
+            perception_share=args.perception_share, overrides=overrides,
+            max_new_tokens=args.max_new_tokens or task.max_new_tokens, batch_size=args.batch_size))
     except (ConfigError, TaskError, ValueError) as exc:
         raise CliError(str(exc)) from None
     target, found = preset_target(FHI, session.info.family, session.identity, args.output)
@@ -103,7 +106,33 @@ def _calibrate(args) -> int:
     return 0
 
 
+def _cached(session, model, task_spec, task_options, samples, args, overrides, compute) -> dict:
+    """``compute()`` through the calibration cache (:mod:`hallufix.calibration_cache`), keyed by the model, FHI's
+    resolved probe config and the prompt set and targets; prints whether it was read or computed."""
+    from hallufix.calibration_cache import CalibrationCache, code_hash, model_key
+    from hallufix.config import method_config
+    from hallufix.provenance import questions_hash
+    from hallufix_fhi.method import FHI
+
+    from dataclasses import asdict, is_dataclass
+
+    cfg = method_config(FHI, overrides=list(overrides), family=session.info.family, model=session.identity)
+    config = {"config": asdict(cfg) if is_dataclass(cfg) else dict(cfg),
+              "code": code_hash("hallufix_fhi.calibration", "hallufix_fhi.method")}
+    calibration = {"task": task_spec, "task_options": task_options, "n": len(samples),
+                   "questions_sha256": questions_hash(samples), "fraction": args.fraction,
+                   "perception_share": args.perception_share, "max_new_tokens": args.max_new_tokens,
+                   "batch_size": args.batch_size, "dtype": str(next(session.model.parameters()).dtype)}
+    cache = CalibrationCache()
+    value, hit = cache.get_or_compute(model_key(session, model), "fhi", config, calibration, compute,
+                                      refresh=args.refresh)
+    print(f"calibration {'read from' if hit else 'computed and stored in'} the cache ({cache.root}; --refresh "
+          f"recomputes)")
+    return value
+
+
 def preset_target(cls: type, family: str, model, output: str | None = None) -> tuple[Path, Path | None]:
+
     """``(file to write, preset to start it from)`` for calibrating ``cls`` on ``model`` of ``family``: ``output``
     if given, else the preset in use, unless it is one the family shares with a sibling (``qwen.yaml``): then a file of the
     family's own, which :func:`write_preset` starts from the shared one, so the sibling keeps its thresholds.

@@ -34,6 +34,9 @@ def _common(p) -> None:
     p.add_argument("--drop-corrupt-lines", action="store_true",
                    help="when a resumed samples.jsonl has corrupt lines, drop just those (kept in "
                         "samples.jsonl.dropped) and redo their samples")
+    from hallufix.decoding.cli import add_decoding_flags
+
+    add_decoding_flags(p)
     p.add_argument("overrides", nargs="*", metavar="key=value",
                    help="method keys (clva.alpha=10), task options (task.image_root=DIR), run keys; a,b,c sweeps")
 
@@ -91,7 +94,12 @@ def _execute(args, resolution) -> int:
     from hallufix.runner import Job, run_cells
     from hallufix.runner.world import current, shutdown
 
+    from hallufix.decoding.cli import decoding_from_args
+
     base = resolution.settings
+    decoding = decoding_from_args(args)
+    for cell in resolution.cells:  # every cell (the baseline too) decodes the same way
+        cell.spec.decoding = decoding
     world = current(base.get("device"))
     try:
         samples, out_root = _preflight(args, resolution)

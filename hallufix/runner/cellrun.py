@@ -28,6 +28,7 @@ from hallufix.errors import BatchEndFailed, NumericalError, RunDirError
 from hallufix.runner import store, timing
 from hallufix.runner.generate import generate_batch
 from hallufix.runner.results import SCHEMA_VERSION, environment, metrics_block, overhead_block
+from hallufix.runner.spec import decoding_of
 from hallufix.runner.world import World
 from hallufix.tasks.base import TaskError, iter_batches
 
@@ -89,6 +90,10 @@ class CellRun:
         self.template = prov.prompt_template(session)
         self.files = prov.task_files(spec.task_spec or task.name, spec.task_options)
         self.generation = prov.generation_settings(self.max_new)
+        self.decoding = decoding_of(spec)
+        if self.decoding.strategy != "greedy":  # greedy runs keep the identity they always had (resumable)
+            self.generation.update(do_sample=self.decoding.sampled, num_beams=self.decoding.num_beams,
+                                   decoding=self.decoding.record())
         device = session.device.type  # the kind: cuda:0 and the cuda:<rank> of each rank are the same run
         ident = prov.identity(model=prov.model_identity(session, spec.model), methods=self.run.methods.record(),
                               task=task.name, task_options=spec.task_options, files=self.files,
@@ -157,7 +162,7 @@ class CellRun:
         t0 = time.perf_counter()
         failure = None
         try:
-            outs, flagged = generate_batch(self.run, batch, images, self.max_new, self.on_nonfinite)
+            outs, flagged = generate_batch(self.run, batch, images, self.max_new, self.on_nonfinite, self.decoding)
         except BatchEndFailed as exc:  # the batch was generated: keep it, then report the plugin's error
             outs, flagged, failure = exc.generations, {}, exc.original
         except PromptTooLong as exc:
@@ -168,6 +173,8 @@ class CellRun:
         for i, (s, o) in enumerate(zip(batch, outs)):
             rec = {"id": s.id, "split": s.split, "question": s.question, "answer": s.answer, "output": o.text,
                    "parsed": self.task.parse(s, o.text), "meta": s.meta, "diagnostics": o.diagnostics}
+            if o.seed is not None:  # --decoding sample: the row's generator seed
+                rec["seed"] = o.seed
             if i in flagged:  # --on-nonfinite record: kept, flagged, left out of the metrics
                 rec.update(output=None, parsed=None, nonfinite=flagged[i])
             bad: list[str] = []
@@ -220,7 +227,8 @@ class CellRun:
                 "attn_implementation": session.adapter.get_text_attn_implementation(session.model)},
             "methods": self.run.methods.record(),
             "task": {**getattr(task, "record", dict)(), "name": task.name, "n": len(records)},
-            "swept": spec.swept, "seed": spec.seed, "metrics": metrics_block(task, scores, counts),
+            "swept": spec.swept, "seed": spec.seed, "decoding": self.decoding.record(),
+            "metrics": metrics_block(task, scores, counts),
             "nonfinite": {"n": len(broken), "ids": broken, "excluded_from_metrics": True} if broken else None,
             "overhead": overhead_block(m, vs),
             "execution": {"world_size": self.world.size, "ranks": m["ranks"], "distribute": self.world.by,

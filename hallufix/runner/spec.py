@@ -27,6 +27,7 @@ class RunSpec:
     swept: dict[str, Any] = field(default_factory=dict)
     task_options: dict[str, Any] = field(default_factory=dict)  # recorded in the identity (the task is built
     task_spec: str | None = None                                 # from them by the caller); ``NAME[:PATH]``
+    decoding: Any = None  # a hallufix.decoding.Decoding (None: greedy); its seed is ``seed``
 
     @property
     def stack(self) -> str:
@@ -65,3 +66,12 @@ def comparable(a, b) -> bool:
     x, y = cell_spec(a), cell_spec(b)
     keys = ("model", "task", "limit", "seed", "max_new_tokens", "dtype", "device", "batch_size")
     return all(getattr(x, k) == getattr(y, k) for k in keys) and x.task_options == y.task_options
+
+
+def decoding_of(spec: RunSpec):
+    """The run's :class:`~hallufix.decoding.Decoding`, seeded with the run's ``seed``."""
+    from dataclasses import replace
+
+    from hallufix.decoding import Decoding
+
+    return replace(spec.decoding or Decoding(), seed=spec.seed)

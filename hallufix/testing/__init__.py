@@ -35,6 +35,10 @@ def __getattr__(name):
 
 
 def pytest_configure(config):
+    import tempfile
+
+    # calibration results of a test session go to a fresh folder: never read, never fill the user's cache
+    os.environ.setdefault("HALLUFIX_CACHE_DIR", tempfile.mkdtemp(prefix="hallufix-calibration-"))
     threads = os.environ.get("HALLUFIX_TEST_THREADS", "1").strip()
     if threads != "auto":
         import torch

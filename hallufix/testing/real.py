@@ -137,6 +137,8 @@ class RealInputsContract:
         images, questions = tiny_images(4, mixed=True), list(QUESTIONS[:4])
         kw = dict(max_new_tokens=self.real_max_new_tokens, min_new_tokens=self.real_max_new_tokens,
                   output_logits=True)
+        if getattr(self, "decoding", None) is not None:  # a method that acts under one strategy (opera: beams)
+            kw["decoding"] = self.decoding
         with self._device_guard():
             run = session.start([self.method], {self.method: overrides})
             batched = run.generate(images, questions, **kw)

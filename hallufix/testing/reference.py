@@ -9,6 +9,7 @@ call in progress (a context variable), so a test session never grows transformer
 """
 from __future__ import annotations
 
+import contextlib
 import contextvars
 
 import torch
@@ -30,6 +31,20 @@ def _reference_attention(module, query, key, value, attention_mask, **kwargs):
     if fn is None:
         raise RuntimeError(f"attention implementation {REFERENCE_NAME!r} used outside generate_with_attention")
     return fn(module, query, key, value, attention_mask, **kwargs)
+
+
+@contextlib.contextmanager
+def attention_as(session, attention_fn):
+    """Within the block, ``session``'s language model runs ``attention_fn`` (``AttentionInterface`` signature,
+    additive float mask) under :data:`REFERENCE_NAME`; the previous implementation comes back afterwards. For
+    references that drive the model themselves (their own decode loop)."""
+    ensure_registered(REFERENCE_NAME, _reference_attention, eager_mask)
+    token = _CURRENT.set(attention_fn)
+    try:
+        with Installed(AttentionImplementation(session.model, {session.adapter.text_config_key: REFERENCE_NAME})):
+            yield
+    finally:
+        _CURRENT.reset(token)
 
 
 def generate_with_attention(session, images, questions, attention_fn, max_new_tokens: int = 3, pre_hooks=()):
