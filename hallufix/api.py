@@ -24,6 +24,7 @@ from hallufix.capture import PrefillCapture, gather_visual
 from hallufix.events import BatchInfo, ImageEvent
 from hallufix.errors import BatchEndFailed
 from hallufix.intercept import HookTable, Interceptor, guards, strict
+from hallufix.intercept.branch import BranchPass, collect_branches
 from hallufix.models.families import adapter_for
 from hallufix.plugins import ActiveMethods, PluginError, activate, new_manager, split_plugins
 
@@ -103,6 +104,7 @@ class MethodRun:
             if pts:
                 self.declared[inst] = pts
         self.table = HookTable(methods.pm, self.declared)
+        self.branches = collect_branches(methods, session.info)  # [(method, Branch)]: extra rows per batch
         self.hook_stats: dict = {"fired": {}, "paths": {}}
 
     @property
@@ -131,6 +133,9 @@ class MethodRun:
             rows = [[im] + extra for im, extra in zip(ev.images, ev.extra_images)]
         inputs = s.adapter.inputs(s.processor, rows, questions, s.device)
         layout = s.adapter.layout(s.model, inputs, rows)
+        bp = BranchPass.build(s, self.branches, inputs, rows, questions) if self.branches else None
+        if bp is not None:  # the branches' rows follow the main rows: every hook sees all (1 + k) B rows
+            inputs, layout, questions = bp.inputs, bp.layout, bp.questions
         batch = BatchInfo(s.info, layout, list(questions), [{} for _ in questions], self.stash)
         guards.check_context(s.model, inputs, max_new_tokens)  # before any method sees the batch
         with strict.active():
@@ -140,12 +145,16 @@ class MethodRun:
                   return_dict_in_generate=True, output_logits=output_logits, **generate_kw)
         with torch.inference_mode():
             if not self.table.points:
-                out = s.model.generate(**inputs, logits_processor=LogitsProcessorList([guard]), **kw)
+                first = bp.logits_processors() if bp is not None else []
+                out = s.model.generate(**inputs, logits_processor=LogitsProcessorList(first + [guard]), **kw)
             else:
                 with Interceptor(s.model, s.adapter, self.table, self.methods.pm, layout, s.info, self.stash) as ic:
-                    out = s.model.generate(**inputs, logits_processor=LogitsProcessorList(ic.logits_processors()
-                                                                                          + [guard]), **kw)
+                    first = ic.logits_processors() if bp is None else \
+                        bp.logits_processors(ic, self.table.global_caller("logits"))
+                    out = s.model.generate(**inputs, logits_processor=LogitsProcessorList(first + [guard]), **kw)
                 self._accumulate(ic)
+            if bp is not None:
+                out, inputs = bp.main_output(out), {**inputs, "input_ids": inputs["input_ids"][: bp.main_rows]}
         try:
             with strict.active():
                 self.methods.pm.hook.hallufix_batch_end(batch=batch)
@@ -158,7 +167,7 @@ class MethodRun:
         logits = torch.stack(out.logits, 1) if output_logits else None
         eos = s.model.generation_config.eos_token_id
         ids = [guards.trim_at_eos(new[i], eos) for i in range(len(texts))]  # batched rows: no pad after EOS
-        gens = [Generation(t.strip(), ids[i], batch.diagnostics[i],
+        gens = [Generation(t.strip(), ids[i], batch.diagnostics[i],  # branch rows' diagnostics are dropped
                            None if logits is None else logits[i][: len(ids[i])]) for i, t in enumerate(texts)]
         if ended is not None:  # the outputs exist: hand them over with the plugin's error (the runner keeps them)
             raise BatchEndFailed(gens, ended) from ended

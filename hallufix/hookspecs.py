@@ -4,6 +4,7 @@ Lifecycle of one run (``hallufix run`` or :meth:`hallufix.api.Session.generate`)
 
     discovery      hallufix_register_methods            (every installed plugin, once per process)
     run setup      hallufix_configure                   (each active method: declare hook points)
+                   hallufix_declare_branches            (each active method: extra forwards per step)
     per batch      hallufix_input_image                 (chained; may run an analysis prefill)
                    hallufix_batch_start                 (token layout known)
       per forward    hallufix_forward_start             (prefill, then each decode step)
@@ -86,6 +87,18 @@ def hallufix_configure(model):
     :return: a list of :class:`hallufix.points.HookPoint` (build them with ``hallufix.points.attn_bias(...)``
         etc.). Returning ``[]`` means the method is a no-op for this configuration (e.g. strength 0), and it is
         then not called at all.
+    """
+
+
+@hookspec
+def hallufix_declare_branches(model):
+    """Declare the extra forwards (branches) this method needs at every generation step.
+
+    :param model: :class:`hallufix.layout.ModelInfo`.
+    :return: a list of :class:`hallufix.branches.Branch` (``[]`` or ``None``: no branch). Branch rows run as extra
+        batch rows in lockstep with the main rows (see :mod:`hallufix.branches`); their next-token scores reach
+        ``hallufix_logits`` as ``event.branches[name]`` ``(B, V)``.
+    Phase: run setup, after ``hallufix_configure``.
     """
 
 
