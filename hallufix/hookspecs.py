@@ -11,6 +11,7 @@ Lifecycle of one run (``hallufix run`` or :meth:`hallufix.api.Session.generate`)
         per layer      hallufix_layer_input             lm.layers.{i}.in
                        hallufix_attn_kv                 lm.layers.{i}.attn.kv
                        hallufix_attn_bias               lm.layers.{i}.attn.scores
+                       hallufix_attn_transform          lm.layers.{i}.attn.transform
                        hallufix_attn_probs              lm.layers.{i}.attn.probs
                        hallufix_attn_heads              lm.layers.{i}.attn.heads
       per step       hallufix_logits                    lm.logits
@@ -172,6 +173,19 @@ def hallufix_attn_bias(event):
     Equivalence: adding ``log w_j`` equals multiplying post-softmax ``A[i, j]`` by ``w_j`` and renormalising.
     Declared with ``per_forward=True``, the hook runs once per forward (at the first of its layers) and its terms
     apply at every declared layer: for biases that depend on the forward only, not on the layer.
+    """
+
+
+@hookspec
+def hallufix_attn_transform(event):
+    """Transform raw pre-softmax attention scores of declared rows (``lm.layers.{i}.attn.transform``).
+
+    :param event: :class:`hallufix.intercept.transform.ScoresEvent`: ``scores`` ``(B, H, R, kv)`` float32 for the
+        query rows ``rows`` ``(R,)`` (the union of the declared row kinds at this layer): ``q K^T * scale`` plus
+        the causal / padding mask (at the dtype's finite minimum, as eager attention clamps it) plus this layer's
+        biases. Assign ``event.scores = f(event.scores)`` (chained across methods); the core then computes those
+        rows as ``softmax(scores) @ V`` exactly. Rows not declared keep the fused kernel. For transforms that are
+        not an additive bias: PAI's ``s + alpha |s|`` on image columns, ClearSight's ``x 1.15`` on image keys.
     """
 
 

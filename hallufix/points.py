@@ -14,6 +14,7 @@ name                                kind    what                                
 ``lm.layers.{i}.attn.kv``           kv      keys / values as the kernel sees them                 both
 ``lm.layers.{i}.attn.scores``       bias    additive logit bias, ``(B, 1|H, kv)`` per query row   both
 ``lm.layers.{i}.attn.probs``        probs   post-softmax rows ``(B, H, R, kv)`` (declared rows)   both
+``lm.layers.{i}.attn.transform``    transform  raw pre-softmax scores ``(B, H, R, kv)``, replaced     both
 ``lm.layers.{i}.attn.heads``        heads   per-head output before ``o_proj`` ``(B, q, H, D)``    both
 ``lm.logits``                       logits  next-token scores ``(B, V)``                          each step
 ==================================  ======  ====================================================  ===============
@@ -28,7 +29,7 @@ from dataclasses import dataclass, field
 from typing import Iterable
 
 PHASES = frozenset({"prefill", "decode"})
-KINDS = ("image", "in", "kv", "bias", "probs", "heads", "logits")
+KINDS = ("image", "in", "kv", "bias", "probs", "heads", "logits", "transform")
 ROW_KINDS = ("last", "text", "all")
 
 _TEMPLATES = {
@@ -39,9 +40,11 @@ _TEMPLATES = {
     "probs": "lm.layers.{i}.attn.probs",
     "heads": "lm.layers.{i}.attn.heads",
     "logits": "lm.logits",
+    "transform": "lm.layers.{i}.attn.transform",
 }
-_NAME_RE = re.compile(r"^lm\.layers\.(\d+)\.(in|attn\.kv|attn\.scores|attn\.probs|attn\.heads)$")
-_LEAF_TO_KIND = {"in": "in", "attn.kv": "kv", "attn.scores": "bias", "attn.probs": "probs", "attn.heads": "heads"}
+_NAME_RE = re.compile(r"^lm\.layers\.(\d+)\.(in|attn\.kv|attn\.scores|attn\.probs|attn\.heads|attn\.transform)$")
+_LEAF_TO_KIND = {"in": "in", "attn.kv": "kv", "attn.scores": "bias", "attn.probs": "probs", "attn.heads": "heads",
+                 "attn.transform": "transform"}
 
 
 @dataclass(frozen=True)
@@ -102,7 +105,7 @@ def all_names(num_layers: int) -> list[str]:
     """Every canonical hook-point name of a model with ``num_layers`` decoder layers."""
     out = ["input.image"]
     for i in range(num_layers):
-        out += [_TEMPLATES[k].format(i=i) for k in ("in", "kv", "bias", "probs", "heads")]
+        out += [_TEMPLATES[k].format(i=i) for k in ("in", "kv", "bias", "probs", "heads", "transform")]
     return out + ["lm.logits"]
 
 
@@ -125,6 +128,15 @@ def attn_bias(layers, *, phases=PHASES, per_forward: bool = False) -> list[HookP
 def attn_probs(layers, *, rows: str = "last", phases=PHASES, edits: bool = False) -> list[HookPoint]:
     """Declare a probe of post-softmax probabilities for ``rows`` at ``layers``."""
     return [HookPoint("probs", i, rows=rows, phases=frozenset(phases), edits=edits) for i in _layers(layers)]
+
+
+def attn_transform(layers, *, rows: str = "last", phases=PHASES) -> list[HookPoint]:
+    """Declare a score transform at ``layers``: the hook sees the raw pre-softmax scores ``(B, H, R, kv)`` of the
+    query ``rows`` (``"last"`` or ``"text"``; mask and biases included) and may replace them; those rows' outputs
+    are then ``softmax(scores') @ V``, every other row keeps the fused kernel."""
+    if rows not in ("last", "text"):
+        raise ValueError(f"attn_transform rows must be 'last' or 'text', got {rows!r}")
+    return [HookPoint("transform", i, rows=rows, phases=frozenset(phases)) for i in _layers(layers)]
 
 
 def attn_heads(layers, *, phases=PHASES) -> list[HookPoint]:

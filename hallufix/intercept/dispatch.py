@@ -25,8 +25,9 @@ HOOK_OF_KIND = {
     "probs": "hallufix_attn_probs",
     "heads": "hallufix_attn_heads",
     "logits": "hallufix_logits",
+    "transform": "hallufix_attn_transform",
 }
-ATTENTION_KINDS = frozenset({"kv", "bias", "probs", "heads"})
+ATTENTION_KINDS = frozenset({"kv", "bias", "probs", "heads", "transform"})
 
 
 @dataclass
@@ -41,6 +42,8 @@ class LayerPlan:
     #: phase -> the owners' key when every bias method at this layer declared ``per_forward`` (terms shared by the
     #: layers with the same owners within a forward), else absent
     bias_shared: dict = field(default_factory=dict)
+    #: phase -> the row kinds (``last`` / ``text``) of the layer's score transforms (:mod:`~hallufix.intercept.transform`)
+    transform_rows: dict = field(default_factory=lambda: defaultdict(set))
 
 
 class HookTable:
@@ -64,6 +67,8 @@ class HookTable:
                         owners[key].append(plugin)
                     if p.kind == "probs":
                         self._plan(p.layer).probe_rows[phase].add(p.rows)
+                    if p.kind == "transform":
+                        self._plan(p.layer).transform_rows[phase].add(p.rows)
         for plugin, pts in declared.items():
             for p in pts:
                 hook = HOOK_OF_KIND[p.kind]

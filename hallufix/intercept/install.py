@@ -93,7 +93,7 @@ class Interceptor:
     def _install(self) -> None:
         layers = self.adapter.decoder_layers(self.model)
         kinds = self.table.kinds()
-        if kinds & {"kv", "bias", "probs", "heads"}:
+        if kinds & {"kv", "bias", "probs", "heads", "transform"}:
             attn.register()
             self.plans = {phase: {id(layers[i].self_attn): plan
                                   for i, plan in self.table.attention_layers(phase).items()}
