@@ -141,6 +141,7 @@ class MethodRun:
         with strict.active():
             self.methods.pm.hook.hallufix_batch_start(batch=batch)
         guard = guards.FiniteLogitsGuard(s.model.generation_config.eos_token_id)
+        guard = guard if bp is None else bp.main_rows_only(guard)  # rows it names are main rows
         kw = dict(max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens, do_sample=False, num_beams=1,
                   return_dict_in_generate=True, output_logits=output_logits, **generate_kw)
         with torch.inference_mode():

@@ -216,3 +216,48 @@ class TestVCDContract(MethodContract):
     noop = ["alpha=0"]
     active = []
     preset_declares = True
+
+
+def test_nonfinite_guard_names_main_rows():
+    """A NaN in a main row's scores is reported with that row's index (branch rows are never named)."""
+    from hallufix.intercept.guards import NonFiniteLogits
+
+    class NaNRow1:
+        name = "nan-row-1"
+
+        @hookimpl
+        def hallufix_configure(self, model):
+            return points.logits()
+
+        @hookimpl
+        def hallufix_logits(self, event):
+            bad = event.scores.clone()
+            bad[1, 0] = float("nan")
+            event.scores = bad
+
+    s = tiny_session("llava")
+    with pytest.raises(NonFiniteLogits) as info:
+        s.start(["vcd", NaNRow1()]).generate(tiny_images(3), list(QUESTIONS[:3]), max_new_tokens=2)
+    assert info.value.rows == [1]
+
+
+def test_lockstep_wrapper_copies_a_row_dependent_processor():
+    """bp.lockstep(p): a processor whose output depends on the row (a seeded draw) runs on the main rows and its
+    result is copied to the branch rows, so the rows stay in lockstep."""
+    from hallufix.intercept.branch import BranchPass
+    from hallufix.branches import Branch
+
+    s = tiny_session("llava")
+    images, qs = tiny_images(2), list(QUESTIONS[:2])
+    rows = [[im] for im in images]
+    inputs = s.adapter.inputs(s.processor, rows, qs, "cpu")
+    bp = BranchPass.build(s, [("m", Branch("x")), ("n", Branch("y", image="none"))], inputs, rows, qs)
+    assert bp.inputs["input_ids"].shape[0] == 6 and bp.layout.rows_of("y").tolist() == [False] * 4 + [True] * 2
+    seen = []
+
+    def draw(input_ids, scores):
+        seen.append(scores.shape[0])
+        return torch.randn(scores.shape, generator=torch.Generator().manual_seed(scores.shape[0]))
+
+    out = bp.lockstep(draw)(bp.inputs["input_ids"], torch.zeros(6, 11))
+    assert seen == [2] and torch.equal(out[:2], out[2:4]) and torch.equal(out[:2], out[4:])

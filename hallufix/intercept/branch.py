@@ -121,6 +121,23 @@ class BranchLogits(LogitsProcessor):
         return main.repeat(1 + len(lay.branch_names), 1)
 
 
+class _MainRowsOnly(LogitsProcessor):
+    def __init__(self, processor, rows: int):
+        self.processor, self.rows = processor, rows
+
+    def __call__(self, input_ids, scores):
+        self.processor(input_ids[: self.rows], scores[: self.rows])
+        return scores
+
+
+class _Lockstep(LogitsProcessor):
+    def __init__(self, processor, rows: int, blocks: int):
+        self.processor, self.rows, self.blocks = processor, rows, blocks
+
+    def __call__(self, input_ids, scores):
+        return self.processor(input_ids[: self.rows], scores[: self.rows]).repeat(self.blocks, 1)
+
+
 class BranchPass:
     """One batch's branch rows: merged inputs, the layout over all rows, the logits processor, output cutting."""
 
@@ -154,6 +171,16 @@ class BranchPass:
     def logits_processors(self, interceptor=None, caller=None) -> list:
         """``[BranchLogits]``: pass it first in ``generate``'s processor list (before guards and samplers)."""
         return [BranchLogits(self, interceptor, caller)]
+
+    def main_rows_only(self, processor) -> LogitsProcessor:
+        """``processor`` (e.g. the finite-logits guard) run on the main rows only; the scores pass unchanged."""
+        return _MainRowsOnly(processor, self.main_rows)
+
+    def lockstep(self, processor) -> LogitsProcessor:
+        """``processor`` run on the main rows, its result copied to every branch block: for processors whose
+        output is not a function of the scores alone (a seeded sampler that turns scores into a one-hot choice per
+        row), so branch rows still take their main row's token."""
+        return _Lockstep(processor, self.main_rows, 1 + len(self.layout.branch_names))
 
     def main_output(self, out):
         """``generate``'s output cut to the main rows (``sequences``, and ``logits`` / ``scores`` when present)."""
