@@ -76,7 +76,7 @@ def _hooks(args) -> int:
     H, Hkv, D, d = info.num_heads, info.num_kv_heads, info.head_dim, info.hidden_size
     shapes = {"image": "PIL.Image per row", "in": f"(B, q, {d})", "kv": f"(B, {Hkv}, kv, {D})",
               "bias": f"(B, 1|{H}, kv) per query row", "probs": f"(B, {H}, R, kv)", "heads": f"(B, q, {H}, {D})",
-              "logits": "(B, V)"}
+              "logits": "(B, V)", "transform": f"(B, {H}, R, kv) float32 scores"}
     rows = []
     for name in points.select(args.pattern, info.num_layers):
         kind, layer = points.parse_name(name)
