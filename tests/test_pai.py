@@ -235,3 +235,31 @@ class TestPAIContract(MethodContract):
     method = "pai"
     noop = ["alpha=0", "gamma=1"]
     active = []
+
+
+class VisualBias:
+    """Another method's additive bias on the visual keys of the text rows, at every layer."""
+
+    name = "visual-bias"
+
+    @hookimpl
+    def hallufix_configure(self, model):
+        return points.attn_bias(range(model.num_layers))
+
+    @hookimpl
+    def hallufix_attn_bias(self, event):
+        event.add(torch.where(event.visual_keys, 0.7, 0.0))
+
+
+@pytest.mark.parametrize("family", ["llava", "qwen2-vl"])
+def test_identity_transform_keeps_another_methods_bias(family):
+    """The transform kernel adds other methods' biases to the scores it hands over (declared rows) and keeps them on
+    the rows it does not transform (SDPA with their float mask): bias + identity == bias alone."""
+    s = tiny_session(family)
+    images, qs = tiny_images(3, mixed=True), list(QUESTIONS[:3])
+    kw = dict(max_new_tokens=T, min_new_tokens=T, output_logits=True)
+    alone = s.start([VisualBias()]).generate(images, qs, **kw)
+    both = s.start([VisualBias(), Identity("last")]).generate(images, qs, **kw)
+    for a, b in zip(alone, both):
+        assert torch.equal(a.token_ids, b.token_ids)
+        torch.testing.assert_close(b.logits, a.logits, atol=1e-5, rtol=0)
