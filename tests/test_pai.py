@@ -263,3 +263,17 @@ def test_identity_transform_keeps_another_methods_bias(family):
     for a, b in zip(alone, both):
         assert torch.equal(a.token_ids, b.token_ids)
         torch.testing.assert_close(b.logits, a.logits, atol=1e-5, rtol=0)
+
+
+def test_stacks_with_vcd_two_branches():
+    """vcd,pai: two branches (noised image, no image) in one batch of 3B rows; PAI boosts the main and the noised
+    rows, not its image-free rows; each method's logits hook sees its own branch."""
+    s = tiny_session("llava")
+    images, qs = tiny_images(2, mixed=True), list(QUESTIONS[:2])
+    probe = ScoreProbe()
+    run = s.start(["vcd", "pai", probe], {"pai": STRONG})
+    outs = run.generate(images, qs, max_new_tokens=T, min_new_tokens=T)
+    assert [b.name for _, b in run.branches] == ["vcd_noised", "pai_no_image"]
+    assert len(outs) == 2 and all(len(o.token_ids) == T for o in outs)
+    scores = torch.stack(probe.steps, 1)
+    assert scores.shape[0] == 2 and torch.equal(scores.argmax(-1), torch.stack([o.token_ids for o in outs]))

@@ -89,15 +89,17 @@ class PAI(Method):
     @hallufix.hookimpl
     def hallufix_batch_start(self, batch):
         lay = batch.layout
-        # the main rows only (the image-free rows are unconditional: no boost there, as in the official code)
-        self.main = lay.rows_of("main") if hasattr(lay, "rows_of") else None
+        # every row but PAI's own image-free rows (unconditional: no boost there, as in the official code; they have
+        # no image columns either); other methods' branch rows (VCD's noised image) are boosted like the main rows
+        own = BRANCH in getattr(lay, "branch_names", ())
+        self.boosted = ~lay.rows_of(BRANCH) if own else None
         self.rows = getattr(lay, "main_rows", lay.batch_size)
 
     @hallufix.hookimpl
     def hallufix_attn_transform(self, event):
         cols = event.visual_keys[:, None, None, :]  # (B, 1, 1, kv)
-        if self.main is not None:
-            cols = cols & self.main[:, None, None, None]
+        if self.boosted is not None:
+            cols = cols & self.boosted[:, None, None, None]
         if self.config.rows == "text" and event.forward.q_len > 1:
             cols = cols & event.row_mask("text")[:, None, :, None]
         event.scores = boost(event.scores, cols, self.config.alpha)
