@@ -21,6 +21,7 @@ from hallufix.events import BatchInfo, ImageEvent
 from hallufix.errors import BatchEndFailed
 from hallufix.intercept import HookTable, Interceptor, guards, strict
 from hallufix.intercept.prefill import run_prefill
+from hallufix.intercept.branch import BranchPass, collect_branches
 from hallufix.models.families import adapter_for
 from hallufix.plugins import ActiveMethods, PluginError, activate, new_manager, split_plugins
 
@@ -124,6 +125,7 @@ class MethodRun:
             if pts:
                 self.declared[inst] = pts
         self.table = HookTable(methods.pm, self.declared)
+        self.branches = collect_branches(methods, session.info)  # [(method, Branch)]: extra rows per batch
         self.hook_stats: dict = {"fired": {}, "paths": {}}
         #: per method, in typed order: its own ``hallufix_batch_end`` caller (what it returns is filed under its name)
         self._batch_end = [(name, methods.pm.subset_hook_caller(
@@ -164,20 +166,35 @@ class MethodRun:
             image_caller(event=ev)
             rows = [[im] + extra for im, extra in zip(ev.images, ev.extra_images)]
         inputs = s.adapter.inputs(s.processor, rows, questions, s.device)
-        batch.layout = layout = s.adapter.layout(s.model, inputs, rows)
+        layout = s.adapter.layout(s.model, inputs, rows)
+        bp = BranchPass.build(s, self.branches, inputs, rows, questions) if self.branches else None
+        if bp is not None:  # the branches' rows follow the main rows: every layer hook sees all (1 + k) B rows
+            if steps.expand > 1:
+                raise PluginError(f"{', '.join(m for m, _ in self.branches)}: branch passes run with greedy or "
+                                  f"sampled decoding, not beam search — drop --decoding beam or the branch method")
+            inputs, layout = bp.inputs, bp.layout
+        batch.layout = layout
         guards.check_context(s.model, inputs, max_new_tokens)  # before the model runs
         guard = guards.FiniteLogitsGuard(s.model.generation_config.eos_token_id)
+        guard = guard if bp is None else bp.main_rows_only(guard)  # rows it names are main rows
+        # a sampler turns scores into each row's choice: with branches it draws for the main rows, copied to theirs
+        after = steps.processors if bp is None else [bp.lockstep(p) for p in steps.processors]
         kw = dict(max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens, **steps.kwargs,
                   return_dict_in_generate=True, output_logits=output_logits, **generate_kw)
         with torch.inference_mode():
             if not self.table.points:
-                out = s.model.generate(**inputs, logits_processor=LogitsProcessorList([guard] + steps.processors), **kw)
+                first = bp.logits_processors() if bp is not None else []
+                out = s.model.generate(**inputs, logits_processor=LogitsProcessorList(first + [guard] + after), **kw)
             else:
                 with Interceptor(s.model, s.adapter, self.table, self.methods.pm,
                                  decoding_plan.expand_layout(layout, steps.expand), s.info) as ic:
-                    out = s.model.generate(**inputs, logits_processor=LogitsProcessorList(
-                        ic.logits_processors() + [guard] + steps.processors), **kw)
+                    first = ic.logits_processors() if bp is None else \
+                        bp.logits_processors(ic, self.table.global_caller("logits"))
+                    out = s.model.generate(**inputs, logits_processor=LogitsProcessorList(first + [guard] + after),
+                                           **kw)
                 self._accumulate(ic)
+            if bp is not None:
+                out, inputs = bp.main_output(out), {**inputs, "input_ids": inputs["input_ids"][: bp.main_rows]}
         try:
             with strict.active():
                 self._end_batch(batch)
@@ -203,6 +220,9 @@ class MethodRun:
             for result in caller(batch=batch):
                 if result is None:
                     continue
+                if isinstance(result, (list, tuple)) and batch.layout is not None and \
+                        len(result) == batch.layout.batch_size > batch.batch_size:
+                    result = result[: batch.batch_size]  # one per row with the branch rows: the main rows come first
                 if not isinstance(result, (list, tuple)) or len(result) != batch.batch_size:
                     got = f"{len(result)} entries" if isinstance(result, (list, tuple)) else type(result).__name__
                     raise PluginError(f"method '{name}': hallufix_batch_end must return one diagnostics entry per "

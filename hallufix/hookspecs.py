@@ -5,6 +5,7 @@ Lifecycle of one run (``hallufix run`` or :meth:`hallufix.api.Session.generate`)
     discovery      hallufix_register_methods            (every installed plugin, once per process)
                    hallufix_register_analyses           (the same; analyses for `hallufix inspect` / `analyze`)
     run setup      hallufix_configure                   (each active method: declare hook points)
+                   hallufix_declare_branches            (each active method: extra forwards per step)
     per batch      hallufix_batch_start                 (reset per-batch state; before the images)
                    hallufix_input_image                 point input_image (chained; may run an analysis prefill)
       prefill        hallufix_qformer_bias              point qformer_bias.{i} (Q-Former models: a Q-Former layer)
@@ -12,6 +13,7 @@ Lifecycle of one run (``hallufix run`` or :meth:`hallufix.api.Session.generate`)
         per layer      hallufix_layer_input             point layer_input.{i}
                        hallufix_attn_kv                 point attn_kv.{i}
                        hallufix_attn_bias               point attn_bias.{i}
+                       hallufix_attn_transform          point attn_transform.{i}
                        hallufix_attn_probs              point attn_probs.{i}
                        hallufix_attn_heads              point attn_heads.{i}
                        hallufix_logit_lens              point logit_lens.{i}
@@ -112,6 +114,19 @@ def hallufix_configure(model):
     """
 
 
+@hookspec
+def hallufix_declare_branches(model):
+    """Declare the extra forwards (branches) this method needs at every generation step.
+
+    :param model: :class:`hallufix.layout.ModelInfo`.
+    :return: a list of :class:`hallufix.branches.Branch` (``[]`` or ``None``: no branch). Branch rows run as extra
+        batch rows in lockstep with the main rows (see :mod:`hallufix.branches`); their next-token scores reach
+        ``hallufix_logits`` as ``event.branches[name]`` ``(B, V)``
+        (:class:`hallufix.intercept.branch.BranchLogitsEvent`).
+    Phase: run setup, after ``hallufix_configure``.
+    """
+
+
 # --------------------------------------------------------------------------------------------- per batch
 
 
@@ -197,6 +212,19 @@ def hallufix_qformer_bias(event):
         ``event.add_patch_bias(bias)`` a ``(B, rows*cols)`` bias over the patches only. Biases of all methods add;
         ``-inf`` masks a feature. Adding ``log w_j`` equals multiplying the cross-attention ``A[q, j]`` by ``w_j``
         and renormalising over the features. A layer without any term keeps the Q-Former's own kernel.
+    """
+
+
+@hookspec
+def hallufix_attn_transform(event):
+    """Transform raw pre-softmax attention scores of declared rows (point ``attn_transform.{i}``).
+
+    :param event: :class:`hallufix.intercept.transform.ScoresEvent`: ``scores`` ``(B, H, R, kv)`` float32 for the
+        query rows ``rows`` ``(R,)`` (the union of the declared row kinds at this layer): ``q K^T * scale`` plus
+        the causal / padding mask (at the dtype's finite minimum, as eager attention clamps it) plus this layer's
+        biases. Assign ``event.scores = f(event.scores)`` (chained across methods); the core then computes those
+        rows as ``softmax(scores) @ V`` exactly. Rows not declared keep the fused kernel. For transforms that are
+        not an additive bias: PAI's ``s + alpha |s|`` on image columns, ClearSight's ``x 1.15`` on image keys.
     """
 
 

@@ -22,9 +22,11 @@ from typing import Iterable
 PHASES = frozenset({"prefill", "decode"})
 #: every kind, in the order ``hallufix hooks`` lists them; the hook of kind ``k`` is ``hallufix_<k>``
 KINDS = ("input_image", "layer_input", "attn_kv", "attn_bias", "attn_probs", "attn_heads", "logits", "qformer_bias",
+         "attn_transform",
          "mlp_in", "mlp_out", "logit_lens")
 #: the kinds that live at a decoder layer (named ``<kind>.<layer>``); the others are model-wide (named ``<kind>``)
-LAYER_KINDS = ("layer_input", "attn_kv", "attn_bias", "attn_probs", "attn_heads", "mlp_in", "mlp_out", "logit_lens")
+LAYER_KINDS = ("layer_input", "attn_kv", "attn_bias", "attn_probs", "attn_heads", "mlp_in", "mlp_out", "logit_lens",
+               "attn_transform")
 #: per-layer kinds whose layer index addresses a sub-model (the Q-Former's layers, ``ModelInfo.qformer_layers``),
 #: not the language model's decoder; named ``<kind>.<sub-model layer>`` like the others
 SUBMODEL_KINDS = ("qformer_bias",)
@@ -169,6 +171,15 @@ def attn_bias(layers, *, phases=PHASES, per_forward: bool = False) -> list[HookP
 def attn_probs(layers, *, rows: str = "last", phases=PHASES, edits: bool = False) -> list[HookPoint]:
     """Declare a probe of post-softmax probabilities for ``rows`` at ``layers``."""
     return [HookPoint("attn_probs", i, rows=rows, phases=frozenset(phases), edits=edits) for i in _layers(layers)]
+
+
+def attn_transform(layers, *, rows: str = "last", phases=PHASES) -> list[HookPoint]:
+    """Declare a score transform at ``layers``: the hook sees the raw pre-softmax scores ``(B, H, R, kv)`` of the
+    query ``rows`` (``"last"`` or ``"text"``; mask and biases included) and may replace them; those rows' outputs
+    are then ``softmax(scores') @ V``, every other row keeps the fused kernel."""
+    if rows not in ("last", "text"):
+        raise ValueError(f"attn_transform rows must be 'last' or 'text', got {rows!r}")
+    return [HookPoint("attn_transform", i, rows=rows, phases=frozenset(phases)) for i in _layers(layers)]
 
 
 def attn_heads(layers, *, phases=PHASES) -> list[HookPoint]:

@@ -82,7 +82,8 @@ def _hooks(args) -> int:
               "attn_bias": f"(B, 1|{H}, kv) per query row", "attn_probs": f"(B, {H}, R, kv)",
               "attn_heads": f"(B, q, {H}, {D})", "logits": "(B, V)",
               "qformer_bias": "(B, 1|H, 1|Q, K) over the image features",
-              "mlp_in": f"(B, q, {d})", "mlp_out": f"(B, q, {d})", "logit_lens": "(B, V) last row"}
+              "mlp_in": f"(B, q, {d})", "mlp_out": f"(B, q, {d})", "logit_lens": "(B, V) last row",
+              "attn_transform": f"(B, {H}, R, kv) float32 scores"}
     rows = []
     for name in points.select(args.pattern, info.num_layers, info.qformer_layers):
         kind, layer = points.parse_name(name)

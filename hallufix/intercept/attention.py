@@ -43,6 +43,9 @@ def hallufix_attention(module, query, key, value, attention_mask, scaling=None, 
             st.count_path(getattr(module, "layer_idx", -1), "sdpa")
         return sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout,
                                       **kwargs)
+    if ("attn_transform", st.forward.phase) in plan.callers:  # score transforms: their own kernel (transform.py)
+        from hallufix.intercept.transform import run_transform_layer
+        return run_transform_layer(st, plan, module, query, key, value, attention_mask, scaling, dropout, kwargs)
     return run_layer(st, plan, module, query, key, value, attention_mask, scaling, dropout, kwargs)
 
 

@@ -19,7 +19,7 @@ from hallufix.points import KINDS, PHASES, SUBMODEL_KINDS, HookPoint, hook_name
 
 #: kind -> the hookspec that receives it (``hallufix_<kind>``, see :mod:`hallufix.points`)
 HOOK_OF_KIND = {kind: hook_name(kind) for kind in KINDS}
-ATTENTION_KINDS = frozenset({"attn_kv", "attn_bias", "attn_probs", "attn_heads"})
+ATTENTION_KINDS = frozenset({"attn_kv", "attn_bias", "attn_probs", "attn_heads", "attn_transform"})
 
 
 @dataclass
@@ -34,6 +34,8 @@ class LayerPlan:
     #: phase -> the owners' key when every bias method at this layer declared ``per_forward`` (terms shared by the
     #: layers with the same owners within a forward), else absent
     bias_shared: dict = field(default_factory=dict)
+    #: phase -> the row kinds (``last`` / ``text``) of the layer's score transforms (:mod:`~hallufix.intercept.transform`)
+    transform_rows: dict = field(default_factory=lambda: defaultdict(set))
 
 
 class HookTable:
@@ -59,6 +61,8 @@ class HookTable:
                         owners[key].append(plugin)
                     if p.kind == "attn_probs":
                         self._plan(p.layer).probe_rows[phase].add(p.rows)
+                    if p.kind == "attn_transform":
+                        self._plan(p.layer).transform_rows[phase].add(p.rows)
         for plugin, pts in declared.items():
             for p in pts:
                 hook = HOOK_OF_KIND[p.kind]

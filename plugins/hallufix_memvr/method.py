@@ -101,6 +101,8 @@ class MemVR(Method):
         idx = vt.index.clamp(min=0)[..., None].expand(-1, -1, h.shape[-1])
         z = h.gather(1, idx).float() * vt.valid[..., None]
         self._visual, self._has_visual = z, vt.valid.any(-1)
+        if self._counts.shape[0] != h.shape[0]:  # branch rows (another method's extra forwards) follow the main ones
+            self._counts = torch.zeros(h.shape[0], self._counts.shape[1], dtype=torch.long)
         self._counts = self._counts.to(h.device)
 
     def _state(self, forward) -> dict:
@@ -151,6 +153,6 @@ class MemVR(Method):
         if self._counts is None or not self.layers:
             return
         counts = self._counts.cpu()
-        for row in range(counts.shape[0]):
+        for row in range(batch.batch_size):  # the main rows (branch rows, if any, follow them)
             batch.diagnostics[row]["memvr"] = {"retraced_at": {str(j): int(counts[row, j]) for j in self.layers
                                                                 if counts[row, j] > 0}}

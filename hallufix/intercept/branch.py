@@ -1,0 +1,261 @@
+"""The branch pass: a batch's branches as extra batch rows of the same ``generate`` call.
+
+Per batch (:meth:`BranchPass.build`), the processor inputs of the ``B`` main rows are followed by one block of
+``B`` rows per declared :class:`~hallufix.branches.Branch`, in declaration order (rows ``[B (1 + j), B (2 + j))``
+are branch ``j``):
+
+* ``image="same"``: the main rows' tokens again, their ``pixel_values`` passed image by image through the branch's
+  ``pixels`` transform (the same token count, so the rows line up without padding);
+* ``image="none"``: the same question through the chat template with zero images, tokenised and left-padded to
+  the batch's prompt length (fewer tokens; left padding keeps every row's last prompt token at the same column,
+  which ``generate`` needs, and the padded keys are masked, so the row's logits are those of the unpadded prompt
+  within float rounding; see docs/branches.md for the measured cost against a separate forward).
+
+One ``generate`` then runs all ``(1 + k) B`` rows: one forward per step, each row with its own KV-cache row, the
+fused kernels unchanged. :class:`BranchLogits` (the first logits processor) hands the hook the main rows' scores
+as ``event.scores`` and each branch's as ``event.branches[name]`` ``(B, V)``, and returns the hook's main scores
+for every block, so greedy decoding picks the same token for a main row and its branch rows (lockstep). A sampler
+keeps the lockstep when it draws a branch row with its main row's generator (identical scores, identical draw).
+:meth:`BranchPass.main_output` cuts ``generate``'s outputs back to the main rows.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+
+import torch
+from transformers import LogitsProcessor
+
+from hallufix.branches import Branch
+from hallufix.events import LogitsEvent
+from hallufix.layout import TokenLayout
+
+#: per-token keys of the processors' outputs and their padding value (input_ids uses the tokenizer's pad id)
+_PER_TOKEN_FILL = {"attention_mask": 0, "mm_token_type_ids": 0, "token_type_ids": 0}
+
+
+def collect_branches(methods, info) -> list[tuple[str, Branch]]:
+    """``[(method name, Branch), ...]`` from every active method's ``hallufix_declare_branches`` (typed order)."""
+    out: list[tuple[str, Branch]] = []
+    for inst, name in zip(methods.instances, methods.order):
+        caller = methods.pm.subset_hook_caller("hallufix_declare_branches",
+                                               remove_plugins=[x for x in methods.instances if x is not inst])
+        for result in caller(model=info):
+            for br in result or []:
+                if not isinstance(br, Branch):
+                    raise TypeError(f"method '{name}' declared a branch that is not a hallufix.branches.Branch: "
+                                    f"{type(br).__name__}")
+                if any(br.name == b.name for _, b in out):
+                    raise ValueError(f"branch name {br.name!r} declared twice (method '{name}'); branch names "
+                                     f"must be unique within a run")
+                out.append((name, br))
+    return out
+
+
+@dataclass
+class BranchLayout(TokenLayout):
+    """A :class:`~hallufix.layout.TokenLayout` over the main rows followed by the branch rows.
+
+    ``main_rows``: ``B``; ``branch_names``: the branches in row-block order (block ``j + 1`` is branch ``j``)."""
+
+    main_rows: int = 0
+    branch_names: tuple = ()
+    _rows_memo: dict = field(default_factory=dict, init=False, repr=False, compare=False)
+
+    def block(self, name: str) -> slice:
+        """The rows of ``"main"`` or of a branch, as a slice of the batch."""
+        B = self.main_rows
+        if name == "main":
+            return slice(0, B)
+        if name not in self.branch_names:
+            raise KeyError(f"no branch {name!r} in this batch (branches: {', '.join(self.branch_names) or 'none'})")
+        j = self.branch_names.index(name) + 1
+        return slice(j * B, (j + 1) * B)
+
+    def rows_of(self, *names: str) -> torch.Tensor:
+        """``(B_total,)`` bool on the layout's device: the rows of the named blocks (``"main"`` or branch names)."""
+        key = tuple(sorted(names))
+        if key not in self._rows_memo:
+            mask = torch.zeros(self.batch_size, dtype=torch.bool, device=self.input_ids.device)
+            for n in names:
+                mask[self.block(n)] = True
+            self._rows_memo[key] = mask
+        return self._rows_memo[key]
+
+    def main(self) -> TokenLayout:
+        """The main rows' own layout (what the logits hook sees)."""
+        if "main" not in self._rows_memo:
+            B = self.main_rows
+            self._rows_memo["main"] = TokenLayout(self.input_ids[:B], self.valid[:B], self.visual[:B], self.text[:B],
+                                                  self.grids[:B])
+        return self._rows_memo["main"]
+
+
+class BranchLogitsEvent(LogitsEvent):
+    """point ``logits`` with branches: ``scores`` ``(B, V)`` of the main rows (edit as usual), ``branches``
+    ``{name: (B, V)}`` the branch rows' raw next-token scores (read-only), ``input_ids`` of the main rows."""
+
+    def __init__(self, scores, input_ids, forward, layout, branches: dict[str, torch.Tensor]):
+        super().__init__(scores, input_ids, forward, layout)
+        self.branches = branches
+
+
+class BranchLogits(LogitsProcessor):
+    """The first logits processor of a branched batch: calls the logits hook with the main rows and the branch
+    scores, then returns ``(1 + k) B`` rows that are ``1 + k`` copies of the main rows' result (lockstep)."""
+
+    def __init__(self, bp: "BranchPass", st=None, caller=None):
+        self.bp, self.st, self.caller = bp, st, caller
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        B, lay = self.bp.main_rows, self.bp.layout
+        main = scores[:B]
+        if self.caller is not None:
+            branches = {n: scores[lay.block(n)] for n in lay.branch_names}
+            forward = self.st.forward if self.st is not None else None
+            ev = BranchLogitsEvent(main, input_ids[:B], forward, lay.main(), branches)
+            self.caller(event=ev)
+            if self.st is not None:
+                self.st.fired("logits")
+            main = ev.scores
+        return main.repeat(1 + len(lay.branch_names), 1)
+
+
+class _MainRowsOnly(LogitsProcessor):
+    def __init__(self, processor, rows: int):
+        self.processor, self.rows = processor, rows
+
+    def __call__(self, input_ids, scores):
+        self.processor(input_ids[: self.rows], scores[: self.rows])
+        return scores
+
+
+class _Lockstep(LogitsProcessor):
+    def __init__(self, processor, rows: int, blocks: int):
+        self.processor, self.rows, self.blocks = processor, rows, blocks
+
+    def __call__(self, input_ids, scores):
+        return self.processor(input_ids[: self.rows], scores[: self.rows]).repeat(self.blocks, 1)
+
+
+class BranchPass:
+    """One batch's branch rows: merged inputs, the layout over all rows, the logits processor, output cutting."""
+
+    def __init__(self, inputs: dict, layout: BranchLayout, questions: list[str], main_rows: int):
+        self.inputs, self.layout, self.questions, self.main_rows = inputs, layout, questions, main_rows
+
+    @classmethod
+    def build(cls, session, branches: list[tuple[str, Branch]], inputs: dict, rows: list[list],
+              questions: list[str]) -> "BranchPass":
+        """Append every branch's rows to the main ``inputs`` (processor output of ``rows`` / ``questions``)."""
+        s = session
+        B = len(rows)
+        parts, all_rows = [inputs], list(rows)
+        for _, br in branches:
+            if br.image == "same":
+                part = dict(inputs)
+                if br.pixels is not None:
+                    part["pixel_values"] = _transform_pixels(br, inputs, rows)
+                all_rows += rows
+            else:
+                part = _text_only(s, questions, inputs)
+                all_rows += [[] for _ in rows]
+            parts.append(part)
+        pad_id = s.processor.tokenizer.pad_token_id
+        merged = _merge(parts, 0 if pad_id is None else int(pad_id))
+        base = s.adapter.layout(s.model, merged, all_rows)
+        layout = BranchLayout(**{f.name: getattr(base, f.name) for f in fields(TokenLayout) if f.init},
+                              main_rows=B, branch_names=tuple(br.name for _, br in branches))
+        return cls(merged, layout, list(questions) * (1 + len(branches)), B)
+
+    def logits_processors(self, interceptor=None, caller=None) -> list:
+        """``[BranchLogits]``: pass it first in ``generate``'s processor list (before guards and samplers)."""
+        return [BranchLogits(self, interceptor, caller)]
+
+    def main_rows_only(self, processor) -> LogitsProcessor:
+        """``processor`` (e.g. the finite-logits guard) run on the main rows only; the scores pass unchanged."""
+        return _MainRowsOnly(processor, self.main_rows)
+
+    def lockstep(self, processor) -> LogitsProcessor:
+        """``processor`` run on the main rows, its result copied to every branch block: for processors whose
+        output is not a function of the scores alone (a seeded sampler that turns scores into a one-hot choice per
+        row), so branch rows still take their main row's token."""
+        return _Lockstep(processor, self.main_rows, 1 + len(self.layout.branch_names))
+
+    def main_output(self, out):
+        """``generate``'s output cut to the main rows (``sequences``, and ``logits`` / ``scores`` when present)."""
+        B = self.main_rows
+        out.sequences = out.sequences[:B]
+        for name in ("logits", "scores"):
+            value = getattr(out, name, None)
+            if value is not None:
+                setattr(out, name, tuple(t[:B] for t in value))
+        return out
+
+
+def _image_slices(inputs: dict, n_images: int) -> list[slice]:
+    """Each image's rows of ``pixel_values``: one per image, or ``prod(thw)`` patches each (``image_grid_thw``)."""
+    thw = inputs.get("image_grid_thw")
+    if thw is None:
+        return [slice(i, i + 1) for i in range(n_images)]
+    counts = thw.prod(-1).tolist()
+    starts = [0]
+    for c in counts:
+        starts.append(starts[-1] + int(c))
+    return [slice(a, b) for a, b in zip(starts[:-1], starts[1:])]
+
+
+def _transform_pixels(br: Branch, inputs: dict, rows: list[list]) -> torch.Tensor:
+    pv = inputs["pixel_values"]
+    images = [im for row in rows for im in row]
+    pieces = []
+    for sl, image in zip(_image_slices(inputs, len(images)), images):
+        x = pv[sl]
+        squeeze = inputs.get("image_grid_thw") is None
+        src = (x[0] if squeeze else x).detach().to("cpu", torch.float32)
+        new = br.pixels(src, image)
+        if tuple(new.shape) != tuple(src.shape):
+            raise ValueError(f"branch {br.name!r}: pixels() must keep the shape {tuple(src.shape)}, got "
+                             f"{tuple(new.shape)}")
+        new = new.to(device=pv.device, dtype=pv.dtype)
+        pieces.append(new[None] if squeeze else new)
+    return torch.cat(pieces, 0)
+
+
+def _text_only(session, questions: list[str], inputs: dict) -> dict:
+    """The questions with zero images, tokenised as the processor's text path does (left padding)."""
+    s = session
+    tok = s.processor.tokenizer
+    tok.padding_side = "left"
+    prompts = [s.adapter.prompt(s.processor, q, 0) for q in questions]
+    enc = tok(prompts, padding=True, return_tensors="pt")
+    device = inputs["input_ids"].device
+    part = {"input_ids": enc["input_ids"].to(device), "attention_mask": enc["attention_mask"].to(device)}
+    B, P = enc["input_ids"].shape
+    for k, v in inputs.items():  # per-token keys the text path lacks (Qwen's mm_token_type_ids): all text
+        if k not in part and torch.is_tensor(v) and k in _PER_TOKEN_FILL:
+            part[k] = torch.full((B, P), _PER_TOKEN_FILL[k], dtype=v.dtype, device=device)
+    return part
+
+
+def _left_pad(t: torch.Tensor, length: int, fill: int) -> torch.Tensor:
+    if t.shape[1] == length:
+        return t
+    pad = torch.full((t.shape[0], length - t.shape[1]), fill, dtype=t.dtype, device=t.device)
+    return torch.cat([pad, t], 1)
+
+
+def _merge(parts: list[dict], pad_id: int) -> dict:
+    """Concatenate the parts' rows: per-token keys left-padded to the longest prompt, image keys (``pixel_values``,
+    ``image_grid_thw``, the Q-Former's inputs) concatenated over the parts that have images."""
+    P = max(p["input_ids"].shape[1] for p in parts)
+    out = {}
+    keys = list(parts[0])
+    for k in keys:
+        if k == "input_ids" or k in _PER_TOKEN_FILL:
+            fill = pad_id if k == "input_ids" else _PER_TOKEN_FILL[k]
+            out[k] = torch.cat([_left_pad(p[k], P, fill) for p in parts], 0)
+        elif torch.is_tensor(parts[0][k]):
+            out[k] = torch.cat([p[k] for p in parts if k in p], 0)
+        else:
+            out[k] = parts[0][k]
+    return out
