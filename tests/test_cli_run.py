@@ -93,7 +93,7 @@ def test_hooks_verb_resolves_names_shapes_and_owners(saved_model, capsys):
     data = json.loads(capsys.readouterr().out)
     names = {p["name"]: p for p in data["points"]}
     assert set(names) == {"layer_input.1", "attn_kv.1", "attn_bias.1", "attn_probs.1", "attn_heads.1",
-                          "mlp_in.1", "mlp_out.1", "logit_lens.1"}
+                          "mlp_in.1", "mlp_out.1", "logit_lens.1", "attn_transform.1"}
     assert names["attn_bias.1"]["declared_by"] == ["visual-boost"]
     assert names["attn_heads.1"]["shape"] == "(B, q, 4, 16)"
     assert data["family"] == "llava" and data["num_layers"] == 4

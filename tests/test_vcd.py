@@ -257,3 +257,23 @@ def test_lockstep_wrapper_copies_a_row_dependent_processor():
 
     out = bp.lockstep(draw)(bp.inputs["input_ids"], torch.zeros(6, 11))
     assert seen == [2] and torch.equal(out[:2], out[2:4]) and torch.equal(out[:2], out[4:])
+
+
+@pytest.mark.parametrize("family", ["llava", "qwen2-vl"])
+def test_sampled_protocol_batched_equals_one_at_a_time(family):
+    """VCD's published protocol samples (temperature 1, top-p 1): with the branch rows in lockstep, each row's seeded
+    samples do not depend on its batch neighbours, and they differ from greedy VCD."""
+    from hallufix.decoding import Decoding
+
+    s = tiny_session(family)
+    images, questions = tiny_images(3, mixed=True), list(QUESTIONS[:3])
+    keys = [f"row-{i}" for i in range(3)]
+    dec = Decoding("sample", seed=7)
+    kw = dict(max_new_tokens=6, min_new_tokens=6, decoding=dec)
+    run = s.start(["vcd"], {})
+    batched = run.generate(images, questions, row_keys=keys, **kw)
+    single = [run.generate([im], [q], row_keys=[k], **kw)[0] for im, q, k in zip(images, questions, keys)]
+    assert [g.token_ids.tolist() for g in batched] == [g.token_ids.tolist() for g in single]
+    assert [g.seed for g in batched] == [g.seed for g in single]
+    greedy = run.generate(images, questions, max_new_tokens=6, min_new_tokens=6)
+    assert [g.token_ids.tolist() for g in batched] != [g.token_ids.tolist() for g in greedy]
