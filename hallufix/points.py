@@ -59,7 +59,14 @@ class HookPoint:
             recomputed from them as ``P @ V``).
         per_forward: for ``bias``: the bias does not depend on the layer, only on the forward (e.g. anchors measured
             earlier in the same forward); the hook is then called once per forward, at the first of these layers the
-            forward reaches, and its terms are reused at the others.
+            forward reaches, and its terms are reused at the others (also when other methods bias the same layers).
+        static_gains: for ``heads``: the method's head gains are fixed at prefill for the whole generation. The hook
+            runs at prefill only and hands its gains to ``event.scale``; the core applies them at every forward
+            (folded into ``o_proj`` when ``fold``, else scaled), and releases the layer's decode steps when nothing
+            else runs there.
+        fold: with ``static_gains``: the core may fold the gains into ``o_proj``'s weight for the generation when
+            they are one vector for the whole batch (exact up to rounding, restored afterwards; a copy of the
+            weight per folded layer).
     """
 
     kind: str
@@ -68,6 +75,8 @@ class HookPoint:
     phases: frozenset = PHASES
     edits: bool = False
     per_forward: bool = False
+    static_gains: bool = False
+    fold: bool = False
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -79,6 +88,8 @@ class HookPoint:
         object.__setattr__(self, "phases", frozenset(self.phases))
         if (self.layer is None) != (self.kind in ("image", "logits")):
             raise ValueError(f"hook point {self.kind!r} {'needs' if self.layer is None else 'takes no'} layer")
+        if self.fold and not self.static_gains:
+            raise ValueError("fold needs static_gains=True (only gains fixed for the generation can be folded)")
 
     @property
     def name(self) -> str:
@@ -127,9 +138,12 @@ def attn_probs(layers, *, rows: str = "last", phases=PHASES, edits: bool = False
     return [HookPoint("probs", i, rows=rows, phases=frozenset(phases), edits=edits) for i in _layers(layers)]
 
 
-def attn_heads(layers, *, phases=PHASES) -> list[HookPoint]:
-    """Declare per-head outputs before ``o_proj`` at ``layers`` (read or scale)."""
-    return [HookPoint("heads", i, phases=frozenset(phases)) for i in _layers(layers)]
+def attn_heads(layers, *, phases=PHASES, static_gains: bool = False, fold: bool = False) -> list[HookPoint]:
+    """Declare per-head outputs before ``o_proj`` at ``layers`` (read or scale). ``static_gains``: gains set at
+    prefill hold for the whole generation (the core applies them; ``fold``: into ``o_proj`` where it can), see
+    :class:`HookPoint`."""
+    return [HookPoint("heads", i, phases=frozenset(phases), static_gains=static_gains, fold=fold)
+            for i in _layers(layers)]
 
 
 def attn_kv(layers, *, phases=PHASES) -> list[HookPoint]:

@@ -119,7 +119,6 @@ class CLVA(Method):
         self.phi_sum: dict[int, torch.Tensor] = {}
         self.phi_n: dict[int, torch.Tensor] = {}
         self.z = {"pos": None, "neg": None}
-        self._z_version, self._bias_cache = 0, None
         self.maps = {"pos": None, "neg": None}
         self.heads = {}
         self.diag_prefill = None
@@ -160,20 +159,15 @@ class CLVA(Method):
             z = anchor_mask(m, c, vt)  # Eq. 8-9, over each row's own visual tokens
             z = z & heads.any(1, keepdim=True)
             self.z[kind], self.maps[kind], self.heads[kind] = z, m, heads
-            self._z_version += 1
         if event.forward.phase == "prefill" and all(v is not None for v in self.z.values()):
             self.diag_prefill = self._counts()
 
     # ------------------------------------------------------------------ re-anchoring (drift layers)
     @hallufix.hookimpl
     def hallufix_attn_bias(self, event):
-        # one bias per forward: every drift layer of a forward sees the same anchors and key length (declared
-        # per_forward, so the core calls this once per forward); the cache also serves stacks in which another
-        # method's bias shares a drift layer (then this is called at every such layer)
-        key = (self._z_version, event.kv_len)
-        if self._bias_cache is None or self._bias_cache[0] != key:
-            self._bias_cache = (key, self._anchor_bias(event.visual, event.kv_len))
-        bias = self._bias_cache[1]
+        # every drift layer of a forward sees the same anchors and key length: declared per_forward, so the core
+        # calls this once per forward and reuses the terms at the other drift layers, also when stacked
+        bias = self._anchor_bias(event.visual, event.kv_len)
         if bias is not None:
             event.add(bias)
 
