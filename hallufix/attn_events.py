@@ -12,11 +12,12 @@ from hallufix.events import LayerEvent, _conform
 
 class ProbsEvent(LayerEvent):
     """``lm.layers.{i}.attn.probs``: ``probs`` ``(B, H, R, kv)`` float32 of the rows ``rows`` ``(R,)`` (indices
-    into q). An edit (``event.probs = new``) keeps the shape and is stored as float32 on the model's device."""
+    into q). An edit (``event.probs = new``) keeps the shape and is stored as float32 on the model's device.
+    ``last_index``: where the core knows it, the position of the last query row in ``rows``."""
 
-    def __init__(self, probs: torch.Tensor, rows: torch.Tensor, **kw):
+    def __init__(self, probs: torch.Tensor, rows: torch.Tensor, last_index: int | None = None, **kw):
         super().__init__(**kw)
-        self._probs, self.rows, self.edited = probs, rows, False
+        self._probs, self.rows, self.edited, self._last_index = probs, rows, False, last_index
 
     @property
     def probs(self) -> torch.Tensor:
@@ -43,6 +44,8 @@ class ProbsEvent(LayerEvent):
         """``(B, H, kv)``: the last query row (final prompt token at prefill, the new token at decode)."""
         if self.forward.q_len == 1:  # a decode step: the probed row is the single row
             return self._probs[:, :, 0]
+        if self._last_index is not None:
+            return self._probs[:, :, self._last_index]
         idx = (self.rows == self.forward.q_len - 1).nonzero()
         if idx.numel() == 0:
             raise LookupError(f"layer {self.layer}: the last row was not probed; declare rows='last'")

@@ -120,7 +120,7 @@ def test_rows_attention_equals_eager_attention_of_those_rows(dtype):
     assert (got.float() - want).abs().max() <= TOL[dtype] * 4
 
 
-def test_merge_rows_replaces_only_those_rows_and_keeps_the_input():
+def test_merge_rows_replaces_only_those_rows():
     out = torch.randn(B, Q, H, D)
     before = out.clone()
     rows = torch.tensor([1, 3])
@@ -128,7 +128,7 @@ def test_merge_rows_replaces_only_those_rows_and_keeps_the_input():
     got = K.merge_rows(out, new, rows)
     want = before.clone()
     want[:, 1], want[:, 3] = new[:, :, 0], new[:, :, 1]
-    assert torch.equal(got, want) and torch.equal(out, before)
+    assert torch.equal(got, want)
     every = K.merge_rows(None, torch.randn(B, H, Q, D), torch.arange(Q))
     assert every.shape == (B, Q, H, D) and every.is_contiguous()
 

@@ -124,8 +124,12 @@ class _Masks:
         self.q_len, self.kv_len, self.dtype, self.device = query.shape[2], kv_len, query.dtype, query.device
         #: a decode step: one query row, the new token (the last row, a text row, every row)
         self.single = fwd.phase == "decode" and self.q_len == 1
-        self.one = fwd.shared(RowIndexKey(ONE, self.device), lambda: torch.zeros(1, dtype=torch.long,
-                                                                                   device=self.device))
+
+    @property
+    def one(self) -> torch.Tensor:
+        """``(1,)`` long: the index of a decode step's single row (memoised per forward)."""
+        return self.fwd.shared(RowIndexKey(ONE, self.device), lambda: torch.zeros(1, dtype=torch.long,
+                                                                                    device=self.device))
 
     def get(self, rows: torch.Tensor, rows_key: RowsKey) -> torch.Tensor | None:
         """``(B|1, 1|H, R, kv)`` in the model dtype for ``rows`` ``(R,)`` (described by ``rows_key``); ``None``
@@ -133,12 +137,15 @@ class _Masks:
         if self.single and self.attention_mask is None and not self.terms:
             return None
         mkey = MaskKey(Ref(self.attention_mask), self.kv_len, self.dtype, rows_key)
-        mask = self.fwd.shared(mkey, lambda: K.row_mask(self.attention_mask, rows, self.q_len, self.kv_len,
-                                                        self.dtype))
+
+        def plain():
+            return self.fwd.shared(mkey, lambda: K.row_mask(self.attention_mask, rows, self.q_len, self.kv_len,
+                                                            self.dtype))
+
         if not self.terms:
-            return mask
+            return plain()
         bkey = BiasedMaskKey(mkey, tuple((Ref(b), Ref(r)) for b, r in self.terms))
-        return self.fwd.shared(bkey, lambda: K.add_bias_terms(mask, self.terms, rows))
+        return self.fwd.shared(bkey, lambda: K.add_bias_terms(plain(), self.terms, rows))
 
 
 def _bias_terms(st, plan, work, ev_kw) -> list:
@@ -183,7 +190,9 @@ def _probe(st, plan, work, query, key, scaling, masks, ev_kw):
     if not rows.numel():
         return None
     q_rows = query if masks.single else query[:, :, rows]
-    ev = ProbsEvent(K.probe_probs(q_rows, key, scaling, masks.get(rows, rows_key)), rows, **ev_kw)
+    # rows are increasing, so where the last row is probed it is the final one (no search in ProbsEvent.last)
+    last = len(rows) - 1 if masks.single or work.probe_rows & {"last", "all"} else None
+    ev = ProbsEvent(K.probe_probs(q_rows, key, scaling, masks.get(rows, rows_key)), rows, last_index=last, **ev_kw)
     work.probs(event=ev)
     st.fired(plan.names["probs"])
     if ev.edited and not st.table.editing_probes(plan.layer):
@@ -206,7 +215,7 @@ def _attend_rows(custom, fused, query, key, value, scaling, masks, edited) -> tu
         pos = torch.full((masks.q_len,), -1, dtype=torch.long, device=query.device)
         pos[rows] = torch.arange(rows.numel(), device=query.device)
         out_rows[:, :, pos[edited.rows]] = K.probs_times_values(edited.probs, value)
-    return K.merge_rows(out, out_rows, rows), "rows" if every else "sdpa+rows"
+    return K.merge_rows(out, out_rows, rows), "rows" if every else "sdpa+rows"  # out: this call's own tensor
 
 
 def register() -> None:

@@ -90,12 +90,11 @@ def rows_attention(query_rows: torch.Tensor, key: torch.Tensor, value: torch.Ten
 
 def merge_rows(out: torch.Tensor | None, out_rows: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
     """Layer output ``(B, q, H, D)``: ``out`` (the fused output of every row, or ``None`` when every row was
-    recomputed) with the rows ``rows`` ``(R,)`` replaced by ``out_rows`` ``(B, H, R, D)``. ``out`` is not
-    written (a new tensor comes back)."""
+    recomputed) with the rows ``rows`` ``(R,)`` replaced by ``out_rows`` ``(B, H, R, D)``. ``out`` is written in
+    place and returned: pass a tensor nothing else holds (the fused kernel's fresh output)."""
     out_rows = out_rows.transpose(1, 2)
     if out is None:
         return out_rows.contiguous()
-    out = out.clone()
     out[:, rows] = out_rows
     return out
 
