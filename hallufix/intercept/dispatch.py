@@ -27,7 +27,6 @@ HOOK_OF_KIND = {
     "heads": "hallufix_attn_heads",
     "logits": "hallufix_logits",
 }
-ATTENTION_KINDS = frozenset({"kv", "bias", "probs", "heads"})
 
 
 @dataclass(frozen=True)
@@ -103,14 +102,18 @@ class HookTable:
                                      f"phases (the hook runs at prefill only)")
         #: (kind, layer, phase) -> [(plugin, point), ...] in typed order
         owners: dict[tuple, list[tuple[object, HookPoint]]] = defaultdict(list)
+        rows: dict[tuple, set] = defaultdict(set)  # (layer, phase) -> probe row kinds
         for plugin, pts in declared.items():
             for p in pts:
                 for phase in p.phases:
                     kind = "static" if p.kind == "heads" and p.static_gains else p.kind
                     if phase == "decode" and kind == "static":
                         continue  # applied by the core from the gains set at prefill
-                    if all(w is not plugin for w, _ in owners[(kind, p.layer, phase)]):
-                        owners[(kind, p.layer, phase)].append((plugin, p))
+                    group = owners[(kind, p.layer, phase)]
+                    if all(w is not plugin for w, _ in group):
+                        group.append((plugin, p))
+                    if kind == "probs":
+                        rows[(p.layer, phase)].add(p.rows)  # every declared row kind, of every point
         for (kind, layer, phase), who in owners.items():
             caller = self._caller(kind, [w for w, _ in who])
             if layer is None:
@@ -126,7 +129,7 @@ class HookTable:
                               BiasSlot(self._caller(kind, [w])) for w, _ in who) if shared else (BiasSlot(caller),)
                 plan.work[phase] = replace(work, bias=slots)
             elif kind == "probs":
-                plan.work[phase] = replace(work, probs=caller, probe_rows=frozenset(p.rows for _, p in who))
+                plan.work[phase] = replace(work, probs=caller, probe_rows=frozenset(rows[(layer, phase)]))
             elif kind == "static":
                 plan.work[phase] = replace(work, static=caller, fold=all(p.fold for _, p in who))
                 plan.work["decode"] = replace(plan.work["decode"], carries_static=True)
