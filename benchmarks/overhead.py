@@ -16,8 +16,10 @@ Cases: built-in core cases (``none``, ``bias-half``, ``probe-2``) and one YAML f
 ``benchmarks/cases/`` (``case``, ``plugins``, ``overrides``, ``target``, optional ``max_new_tokens``, optional
 ``num_beams``: that case and its baseline run beam search with that many beams, e.g. OPERA against plain beam 5).
 Output: a table, or with ``--json`` one JSON object per case per line:
-``{"case", "ratio", "ratio_iqr", "baseline_s", "case_s", "target", "rounds", "device", "shape"}`` (``ratio_iqr``:
-the interquartile range of the per-round ratios, the spread to compare with a target's margin).
+``{"case", "ratio", "ratio_iqr", "ratio_ci95", "baseline_s", "case_s", "target", "rounds", "device", "shape"}``
+(``ratio_iqr``: the interquartile range of the per-round ratios, how much one round moves; ``ratio_ci95``: a
+bootstrap 95% interval of the median itself (2000 resamples of the rounds, seeded), the spread to compare with a
+target's margin: it narrows as ``--rounds`` grows, the IQR does not).
 
 ``--memory`` adds peak memory: each case (and the baseline) runs one generate in a fresh child process; on CUDA
 the peak is ``torch.cuda.max_memory_allocated`` (bytes), on CPU the child's peak resident set size (``ru_maxrss``,
@@ -196,8 +198,9 @@ def main(argv=None) -> int:
     for name in cases:
         t = timings[name]
         q1, _, q3 = statistics.quantiles(t["ratio"], n=4) if len(t["ratio"]) > 1 else (t["ratio"][0],) * 3
+        lo, hi = median_ci(t["ratio"])
         rows.append({"case": name, "ratio": round(statistics.median(t["ratio"]), 4),
-                     "ratio_iqr": [round(q1, 4), round(q3, 4)],
+                     "ratio_iqr": [round(q1, 4), round(q3, 4)], "ratio_ci95": [round(lo, 4), round(hi, 4)],
                      "baseline_s": round(statistics.median(t["base"]), 4),
                      "case_s": round(statistics.median(t["case"]), 4), "target": cases[name].get("target"),
                      "rounds": args.rounds, "max_new_tokens": int(cases[name].get("max_new_tokens")
@@ -215,9 +218,20 @@ def main(argv=None) -> int:
             tgt = "-" if r["target"] is None else f"{r['target']:.2f}"
             flag = "" if r["target"] is None or r["ratio"] <= r["target"] else "  (over target)"
             mem = f"  memory x{r['memory_ratio']:.3f}" if "memory_ratio" in r else ""
+            ci = f"  95% CI [{r['ratio_ci95'][0]:.3f}, {r['ratio_ci95'][1]:.3f}]"
             print(f"{r['case']:<12} {r['ratio']:>7.3f} {tgt:>7} {r['baseline_s']:>11.3f} {r['case_s']:>9.3f}  "
-                  f"{r['max_new_tokens']}{flag}{mem}")
+                  f"{r['max_new_tokens']}{flag}{mem}{ci}")
     return 0
+
+
+def median_ci(values: list[float], level: float = 0.95, resamples: int = 2000, seed: int = 0) -> tuple[float, float]:
+    """Percentile-bootstrap interval of the median of ``values`` (resampling rounds with replacement)."""
+    if len(values) < 2:
+        return values[0], values[0]
+    rng = random.Random(seed)
+    meds = sorted(statistics.median(rng.choices(values, k=len(values))) for _ in range(resamples))
+    cut = int(resamples * (1 - level) / 2)
+    return meds[cut], meds[resamples - 1 - cut]
 
 
 def peak_memory_mb(args, name: str) -> float:

@@ -17,8 +17,23 @@ from typing import Any, Callable
 
 import torch
 
+from hallufix.forward import ConvertedKey, ForwardInfo, Ref, RoleKey
 from hallufix.layout import ModelInfo, TokenLayout
 from hallufix.visual import VisualTokens
+
+__all__ = ["ForwardInfo", "BatchInfo", "LayerEvent", "HiddenEvent", "KVEvent", "BiasEvent", "ProbsEvent",
+           "HeadsEvent", "StaticGainsEvent", "LogitsEvent", "ImageEvent"]
+
+#: the classes that live in :mod:`hallufix.attn_events` (imported from here lazily: that module builds on this one)
+_ATTN_EVENTS = ("ProbsEvent", "HeadsEvent", "StaticGainsEvent")
+
+
+def __getattr__(name: str):
+    if name in _ATTN_EVENTS:
+        from hallufix import attn_events
+
+        return getattr(attn_events, name)
+    raise AttributeError(f"module 'hallufix.events' has no attribute {name!r}")
 
 
 def _conform(what: str, new: torch.Tensor, shape, device, dtype) -> torch.Tensor:
@@ -30,34 +45,6 @@ def _conform(what: str, new: torch.Tensor, shape, device, dtype) -> torch.Tensor
     if new.device != device or new.dtype != dtype:
         new = new.to(device=device, dtype=dtype)
     return new
-
-
-@dataclass
-class ForwardInfo:
-    """One language-model forward: ``phase`` (``prefill``/``decode``), ``step`` (0 at prefill), ``q_len`` query
-    rows, ``kv_offset`` cached positions before them (so row ``i`` sits at cache position ``kv_offset + i``)."""
-
-    phase: str
-    step: int
-    q_len: int
-    kv_offset: int
-    #: per-forward memo of role masks shared by every layer's events (filled lazily; read-only tensors)
-    memo: dict = field(default_factory=dict, repr=False, compare=False)
-
-    @property
-    def positions(self) -> torch.Tensor:
-        """``(q,)`` cache positions of this forward's query rows, in host memory (see :meth:`positions_on`)."""
-        return self.positions_on("cpu")
-
-    def positions_on(self, device) -> torch.Tensor:
-        """``(q,)`` cache positions of this forward's query rows, on ``device``."""
-        return torch.arange(self.kv_offset, self.kv_offset + self.q_len, device=device)
-
-    def shared(self, key, make):
-        """``make()`` once per forward under ``key``; later layers of the same forward get the same tensor."""
-        if key not in self.memo:
-            self.memo[key] = make()
-        return self.memo[key]
 
 
 @dataclass
@@ -116,15 +103,16 @@ class LayerEvent:
     @cached_property
     def text_rows(self) -> torch.Tensor:
         """``(B, q)`` bool: instruction / generated query rows (CLVA's ``T_txt``)."""
+        key = RoleKey("text_rows", Ref(self.layout))
         if self.forward.kv_offset >= self.layout.prompt_len:  # only generated rows: all text
-            return self.forward.shared(("text_rows", id(self.layout)), lambda: torch.ones(
+            return self.forward.shared(key, lambda: torch.ones(
                 self.layout.batch_size, self.forward.q_len, dtype=torch.bool, device=self.device))
-        return self.forward.shared(("text_rows", id(self.layout)), lambda: self.layout.text_rows(self.positions))
+        return self.forward.shared(key, lambda: self.layout.text_rows(self.positions))
 
     @cached_property
     def visual_rows(self) -> torch.Tensor:
         """``(B, q)`` bool: query rows that are visual tokens (prefill only)."""
-        return self.forward.shared(("visual_rows", id(self.layout)),
+        return self.forward.shared(RoleKey("visual_rows", Ref(self.layout)),
                                    lambda: self.layout.visual_rows(self.positions))
 
     @property
@@ -210,11 +198,11 @@ class BiasEvent(LayerEvent):
             # converted once per forward: a method that hands the same tensor to several layers keeps one term id,
             # so the layers share the summed mask (the memo holds the source too, so its id is not reused)
             src = column_bias
-            column_bias = self.forward.shared(("bias_to", id(src), self.dtype), lambda: (
-                src, src.to(device=self.device, dtype=self.dtype)))[1]
+            column_bias = self.forward.shared(ConvertedKey(Ref(src), self.dtype),
+                                              lambda: src.to(device=self.device, dtype=self.dtype))
         if rows is None:  # the text rows: the same tensor for every layer of this forward
             rows = self.text_rows
-            nonempty = self.forward.shared(("text_rows_nonempty", id(self.layout)), lambda: bool(rows.any()))
+            nonempty = self.forward.shared(RoleKey("text_rows_nonempty", Ref(self.layout)), lambda: bool(rows.any()))
         else:
             if tuple(rows.shape) != (self.layout.batch_size, self.forward.q_len):
                 raise ValueError(f"layer {self.layer}: bias rows must be a (B={self.layout.batch_size}, "
@@ -224,96 +212,6 @@ class BiasEvent(LayerEvent):
             nonempty = bool(rows.any())
         if nonempty:
             self.terms.append((column_bias, rows))
-
-
-class ProbsEvent(LayerEvent):
-    """``lm.layers.{i}.attn.probs``: ``probs`` ``(B, H, R, kv)`` float32 of the rows ``rows`` ``(R,)`` (indices
-    into q). An edit (``event.probs = new``) keeps the shape and is stored as float32 on the model's device."""
-
-    def __init__(self, probs: torch.Tensor, rows: torch.Tensor, **kw):
-        super().__init__(**kw)
-        self._probs, self.rows, self.edited = probs, rows, False
-
-    @property
-    def probs(self) -> torch.Tensor:
-        return self._probs
-
-    @probs.setter
-    def probs(self, new: torch.Tensor) -> None:
-        old = self._probs
-        self._probs = _conform(f"layer {self.layer}: edited probs", new, old.shape, old.device, old.dtype)
-        self.edited = True
-
-    def row_mask(self, kind: str) -> torch.Tensor:
-        """``(B, R)`` bool: which probed rows are of ``kind`` (``last``, ``text``, ``all``)."""
-        B, q = self.layout.batch_size, self.forward.q_len
-        if kind == "all":
-            return torch.ones(B, len(self.rows), dtype=torch.bool, device=self._probs.device)
-        if kind == "last":
-            return (self.rows == q - 1)[None, :].expand(B, -1)
-        if kind == "text":
-            return self.text_rows[:, self.rows]
-        raise ValueError(f"unknown row kind {kind!r}")
-
-    def last(self) -> torch.Tensor:
-        """``(B, H, kv)``: the last query row (final prompt token at prefill, the new token at decode)."""
-        if self.forward.q_len == 1:  # a decode step: the probed row is the single row
-            return self._probs[:, :, 0]
-        idx = (self.rows == self.forward.q_len - 1).nonzero()
-        if idx.numel() == 0:
-            raise LookupError(f"layer {self.layer}: the last row was not probed; declare rows='last'")
-        return self._probs[:, :, int(idx[0, 0])]
-
-    def visual_last(self) -> torch.Tensor:
-        """``(B, H, n_max)`` float32: the last row's attention over each row's visual tokens, in the slots of
-        :attr:`visual` (padded slots 0)."""
-        from hallufix.capture import gather_visual
-
-        return gather_visual(self.last(), self.visual)
-
-
-class HeadsEvent(LayerEvent):
-    """``lm.layers.{i}.attn.heads``: ``output`` ``(B, q, H, D)``; :meth:`scale` multiplies per-head gains."""
-
-    def __init__(self, output: torch.Tensor, fold: Callable[[torch.Tensor], None] | None = None,
-                 done: Callable[[], None] | None = None, **kw):
-        super().__init__(**kw)
-        self._output, self._fold, self._done = output, fold, done
-
-    def fold(self, gains: torch.Tensor) -> None:
-        """Fold gains ``(H,)`` into ``o_proj`` for the rest of this generation (exact, restored afterwards).
-
-        ``o_proj`` runs right after this hook, so the fold already applies to this forward's output (do not also
-        :meth:`scale`). Use for gains frozen at prefill: later forwards need no hook at all. Folding implies
-        :meth:`done`."""
-        self._fold(gains)
-
-    def done(self) -> None:
-        """Say at prefill that this method needs no further call at this layer in this generation (e.g. its gains
-        are all 1). When it is the layer's only decode-time hook, decode steps then skip the layer's hook entirely;
-        otherwise the method is still called and must keep returning early itself."""
-        if self._done is not None:
-            self._done()
-
-    @property
-    def output(self) -> torch.Tensor:
-        return self._output
-
-    @output.setter
-    def output(self, new: torch.Tensor) -> None:
-        old = self._output
-        self._output = _conform(f"layer {self.layer}: head outputs", new, old.shape, old.device, old.dtype)
-
-    def scale(self, gains: torch.Tensor) -> None:
-        """Multiply head outputs by ``gains`` ``(H,)`` or ``(B, H)`` (moved to the outputs' device and dtype)."""
-        out = self._output
-        shape = gains.shape
-        if shape != out.shape[2:3] and shape != (out.shape[0], out.shape[2]):
-            B, _, H, _ = out.shape
-            raise ValueError(f"layer {self.layer}: gains must be (H={H},) or (B={B}, H={H}), got {tuple(shape)}")
-        g = gains.to(out.dtype) if gains.device == out.device else gains.to(device=out.device, dtype=out.dtype)
-        g = g[None, None, :, None] if len(shape) == 1 else g[:, None, :, None]
-        self._output = out * g
 
 
 class LogitsEvent:

@@ -197,7 +197,8 @@ def hallufix_attn_bias(event):
         bias over visual tokens with ``capture.scatter_visual(values, event.visual, event.kv_len)``.
     Equivalence: adding ``log w_j`` equals multiplying post-softmax ``A[i, j]`` by ``w_j`` and renormalising.
     Declared with ``per_forward=True``, the hook runs once per forward (at the first of its layers) and its terms
-    apply at every declared layer: for biases that depend on the forward only, not on the layer.
+    apply at every declared layer, also where other methods bias the same layer: for biases that depend on the
+    forward only, not on the layer.
     """
 
 
@@ -250,6 +251,10 @@ def hallufix_attn_heads(event):
     :param event: :class:`hallufix.events.HeadsEvent`: ``output`` ``(B, q, H, D)``; ``event.scale(gains)``
         multiplies head outputs by ``gains`` ``(H,)`` or ``(B, H)`` (gains of stacked methods multiply), or
         replace ``event.output``.
+    Declared with ``static_gains=True`` (gains fixed at prefill for the generation), the hook runs at prefill
+    only with a :class:`hallufix.events.StaticGainsEvent` (``scale`` only); the core applies the gains at every
+    forward, folds them into ``o_proj`` with ``fold=True`` where one vector serves the batch, and releases the
+    layer's decode steps when nothing else runs there. ``HeadsEvent.fold`` / ``done`` are deprecated aliases.
     """
 
 

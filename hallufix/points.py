@@ -70,11 +70,18 @@ class HookPoint:
             token at prefill, the new token at decode), ``"text"`` (every instruction / generated row in the
             forward), ``"all"`` (every row; expensive, for analysis only).
         phases: the phases the point is active in (``prefill``, ``decode``).
-        edits: for ``attn_probs``: whether the plugin may replace the probabilities (the layer's output rows are
-            then recomputed from them as ``P @ V``).
-        per_forward: for ``attn_bias``: the bias does not depend on the layer, only on the forward (e.g. anchors
-            measured earlier in the same forward); the hook is then called once per forward, at the first of these
-            layers the forward reaches, and its terms are reused at the others.
+        edits: for ``attn_probs``: whether the plugin may replace the probabilities (the layer's output rows are then
+            recomputed from them as ``P @ V``).
+        per_forward: for ``attn_bias``: the bias does not depend on the layer, only on the forward (e.g. anchors measured
+            earlier in the same forward); the hook is then called once per forward, at the first of these layers the
+            forward reaches, and its terms are reused at the others (also when other methods bias the same layers).
+        static_gains: for ``attn_heads``: the method's head gains are fixed at prefill for the whole generation. The hook
+            runs at prefill only and hands its gains to ``event.scale``; the core applies them at every forward
+            (folded into ``o_proj`` when ``fold``, else scaled), and releases the layer's decode steps when nothing
+            else runs there.
+        fold: with ``static_gains``: the core may fold the gains into ``o_proj``'s weight for the generation when
+            they are one vector for the whole batch (exact up to rounding, restored afterwards; a copy of the
+            weight per folded layer).
     """
 
     kind: str
@@ -83,6 +90,8 @@ class HookPoint:
     phases: frozenset = PHASES
     edits: bool = False
     per_forward: bool = False
+    static_gains: bool = False
+    fold: bool = False
 
     def __post_init__(self) -> None:
         if self.kind in _OLD_KINDS:
@@ -97,6 +106,8 @@ class HookPoint:
         object.__setattr__(self, "phases", frozenset(self.phases))
         if (self.layer is None) == (self.kind in LAYER_KINDS or self.kind in SUBMODEL_KINDS):
             raise ValueError(f"hook point {self.kind!r} {'needs' if self.layer is None else 'takes no'} layer")
+        if self.fold and not self.static_gains:
+            raise ValueError("fold needs static_gains=True (only gains fixed for the generation can be folded)")
 
     @property
     def name(self) -> str:
@@ -182,9 +193,12 @@ def attn_transform(layers, *, rows: str = "last", phases=PHASES) -> list[HookPoi
     return [HookPoint("attn_transform", i, rows=rows, phases=frozenset(phases)) for i in _layers(layers)]
 
 
-def attn_heads(layers, *, phases=PHASES) -> list[HookPoint]:
-    """Declare per-head outputs before ``o_proj`` at ``layers`` (read or scale)."""
-    return [HookPoint("attn_heads", i, phases=frozenset(phases)) for i in _layers(layers)]
+def attn_heads(layers, *, phases=PHASES, static_gains: bool = False, fold: bool = False) -> list[HookPoint]:
+    """Declare per-head outputs before ``o_proj`` at ``layers`` (read or scale). ``static_gains``: gains set at
+    prefill hold for the whole generation (the core applies them; ``fold``: into ``o_proj`` where it can), see
+    :class:`HookPoint`."""
+    return [HookPoint("attn_heads", i, phases=frozenset(phases), static_gains=static_gains, fold=fold)
+            for i in _layers(layers)]
 
 
 def attn_kv(layers, *, phases=PHASES) -> list[HookPoint]:

@@ -1,6 +1,5 @@
 """The hallufix attention function: registered once with transformers' ``AttentionInterface`` (and its mask
-function with ``AttentionMaskInterface``) by :mod:`hallufix.intercept.registration`, set on the language model
-only while a run is active.
+function with ``AttentionMaskInterface``), set on the language model only while a run is active.
 
 Per layer and forward it does the least work the active methods declared:
 
@@ -11,26 +10,48 @@ Per layer and forward it does the least work the active methods declared:
   so the bias costs a few percent instead of losing the causal fast path for the whole matrix;
 * ``probs``: only the declared query rows are materialised: ``softmax(q_R K^T * scale + mask_R + bias_R)``,
   ``O(R * kv * D * H)``; when a method edits them, those rows' outputs become ``P @ V`` exactly;
-* ``heads``: per-head outputs ``(B, q, H, D)`` scaled or replaced before ``o_proj``.
+* ``heads``: per-head outputs ``(B, q, H, D)`` scaled or replaced before ``o_proj``; static gains applied, folded
+  or released by the core (:mod:`hallufix.intercept.heads`).
 
-The function never keeps references to modules or tensors after it returns; per-run state lives on the active
-:class:`~hallufix.intercept.install.Interceptor` found through a context variable.
+:func:`run_layer` is the dispatcher: it reads the layer's :class:`~hallufix.intercept.dispatch.PhaseWork` and
+calls the pure tensor kernels of :mod:`hallufix.intercept.kernels`. Work shared by the layers of one forward (row
+masks, summed bias masks, probe rows, ``per_forward`` bias terms) sits in the forward's memo under typed keys
+(:mod:`hallufix.forward`). The function never keeps references to modules or tensors after it returns; per-run
+state lives on the active :class:`~hallufix.intercept.install.Interceptor` found through a context variable.
 """
 from __future__ import annotations
 
 import contextvars
+from typing import NamedTuple
 
 import torch
-import torch.nn.functional as F
-from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_forward
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-from hallufix.events import BiasEvent, HeadsEvent, KVEvent, ProbsEvent
+from hallufix.attn_events import ProbsEvent
+from hallufix.events import BiasEvent, KVEvent
+from hallufix.forward import BiasedMaskKey, MaskKey, Ref, RoleKey, RowsKey
+from hallufix.intercept import kernels as K
+from hallufix.intercept.heads import apply_heads
 
 #: The name under which the function and its mask function are registered (process-wide, once).
 ATTN_NAME = "hallufix"
 
 #: The interceptor of the run in progress (``None`` outside runs).
 ACTIVE: contextvars.ContextVar = contextvars.ContextVar("hallufix_active_interceptor", default=None)
+
+
+class RowIndexKey(NamedTuple):
+    """The ``(R,)`` index tensor of the rows ``rows`` on ``device`` (memo key)."""
+
+    rows: RowsKey
+    device: torch.device
+
+
+class ProbeRowsKey(NamedTuple):
+    """The probe rows of row ``kinds`` in this forward on ``device`` (memo key)."""
+
+    kinds: frozenset
+    device: torch.device
 
 
 def hallufix_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
@@ -43,183 +64,157 @@ def hallufix_attention(module, query, key, value, attention_mask, scaling=None, 
             st.count_path(getattr(module, "layer_idx", -1), "sdpa")
         return sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout,
                                       **kwargs)
-    if ("attn_transform", st.forward.phase) in plan.callers:  # score transforms: their own kernel (transform.py)
+    if plan.work[st.forward.phase].transform is not None:  # score transforms: their own kernel (transform.py)
         from hallufix.intercept.transform import run_transform_layer
         return run_transform_layer(st, plan, module, query, key, value, attention_mask, scaling, dropout, kwargs)
     return run_layer(st, plan, module, query, key, value, attention_mask, scaling, dropout, kwargs)
 
 
-def row_mask(attention_mask, rows: torch.Tensor, q_len: int, kv_len: int, dtype: torch.dtype) -> torch.Tensor:
-    """Additive float mask ``(B|1, 1, R, kv)`` for query ``rows`` (indices into ``q``), from whatever mask SDPA
-    received: ``None`` means causal with the queries at the end of the cache."""
-    neg = torch.finfo(dtype).min
-    if attention_mask is None and q_len == 1:  # one row at the end of the cache: every key is visible
-        return torch.zeros((1, 1, len(rows), kv_len), dtype=dtype, device=rows.device)
-    if attention_mask is None:
-        qpos = kv_len - q_len + rows
-        allowed = torch.arange(kv_len, device=rows.device)[None, :] <= qpos[:, None]
-        return torch.where(allowed, 0.0, neg).to(dtype)[None, None]
-    sub = attention_mask[:, :, rows, :kv_len]
-    if sub.dtype == torch.bool:
-        return torch.where(sub, 0.0, neg).to(dtype)
-    return sub.to(dtype)
-
-
 def run_layer(st, plan, module, query, key, value, attention_mask, scaling, dropout, kwargs):
-    """One declared layer (see the module docstring for the paths)."""
-    fwd = st.forward
-    phase, layer = fwd.phase, plan.layer
-    q_len, kv_len = query.shape[2], key.shape[2]
-    ev_kw = dict(layer=layer, forward=fwd, layout=st.layout, model=st.info, dtype=query.dtype)
+    """One declared layer in the current phase (the paths in the module docstring). ``query`` ``(B, H, q, D)``,
+    ``key`` / ``value`` ``(B, Hkv, kv, D)``; returns ``(output (B, q, H, D), None)`` in the model dtype."""
+    fwd, layer = st.forward, plan.layer
+    work = plan.work[fwd.phase]
     scaling = module.scaling if scaling is None else scaling
-    heads_caller = plan.callers.get(("attn_heads", phase))
-    if plan.heads_only.get(phase, False):
-        # heads-only layer in this phase: the fused kernel, then the per-head edit
-        out, _ = sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout,
-                                        **kwargs)
-        st.count_path(layer, "sdpa")
-        return _heads(st, plan, module, heads_caller, out, ev_kw), None
+    ev_kw = dict(layer=layer, forward=fwd, layout=st.layout, model=st.info, dtype=query.dtype)
 
-    kv_caller = plan.callers.get(("attn_kv", phase))
-    if kv_caller is not None:
+    def fused():
+        return sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout,
+                                      **kwargs)[0]
+
+    if work.heads_only:
+        st.count_path(layer, "sdpa")
+        return apply_heads(st, plan, module, work, fused(), ev_kw), None
+    if work.kv is not None:
         ev = KVEvent(key, value, **ev_kw)
-        kv_caller(event=ev)
+        work.kv(event=ev)
         key, value = ev.key, ev.value
         st.fired(plan.names["attn_kv"])
+    terms = _bias_terms(st, plan, work, ev_kw) if work.bias else []
+    masks = _Masks(fwd, attention_mask, query, key.shape[2], terms)
+    probed = _probe(st, plan, work, query, key, scaling, masks, ev_kw) if work.probe_rows else None
+    edited = probed is not None and probed.edited
+    if masks.single and not edited:
+        if terms:  # the single row is biased: one SDPA call with the float mask, no row bookkeeping
+            out = K.rows_attention(query, key, value, masks.get(masks.one, ONE), scaling).transpose(1, 2)
+            out, path = out.contiguous(), "rows"
+        else:  # probes only read: the fused kernel as usual
+            out, path = fused(), "sdpa"
+    else:
+        custom = torch.zeros(query.shape[2], dtype=torch.bool, device=query.device)  # rows with a float mask
+        for _, rows in terms:
+            custom |= rows.any(0)
+        if edited:
+            custom[probed.rows] = True
+        out, path = _attend_rows(custom, fused, query, key, value, scaling, masks, probed if edited else None)
+    st.count_path(layer, path)
+    return apply_heads(st, plan, module, work, out, ev_kw), None
+
+
+#: the rows key of a decode step's single query row
+ONE = RowsKey("one", 1)
+
+
+class _Masks:
+    """Additive row masks of one layer call, memoised per forward (:class:`MaskKey` / :class:`BiasedMaskKey`):
+    the mask SDPA received restricted to some rows, plus this layer's bias ``terms``. Layers of one forward
+    usually share both (the mask object; one bias tensor per method), so each sum is built once per forward."""
+
+    def __init__(self, fwd, attention_mask, query, kv_len: int, terms):
+        self.fwd, self.attention_mask, self.terms = fwd, attention_mask, terms
+        self.q_len, self.kv_len, self.dtype, self.device = query.shape[2], kv_len, query.dtype, query.device
+        #: a decode step: one query row, the new token (the last row, a text row, every row)
+        self.single = fwd.phase == "decode" and self.q_len == 1
+
+    @property
+    def one(self) -> torch.Tensor:
+        """``(1,)`` long: the index of a decode step's single row (memoised per forward)."""
+        return self.fwd.shared(RowIndexKey(ONE, self.device), lambda: torch.zeros(1, dtype=torch.long,
+                                                                                    device=self.device))
+
+    def get(self, rows: torch.Tensor, rows_key: RowsKey) -> torch.Tensor | None:
+        """``(B|1, 1|H, R, kv)`` in the model dtype for ``rows`` ``(R,)`` (described by ``rows_key``); ``None``
+        when nothing is masked (a decode step's row without padding or bias: every key is visible)."""
+        if self.single and self.attention_mask is None and not self.terms:
+            return None
+        mkey = MaskKey(Ref(self.attention_mask), self.kv_len, self.dtype, rows_key)
+
+        def plain():
+            return self.fwd.shared(mkey, lambda: K.row_mask(self.attention_mask, rows, self.q_len, self.kv_len,
+                                                            self.dtype))
+
+        if not self.terms:
+            return plain()
+        bkey = BiasedMaskKey(mkey, tuple((Ref(b), Ref(r)) for b, r in self.terms))
+        return self.fwd.shared(bkey, lambda: K.add_bias_terms(plain(), self.terms, rows))
+
+
+def _bias_terms(st, plan, work, ev_kw) -> list:
+    """This layer's bias terms ``[(bias (B, 1|H, kv), rows (B, q) bool), ...]`` in typed order; a ``per_forward``
+    method's terms come from its per-forward cache entry (one call per forward, whatever else biases the layer)."""
+    def collect(caller):
+        ev = BiasEvent(**ev_kw)
+        caller(event=ev)
+        return ev.terms
 
     terms = []
-    bias_caller = plan.callers.get(("attn_bias", phase))
-    if bias_caller is not None:
-        def collect():
-            ev = BiasEvent(**ev_kw)
-            bias_caller(event=ev)
-            return ev.terms
-
-        shared = plan.bias_shared.get(phase)
-        # per_forward biases: one call per forward, its terms reused by the layers with the same methods
-        terms = collect() if shared is None else fwd.shared(shared, collect)
-        st.fired(plan.names["attn_bias"])
-
-    n_rep = module.num_key_value_groups
-
-    # a decode step has one query row, the new token: it is the last row, a text row, and every row
-    single = phase == "decode" and q_len == 1
-    row0 = fwd.shared(("row0", query.device), lambda: torch.zeros(1, dtype=torch.long, device=query.device)) \
-        if single else None
-
-    def bias_rows(rows_idx, rows_key):
-        """Float mask ``(B|1, 1, R, kv)`` of the rows ``rows_idx``: causal/padding plus this layer's bias terms.
-        Layers of one forward usually share both (the mask object, one bias tensor per method), so the sum is built
-        once per forward and reused; the memo holds the terms, so their ids cannot be reused within the forward.
-
-        A term applies only to its rows (``torch.where`` on the row selection, never ``sel * bias``: ``0 * -inf``
-        is NaN, and a NaN in a padding row's output reaches every row through the values), and the sum is clamped
-        at the dtype's finite minimum, so ``-inf`` biases mask keys without ever giving a row of ``-inf``."""
-        key = ("row_mask", id(attention_mask), kv_len, query.dtype, rows_key)
-        mask = fwd.shared(key, lambda: row_mask(attention_mask, rows_idx, q_len, kv_len, query.dtype))
-        if not terms:
-            return mask
-
-        def biased():
-            m = mask
-            for col_bias, rows in terms:
-                sel = rows[:, rows_idx][:, None, :, None]  # (B, 1, R, 1) bool
-                m = torch.where(sel, m + col_bias[:, :, None, :].to(query.dtype), m)
-            return list(terms), m.clamp(min=torch.finfo(query.dtype).min)
-
-        return fwd.shared(key + (tuple((id(b), id(r)) for b, r in terms),), biased)[1]
-
-    probs_ev = None
-    kinds = plan.probe_rows.get(phase)
-    if kinds:
-        if single:
-            rows_p, rows_key = row0, "row0"
-        elif kinds == {"last"}:
-            rows_key = ("last", q_len)
-            rows_p = fwd.shared(("rows",) + rows_key,
-                                lambda: torch.full((1,), q_len - 1, dtype=torch.long, device=query.device))
+    for slot in work.bias:
+        if slot.per_forward:
+            terms += st.forward.cache(slot.owner, "hallufix.bias_terms", lambda: collect(slot.caller))
         else:
-            probe = torch.zeros(q_len, dtype=torch.bool, device=query.device)
-            if "all" in kinds:
-                probe[:] = True
-            if "last" in kinds:
-                probe[-1] = True
-            if "text" in kinds:
-                probe |= fwd.shared(("text_rows_any", id(st.layout)),
-                                    lambda: st.layout.text_rows(fwd.positions_on(query.device)).any(0))
-            rows_p = probe.nonzero().squeeze(1)
-            rows_key = tuple(rows_p.tolist())
-        if rows_p.numel():
-            q_rows = query if single else query[:, :, rows_p]
-            scores = torch.matmul(q_rows, repeat_kv(key, n_rep).transpose(-1, -2)) * scaling
-            # probe rows are float32 whatever the model dtype (the statistics methods take from them)
-            probs = torch.softmax((scores + bias_rows(rows_p, rows_key)).float(), dim=-1)
-            probs_ev = ProbsEvent(probs, rows_p, **ev_kw)
-            plan.callers[("attn_probs", phase)](event=probs_ev)
-            st.fired(plan.names["attn_probs"])
-            if probs_ev.edited and not st.table.editing_probes(layer):
-                raise RuntimeError(f"layer {layer}: a method edited attention probabilities without declaring "
-                                   f"attn_probs(..., edits=True)")
-
-    edited = probs_ev is not None and probs_ev.edited
-    if single and not edited:
-        if terms:
-            # the single row is biased: one SDPA call with the float mask, no row bookkeeping
-            out = F.scaled_dot_product_attention(query, key, value, attn_mask=bias_rows(row0, "row0"),
-                                                 scale=scaling, enable_gqa=n_rep > 1).transpose(1, 2).contiguous()
-            st.count_path(layer, "rows")
-        else:
-            # probes only read: the fused kernel as usual
-            out, _ = sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling,
-                                            dropout=dropout, **kwargs)
-            st.count_path(layer, "sdpa")
-        return _heads(st, plan, module, heads_caller, out, ev_kw), None
-
-    custom = torch.zeros(q_len, dtype=torch.bool, device=query.device)  # rows recomputed with a float mask
-    for _, rows in terms:
-        custom |= rows.any(0)
-    if edited:
-        custom[probs_ev.rows] = True
-
-    out = None
-    if not bool(custom.all()):
-        out, _ = sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout,
-                                        **kwargs)
-        st.count_path(layer, "sdpa+rows" if bool(custom.any()) else "sdpa")
-    else:
-        st.count_path(layer, "rows")
-    if bool(custom.any()):
-        rows_c = custom.nonzero().squeeze(1)
-        # grouped-query heads are expanded inside the kernel (enable_gqa), not copied with repeat_kv
-        out_c = F.scaled_dot_product_attention(query[:, :, rows_c], key, value,
-                                               attn_mask=bias_rows(rows_c, tuple(rows_c.tolist())),
-                                               scale=scaling, enable_gqa=n_rep > 1)
-        if probs_ev is not None and probs_ev.edited:
-            # rows whose probabilities a method replaced: exactly P @ V
-            v_rep = repeat_kv(value, n_rep)
-            pos = torch.full((q_len,), -1, dtype=torch.long, device=query.device)
-            pos[rows_c] = torch.arange(rows_c.numel(), device=query.device)
-            out_c[:, :, pos[probs_ev.rows]] = torch.matmul(probs_ev.probs.to(v_rep.dtype), v_rep)
-        out_c = out_c.transpose(1, 2)  # (B, R, H, D)
-        if out is None:
-            out = out_c.contiguous()
-        else:
-            out = out.clone()
-            out[:, rows_c] = out_c
-
-    return _heads(st, plan, module, heads_caller, out, ev_kw), None
+            terms += collect(slot.caller)
+    st.fired(plan.names["attn_bias"])
+    return terms
 
 
-def _heads(st, plan, module, heads_caller, out, ev_kw):
-    """Per-head outputs ``(B, q, H, D)`` through the layer's ``heads`` hook, if it has one. A prefill hook that
-    finished the layer (fold / done) releases its decode steps (:meth:`Interceptor.release_finished`)."""
-    if heads_caller is None:
-        return out
-    layer = plan.layer
-    ev = HeadsEvent(out, fold=lambda g: st.fold_head_gains(layer, g), done=lambda: st.finish_layer(layer), **ev_kw)
-    heads_caller(event=ev)
-    st.fired(plan.names["attn_heads"])
-    if layer in st.finished_layers and st.forward.phase == "prefill":
-        st.release_finished(layer, module)
-    return ev.output
+def _probe_rows(st, kinds, masks) -> tuple[torch.Tensor, RowsKey]:
+    """``(rows (R,) long, key)``: the query rows a probe of ``kinds`` materialises in this forward (memoised)."""
+    if masks.single:
+        return masks.one, ONE
+    q_len, device, layout = masks.q_len, masks.device, st.layout
+
+    def make():
+        if kinds == {"last"}:
+            return torch.full((1,), q_len - 1, dtype=torch.long, device=device), RowsKey("last", q_len)
+        text_any = st.forward.shared(RoleKey("text_rows_any", Ref(layout), device), lambda: layout.text_rows(
+            st.forward.positions_on(device)).any(0)) if "text" in kinds else None
+        rows = K.probe_row_index(kinds, q_len, text_any, device)
+        return rows, RowsKey("set", q_len, tuple(rows.tolist()))
+
+    return st.forward.shared(ProbeRowsKey(kinds, device), make)
+
+
+def _probe(st, plan, work, query, key, scaling, masks, ev_kw):
+    """The declared probe rows' probabilities through the layer's ``probs`` hooks -> the event (``None`` when no
+    row is probed in this forward)."""
+    rows, rows_key = _probe_rows(st, work.probe_rows, masks)
+    if not rows.numel():
+        return None
+    q_rows = query if masks.single else query[:, :, rows]
+    # rows are increasing, so where the last row is probed it is the final one (no search in ProbsEvent.last)
+    last = len(rows) - 1 if masks.single or work.probe_rows & {"last", "all"} else None
+    ev = ProbsEvent(K.probe_probs(q_rows, key, scaling, masks.get(rows, rows_key)), rows, last_index=last, **ev_kw)
+    work.probs(event=ev)
+    st.fired(plan.names["attn_probs"])
+    if ev.edited and not st.table.editing_probes(plan.layer):
+        raise RuntimeError(f"layer {plan.layer}: a method edited attention probabilities without declaring "
+                           f"attn_probs(..., edits=True)")
+    return ev
+
+
+def _attend_rows(custom, fused, query, key, value, scaling, masks, edited) -> tuple[torch.Tensor, str]:
+    """Output ``(B, q, H, D)`` and its path: the fused kernel for the rows not in ``custom`` ``(q,)`` bool, SDPA
+    with a float mask for the ``custom`` rows, and exactly ``P @ V`` for the rows of ``edited`` (a probs event)."""
+    if not bool(custom.any()):
+        return fused(), "sdpa"
+    every = bool(custom.all())
+    out = None if every else fused()
+    rows = custom.nonzero().squeeze(1)
+    out_rows = K.rows_attention(query[:, :, rows], key, value, masks.get(rows, RowsKey("set", masks.q_len,
+                                                                                    tuple(rows.tolist()))), scaling)
+    if edited is not None:  # rows whose probabilities a method replaced: exactly P @ V
+        pos = torch.full((masks.q_len,), -1, dtype=torch.long, device=query.device)
+        pos[rows] = torch.arange(rows.numel(), device=query.device)
+        out_rows[:, :, pos[edited.rows]] = K.probs_times_values(edited.probs, value)
+    return K.merge_rows(out, out_rows, rows), "rows" if every else "sdpa+rows"  # out: this call's own tensor
 

@@ -10,7 +10,8 @@ active methods in reverse, see :mod:`hallufix.plugins`).
 from __future__ import annotations
 
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from typing import Any
 
 import pluggy
 
@@ -22,20 +23,57 @@ HOOK_OF_KIND = {kind: hook_name(kind) for kind in KINDS}
 ATTENTION_KINDS = frozenset({"attn_kv", "attn_bias", "attn_probs", "attn_heads", "attn_transform"})
 
 
+@dataclass(frozen=True)
+class BiasSlot:
+    """Bias hooks called together at a layer: ``caller`` (pluggy subset caller); ``owner`` the one method behind
+    it when ``per_forward`` (its terms are then computed once per forward, in that method's per-forward cache
+    entry, and reused by its other layers), else ``None``."""
+
+    caller: Any
+    owner: object = None
+    per_forward: bool = False
+
+
+@dataclass
+class PhaseWork:
+    """A layer's attention work in one phase; what the attention function acts on.
+
+    ``kv`` / ``probs`` / ``heads`` / ``transform``: callers or ``None``; ``bias``: the slots in typed order;
+    ``probe_rows``: the row kinds to materialise (``last``, ``text``, ``all``); ``transform_rows``: the row kinds
+    of the score transforms (``last``, ``text``; :mod:`~hallufix.intercept.transform`); ``static``: the caller of the ``static_gains`` heads
+    points (prefill only); ``carries_static``: at decode, the layer applies gains its static points set at
+    prefill; ``fold``: every static point at this layer allows folding into ``o_proj``."""
+
+    kv: Any = None
+    bias: tuple = ()
+    probe_rows: frozenset = frozenset()
+    probs: Any = None
+    heads: Any = None
+    static: Any = None
+    carries_static: bool = False
+    fold: bool = False
+    transform: Any = None
+    transform_rows: frozenset = frozenset()
+
+    @property
+    def heads_only(self) -> bool:
+        """Only per-head work (plain or static): the fused kernel runs, then the head outputs are edited."""
+        return self.kv is None and not self.bias and not self.probe_rows and self.transform is None
+
+    @property
+    def empty(self) -> bool:
+        return self.heads_only and self.heads is None and self.static is None and not self.carries_static
+
+
 @dataclass
 class LayerPlan:
-    """What runs at one decoder layer, per phase: callers by kind and the probe row kinds."""
+    """What runs at one decoder layer: ``work`` per phase (:class:`PhaseWork`), the combined ``callers`` by
+    ``(kind, phase)`` (layer-input hooks; every method of the kind at the layer) and canonical ``names`` by kind."""
 
     layer: int
     callers: dict = field(default_factory=dict)  # (kind, phase) -> pluggy caller
-    probe_rows: dict = field(default_factory=lambda: defaultdict(set))  # phase -> {"last", "text", "all"}
-    names: dict = field(default_factory=dict)  # (kind) -> canonical name
-    heads_only: dict = field(default_factory=dict)  # phase -> True when heads is the only kind in that phase
-    #: phase -> the owners' key when every bias method at this layer declared ``per_forward`` (terms shared by the
-    #: layers with the same owners within a forward), else absent
-    bias_shared: dict = field(default_factory=dict)
-    #: phase -> the row kinds (``last`` / ``text``) of the layer's score transforms (:mod:`~hallufix.intercept.transform`)
-    transform_rows: dict = field(default_factory=lambda: defaultdict(set))
+    names: dict = field(default_factory=dict)  # kind -> canonical name
+    work: dict = field(default_factory=lambda: {ph: PhaseWork() for ph in PHASES})
 
 
 class HookTable:
@@ -52,52 +90,73 @@ class HookTable:
         self.global_callers: dict[str, object] = {}
         #: ``{(kind, sub-model layer, phase): caller}`` for :data:`~hallufix.points.SUBMODEL_KINDS` (the Q-Former)
         self.submodel_callers: dict[tuple, object] = {}
-        owners: dict[tuple, list[object]] = defaultdict(list)
-        for plugin, pts in declared.items():
-            for p in pts:
-                for phase in p.phases:
-                    key = (p.kind, p.layer, phase)
-                    if plugin not in owners[key]:
-                        owners[key].append(plugin)
-                    if p.kind == "attn_probs":
-                        self._plan(p.layer).probe_rows[phase].add(p.rows)
-                    if p.kind == "attn_transform":
-                        self._plan(p.layer).transform_rows[phase].add(p.rows)
         for plugin, pts in declared.items():
             for p in pts:
                 hook = HOOK_OF_KIND[p.kind]
                 if plugin not in {i.plugin for i in getattr(pm.hook, hook).get_hookimpls()}:
                     name = getattr(plugin, "name", type(plugin).__name__)
                     raise ValueError(f"method '{name}' declared {p.name} but does not implement {hook}")
-        per_forward = {(plugin, p.layer, ph) for plugin, pts in declared.items() for p in pts
-                       if p.kind == "attn_bias" and p.per_forward for ph in p.phases}
-        everyone = list(declared)
+                if p.kind == "attn_heads" and p.static_gains and p.phases != PHASES:
+                    raise ValueError(f"{p.name}: static_gains hold for the whole generation; declare it in both "
+                                     f"phases (the hook runs at prefill only)")
+        #: (kind, layer, phase) -> [(plugin, point), ...] in typed order
+        owners: dict[tuple, list[tuple[object, HookPoint]]] = defaultdict(list)
+        rows: dict[tuple, set] = defaultdict(set)  # (layer, phase) -> probe row kinds
+        t_rows: dict[tuple, set] = defaultdict(set)  # (layer, phase) -> score-transform row kinds
+        for plugin, pts in declared.items():
+            for p in pts:
+                for phase in p.phases:
+                    kind = "static" if p.kind == "attn_heads" and p.static_gains else p.kind
+                    if phase == "decode" and kind == "static":
+                        continue  # applied by the core from the gains set at prefill
+                    group = owners[(kind, p.layer, phase)]
+                    if all(w is not plugin for w, _ in group):
+                        group.append((plugin, p))
+                    if kind == "attn_probs":
+                        rows[(p.layer, phase)].add(p.rows)  # every declared row kind, of every point
+                    if kind == "attn_transform":
+                        t_rows[(p.layer, phase)].add(p.rows)
         for (kind, layer, phase), who in owners.items():
-            if kind == "attn_bias" and all((w, layer, phase) in per_forward for w in who):
-                self._plan(layer).bias_shared[phase] = ("bias_terms", phase, tuple(id(w) for w in who))
-            # under strict device mode (tests) every caller runs its hooks inside the checking mode
-            caller = strict.wrap(pm.subset_hook_caller(HOOK_OF_KIND[kind],
-                                                       remove_plugins=[x for x in everyone if x not in who]))
+            caller = self._caller(kind, [w for w, _ in who])
             if layer is None:
                 self.global_callers[(kind, phase)] = caller
-            elif kind in SUBMODEL_KINDS:
+                continue
+            if kind in SUBMODEL_KINDS:
                 self.submodel_callers[(kind, layer, phase)] = caller
-            else:
-                plan = self._plan(layer)
+                continue
+            plan = self._plan(layer)
+            if kind != "static":
                 plan.callers[(kind, phase)] = caller
+            work = plan.work[phase]
+            if kind == "attn_bias":
+                shared = [w for w, p in who if p.per_forward]
+                slots = tuple(BiasSlot(self._caller(kind, [w]), w, True) if w in shared else
+                              BiasSlot(self._caller(kind, [w])) for w, _ in who) if shared else (BiasSlot(caller),)
+                plan.work[phase] = replace(work, bias=slots)
+            elif kind == "attn_probs":
+                plan.work[phase] = replace(work, probs=caller, probe_rows=frozenset(rows[(layer, phase)]))
+            elif kind == "attn_transform":
+                plan.work[phase] = replace(work, transform=caller, transform_rows=frozenset(t_rows[(layer, phase)]))
+            elif kind == "static":
+                plan.work[phase] = replace(work, static=caller, fold=all(p.fold for _, p in who))
+                plan.work["decode"] = replace(plan.work["decode"], carries_static=True)
+            elif kind in ("attn_kv", "attn_heads"):
+                plan.work[phase] = replace(work, **{kind[len("attn_"):]: caller})
         for p in self.points:
             if p.layer is not None and p.kind not in SUBMODEL_KINDS:
                 self.layers[p.layer].names[p.kind] = p.name
-        for plan in self.layers.values():
-            for phase in PHASES:
-                kinds = {k for (k, ph) in plan.callers if ph == phase}
-                plan.heads_only[phase] = kinds == {"attn_heads"}
+
+    def _caller(self, kind: str, who: list):
+        """The pluggy caller of ``kind``'s hook restricted to the methods ``who`` (typed order kept); under strict
+        device mode (tests) it runs its hooks inside the checking mode."""
+        hook = HOOK_OF_KIND["attn_heads" if kind == "static" else kind]
+        return strict.wrap(self.pm.subset_hook_caller(hook, remove_plugins=[x for x in self.declared
+                                                                            if x not in who]))
 
     def attention_layers(self, phase: str) -> dict[int, LayerPlan]:
         """``{layer: plan}`` of the layers with an attention-level hook (kv / bias / probs / heads) in ``phase``;
         every other layer runs transformers' own SDPA function in that phase."""
-        return {i: plan for i, plan in self.layers.items()
-                if any(ph == phase and k in ATTENTION_KINDS for (k, ph) in plan.callers)}
+        return {i: plan for i, plan in self.layers.items() if not plan.work[phase].empty}
 
     def _plan(self, layer: int) -> LayerPlan:
         if layer not in self.layers:

@@ -74,8 +74,10 @@ class Interceptor:
         self.phases_run: set[str] = set()
         #: per phase, ``{id(self_attn module): LayerPlan}`` of the layers with attention work in that phase
         self.plans: dict[str, dict[int, object]] = {"prefill": {}, "decode": {}}
-        #: layers whose heads hook said at prefill that it is finished for this generation (fold or done)
+        #: layers whose heads hook said at prefill that it is finished for this generation (deprecated fold / done)
         self.finished_layers: set[int] = set()
+        #: layer -> ``(B, H)`` float32 static head gains set at prefill, applied at decode (:mod:`.heads`)
+        self.static_gains: dict[int, torch.Tensor] = {}
         self.weights = WeightFolds()
         self._installed: Installed | None = None
         #: the Q-Former route while installed (:class:`~hallufix.intercept.qformer.QFormerRoute`), else ``None``
@@ -191,21 +193,3 @@ class Interceptor:
         if col.numel() != H * D or weight.shape[1] != H * D:
             raise ValueError(f"layer {layer}: gains must be (H={H},)")
         self.weights.scale_columns(weight, col)
-        self.finished_layers.add(layer)
-
-    def finish_layer(self, layer: int) -> None:
-        """A ``heads`` hook's :meth:`~hallufix.events.HeadsEvent.done` at ``layer``."""
-        self.finished_layers.add(layer)
-
-    def release_finished(self, layer: int, module) -> None:
-        """After a prefill ``heads`` hook finished ``layer`` (folded its gains or said done): when that layer's only
-        decode work is the ``heads`` hook of the same single method that ran at prefill, decode steps skip the layer
-        entirely (transformers' SDPA, no event), as :meth:`HeadsEvent.fold` / ``done`` promise."""
-        plan = self.table.layers[layer]
-        decode_kinds = {k for (k, ph) in plan.callers if ph == "decode"}
-        pre, dec = plan.callers.get(("attn_heads", "prefill")), plan.callers.get(("attn_heads", "decode"))
-        if decode_kinds != {"attn_heads"} or pre is None or dec is None:
-            return
-        pre_impls, dec_impls = pre.get_hookimpls(), dec.get_hookimpls()
-        if len(dec_impls) == 1 and len(pre_impls) == 1 and dec_impls[0].plugin is pre_impls[0].plugin:
-            self.plans["decode"].pop(id(module), None)

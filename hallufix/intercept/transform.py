@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_forward
 
-from hallufix.events import BiasEvent, KVEvent, LayerEvent, ProbsEvent, _conform
+from hallufix.events import KVEvent, LayerEvent, ProbsEvent, _conform
 
 
 class ScoresEvent(LayerEvent):
@@ -70,7 +70,7 @@ def _rows(kinds: set, q_len: int, fwd, layout, device) -> torch.Tensor:
 
 def _mask(attention_mask, rows, q_len, kv_len, terms, dtype) -> torch.Tensor:
     """Additive mask ``(B|1, 1, R, kv)`` of ``rows``: causal / padding plus the bias terms on their rows, clamped."""
-    from hallufix.intercept.attention import row_mask
+    from hallufix.intercept.kernels import row_mask
 
     m = row_mask(attention_mask, rows, q_len, kv_len, dtype)
     for col_bias, sel_rows in terms:
@@ -81,7 +81,8 @@ def _mask(attention_mask, rows, q_len, kv_len, terms, dtype) -> torch.Tensor:
 
 def run_transform_layer(st, plan, module, query, key, value, attention_mask, scaling, dropout, kwargs):
     """One layer with a score transform (see the module docstring). Returns ``(output (B, q, H, D), None)``."""
-    from hallufix.intercept.attention import _heads
+    from hallufix.intercept.attention import _bias_terms
+    from hallufix.intercept.heads import apply_heads
 
     fwd = st.forward
     phase, layer = fwd.phase, plan.layer
@@ -90,27 +91,15 @@ def run_transform_layer(st, plan, module, query, key, value, attention_mask, sca
     scaling = module.scaling if scaling is None else scaling
     dev = query.device
 
-    kv_caller = plan.callers.get(("attn_kv", phase))
-    if kv_caller is not None:
+    work = plan.work[phase]
+    if work.kv is not None:
         ev = KVEvent(key, value, **ev_kw)
-        kv_caller(event=ev)
+        work.kv(event=ev)
         key, value = ev.key, ev.value
         st.fired(plan.names["attn_kv"])
 
-    terms = []
-    bias_caller = plan.callers.get(("attn_bias", phase))
-    if bias_caller is not None:
-        def collect():
-            ev = BiasEvent(**ev_kw)
-            bias_caller(event=ev)
-            return ev.terms
-
-        shared = plan.bias_shared.get(phase)
-        terms = collect() if shared is None else fwd.shared(shared, collect)
-        st.fired(plan.names["attn_bias"])
-
-    t_kinds = plan.transform_rows.get(phase, set())
-    p_kinds = plan.probe_rows.get(phase, set())
+    terms = _bias_terms(st, plan, work, ev_kw) if work.bias else []  # per_forward terms from their cache
+    t_kinds, p_kinds = set(work.transform_rows), set(work.probe_rows)
     rows_t = _rows(t_kinds, q_len, fwd, st.layout, dev)
     rows_u = _rows(t_kinds | p_kinds, q_len, fwd, st.layout, dev)  # transformed rows and probed rows
     n_rep = module.num_key_value_groups
@@ -125,7 +114,7 @@ def run_transform_layer(st, plan, module, query, key, value, attention_mask, sca
     at = pos[rows_t]
     whole = at.numel() == rows_u.numel()
     ev = ScoresEvent(scores if whole else scores[:, :, at], rows_t, **ev_kw)
-    plan.callers[("attn_transform", phase)](event=ev)
+    work.transform(event=ev)
     st.fired(plan.names["attn_transform"])
     if ev.edited:
         if whole:
@@ -138,7 +127,7 @@ def run_transform_layer(st, plan, module, query, key, value, attention_mask, sca
     if p_kinds:
         rows_p = _rows(p_kinds, q_len, fwd, st.layout, dev)
         pe = ProbsEvent(probs[:, :, pos[rows_p]], rows_p, **ev_kw)
-        plan.callers[("attn_probs", phase)](event=pe)
+        work.probs(event=pe)
         st.fired(plan.names["attn_probs"])
         if pe.edited:
             if not st.table.editing_probes(layer):
@@ -169,4 +158,4 @@ def run_transform_layer(st, plan, module, query, key, value, attention_mask, sca
             out[:, rows_b] = out_b.transpose(1, 2)
         out[:, rows_u] = out_u.to(out.dtype)
         st.count_path(layer, "sdpa+transform")
-    return _heads(st, plan, module, plan.callers.get(("attn_heads", phase)), out, ev_kw), None
+    return apply_heads(st, plan, module, work, out, ev_kw), None

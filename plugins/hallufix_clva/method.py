@@ -68,7 +68,7 @@ class Config:
 
 
 def anchor_mask(m: torch.Tensor, cfg: Config, valid=None) -> torch.Tensor:
-    """Eq. 8-9 on anchor maps ``m (B, n)`` (float, any device): ``(M - mu) / (sd + eps) > tau`` over each row's
+    """Eq. 8-9 on anchor maps ``m (B, n)`` or ``(B, ..., n)`` (float, any device): ``(M - mu) / (sd + eps) > tau`` over each row's
     ``valid`` visual tokens (a :class:`~hallufix.visual.VisualTokens`, a ``(B, n)`` bool mask, or ``None`` = all),
     with ``M`` optionally renormalised to sum 1 (``renormalise_map``), ``sd`` the population or sample estimator
     (``map_std``) and ``eps`` absolute or ``eps x mu`` (``eps_scale``). -> ``(B, n)`` bool, padded slots False."""
@@ -80,7 +80,9 @@ def anchor_mask(m: torch.Tensor, cfg: Config, valid=None) -> torch.Tensor:
         eps = cfg.eps
     z = C.zscore_mask(m, cfg.tau, valid, eps=eps, unbiased=cfg.map_std == "sample")
     v = getattr(valid, "valid", valid)  # the (B, n) mask of a VisualTokens, or the mask itself
-    return z if v is None else z & v
+    if v is None:
+        return z
+    return z & v.view(v.shape[0], *([1] * (z.dim() - v.dim())), v.shape[-1])
 
 
 def resolve_layers(cfg: Config, num_layers: int) -> tuple[int, int, list[int]]:
@@ -129,10 +131,12 @@ class CLVA(Method):
         self.phi_sum: dict[int, torch.Tensor] = {}
         self.phi_n: dict[int, torch.Tensor] = {}
         self.z = {"pos": None, "neg": None}
-        self._z_version, self._bias_cache = 0, None
         self.maps = {"pos": None, "neg": None}
         self.heads = {}
+        self.last: dict[int, torch.Tensor] = {}  # anchor layer -> (B, H, n_max) last row's visual map
+        self.fresh = False  # probes ran since the anchors were last computed
         self.diag_prefill = None
+        self._sign = self._is_pos = None  # (2, 1) constants on the model's device, made at the first anchors
 
     @hallufix.hookimpl
     def hallufix_input_image(self, event):
@@ -145,8 +149,9 @@ class CLVA(Method):
     # ------------------------------------------------------------------ anchors (probe rows at 2 layers)
     @hallufix.hookimpl
     def hallufix_attn_probs(self, event):
-        c, layer = self.config, event.layer
-        vt = event.visual  # the batch's visual tokens: (B, n_max) slots, padded where rows differ
+        """Eq. 1's running sums and the last row's visual map at an anchor layer; the statistics of both anchors
+        (Eq. 1-9) run together once per forward, in :meth:`_anchors`, before the first drift layer needs them."""
+        layer, vt = event.layer, event.visual  # the batch's visual tokens: (B, n_max) slots, padded where rows differ
         if event.forward.q_len == 1:
             # a decode step: one row, the new token (a text row); its visual columns give both the mass and the map
             last = C.gather_visual(event.probs[:, :, 0], vt)  # (B, H, n_max) float32, padded slots 0
@@ -162,36 +167,44 @@ class CLVA(Method):
         else:
             self.phi_sum[layer] = s
             self.phi_n[layer] = torch.full_like(s[:, 0], float(n)) if isinstance(n, int) else n
-        phi = self.phi_sum[layer] / self.phi_n[layer].clamp(min=1)[:, None]  # Eq. 1
-        sd, mu = torch.std_mean(phi, 1, correction=int(c.phi_std == "sample"), keepdim=True)
-        for kind, anchor_layer in (("pos", self.pos), ("neg", self.neg)):
-            if layer != anchor_layer:
-                continue
-            heads = phi > mu + c.lambda_vis * sd if kind == "pos" else phi < mu - c.lambda_vis * sd  # Eq. 2-3
-            empty = ~heads.any(1)
-            if empty.any():
-                if c.empty_heads == "top1":
-                    pick = phi.argmax(1) if kind == "pos" else phi.argmin(1)
-                    fallback = torch.zeros_like(heads).scatter_(1, pick[:, None], True)
-                    heads = torch.where(empty[:, None], fallback, heads)
-            m = C.head_average(last, heads)  # Eq. 4: (B, n_max); zeros for skipped empty sets and padded slots
-            z = anchor_mask(m, c, vt)  # Eq. 8-9, over each row's own visual tokens
-            z = z & heads.any(1, keepdim=True)
-            self.z[kind], self.maps[kind], self.heads[kind] = z, m, heads
-            self._z_version += 1
-        if event.forward.phase == "prefill" and all(v is not None for v in self.z.values()):
+        self.last[layer] = last
+        self.fresh = True
+
+    def _anchors(self, visual, phase: str) -> None:
+        """Eq. 1-9 for the positive (``pos_layer``, sensitive heads) and the negative (``neg_layer``, insensitive
+        heads) anchor at once, stacked on a kind axis (``[:, 0]`` pos, ``[:, 1]`` neg): the same element-wise
+        operations and reductions as one anchor at a time, in half the tensor calls."""
+        c, layers = self.config, (self.pos, self.neg)
+        phi = torch.stack([self.phi_sum[i] / self.phi_n[i].clamp(min=1)[:, None] for i in layers], 1)  # (B, 2, H)
+        sd, mu = torch.std_mean(phi, -1, correction=int(c.phi_std == "sample"), keepdim=True)
+        if self._sign is None or self._sign.device != phi.device:
+            self._sign = torch.tensor([[1.0], [-1.0]], device=phi.device)  # (2, 1): pos, neg
+            self._is_pos = torch.tensor([[True], [False]], device=phi.device)
+        thr = mu + c.lambda_vis * sd * self._sign  # mu + lambda*sd (pos), mu - lambda*sd (neg)
+        heads = torch.where(self._is_pos, phi > thr, phi < thr)  # Eq. 2-3: (B, 2, H)
+        empty = ~heads.any(-1)  # (B, 2)
+        if c.empty_heads == "top1" and bool(empty.any()):
+            pick = torch.stack([phi[:, 0].argmax(-1), phi[:, 1].argmin(-1)], 1)  # top / bottom head by Phi
+            fallback = torch.zeros_like(heads).scatter_(-1, pick[..., None], True)
+            heads = torch.where(empty[..., None], fallback, heads)
+        last = torch.stack([self.last[i] for i in layers], 1)  # (B, 2, H, n_max)
+        w = heads.to(last.dtype)
+        m = (last * w[..., None]).sum(2) / w.sum(2).clamp(min=1)[..., None]  # Eq. 4 (capture.head_average)
+        z = anchor_mask(m, c, visual) & heads.any(-1, keepdim=True)  # Eq. 8-9 over each row's own tokens
+        for k, kind in enumerate(("pos", "neg")):
+            self.z[kind], self.maps[kind], self.heads[kind] = z[:, k], m[:, k], heads[:, k]
+        self.fresh = False
+        if phase == "prefill":
             self.diag_prefill = self._counts()
 
     # ------------------------------------------------------------------ re-anchoring (drift layers)
     @hallufix.hookimpl
     def hallufix_attn_bias(self, event):
-        # one bias per forward: every drift layer of a forward sees the same anchors and key length (declared
-        # per_forward, so the core calls this once per forward); the cache also serves stacks in which another
-        # method's bias shares a drift layer (then this is called at every such layer)
-        key = (self._z_version, event.kv_len)
-        if self._bias_cache is None or self._bias_cache[0] != key:
-            self._bias_cache = (key, self._anchor_bias(event.visual, event.kv_len))
-        bias = self._bias_cache[1]
+        # every drift layer of a forward sees the same anchors and key length: declared per_forward, so the core
+        # calls this once per forward and reuses the terms at the other drift layers, also when stacked
+        if self.fresh:
+            self._anchors(event.visual, event.forward.phase)
+        bias = self._anchor_bias(event.visual, event.kv_len)
         if bias is not None:
             event.add(bias)
 
@@ -226,6 +239,8 @@ class CLVA(Method):
     def hallufix_batch_end(self, batch):
         if self.qformer is not None:
             return self.qformer.diagnostics(batch, self.name)
+        if self.fresh:  # probes after the last drift layer ran (not in a normal forward)
+            self._anchors(batch.visual, "decode")
         if self.z["pos"] is None:
             return
         last = self._counts()

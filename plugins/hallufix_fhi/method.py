@@ -73,17 +73,18 @@ class FHI(Method):
         self.layers = sorted(set(perc) | set(reas))
         if not self.layers:
             return []
-        frozen = c.query_row != "last"
-        probe_phases = {"prefill"} if frozen else {"prefill", "decode"}
         rows = "text" if c.query_row == "mean" else "last"
-        return points.attn_probs(self.layers, rows=rows, phases=probe_phases) + points.attn_heads(self.layers)
+        if c.query_row == "last":  # classes follow the generation: probe and rescale at every forward
+            return points.attn_probs(self.layers, rows=rows) + points.attn_heads(self.layers)
+        # frozen classes: gains set at prefill hold for the generation; the core applies them at decode (folded
+        # into o_proj with fold=true where one gain vector serves the batch) and releases layers with nothing to do
+        return (points.attn_probs(self.layers, rows=rows, phases={"prefill"})
+                + points.attn_heads(self.layers, static_gains=True, fold=c.fold))
 
     @hallufix.hookimpl
     def hallufix_batch_start(self, batch):
         self.sv: dict[int, torch.Tensor] = {}
         self.gains: dict[int, torch.Tensor] = {}
-        self.folded: set[int] = set()
-        self.idle: set[int] = set()  # layers whose frozen gains are all 1
         self.selected = {"prefill": {}, "last": {}}
         self.stats: dict[int, dict] = {}
         self.sv_phase: dict[str, dict[int, torch.Tensor]] = {"prefill": {}, "last": {}}
@@ -113,25 +114,21 @@ class FHI(Method):
 
     @hallufix.hookimpl
     def hallufix_attn_heads(self, event):
+        # query_row=last: every forward; frozen rows: prefill only (static gains, applied by the core afterwards)
         layer, phase = event.layer, event.forward.phase
-        if layer in self.folded or layer in self.idle:
-            return  # the gains live in o_proj (or are all 1) for the rest of this generation
-        if phase == "prefill" or self.config.query_row == "last":
-            gains, perc, reas = self._gains(layer, phase)
-            self.gains[layer] = gains
-            key = "prefill" if phase == "prefill" else "last"
-            self.selected[key][layer] = (perc, reas)  # (B, H) masks; listed at batch end
-        gains = self.gains[layer]
-        if bool((gains == 1).all()):
-            if phase == "prefill" and self.config.query_row != "last":
-                self.idle.add(layer)  # no head selected in any row: nothing to apply for this generation
-                event.done()  # nor any call at this layer during decoding
-            return
-        if self.config.fold and phase == "prefill" and bool((gains == gains[:1]).all()):
-            event.fold(gains[0])  # one gain vector for the batch: exact, zero work per later step
-            self.folded.add(layer)
-            return
-        event.scale(gains.to(event.output.dtype))
+        gains, perc, reas = self._gains(layer, phase)
+        self.gains[layer] = gains
+        self.selected["prefill" if phase == "prefill" else "last"][layer] = (perc, reas)  # listed at batch end
+        if self.config.query_row != "last" or not bool((gains == 1).all()):
+            event.scale(gains)  # (B, H) float32; static gains of all ones cost nothing (the core checks)
+
+    def _folded_layers(self) -> list[int]:
+        """Layers whose frozen gains were one vector for the batch and not all 1: the core folded them into
+        ``o_proj`` when ``fold`` is on (its rule for a layer where FHI is the only static-gains method)."""
+        if not self.config.fold:
+            return []
+        return sorted(layer for layer, g in self.gains.items()
+                      if bool((g == g[:1]).all()) and not bool((g == 1).all()))
 
     @hallufix.hookimpl
     def hallufix_batch_end(self, batch):
@@ -141,6 +138,7 @@ class FHI(Method):
                   for key, sel in self.selected.items()}
         stats = {layer: {"mean": float(sv.mean()), "min": float(sv.min()), "max": float(sv.max())}
                  for layer, sv in self.stats.items()}
+        folded = self._folded_layers()
         out = []
         for r in range(batch.batch_size):
             per_layer = {}
@@ -151,7 +149,7 @@ class FHI(Method):
             n_perc = sum(len(v["perception"]) for v in per_layer["prefill"].values())
             n_reas = sum(len(v["reasoning"]) for v in per_layer["prefill"].values())
             d = {"selected_heads": per_layer, "n_perception": n_perc, "n_reasoning": n_reas,
-                 "folded_layers": sorted(self.folded), "s_v": {str(l): v for l, v in sorted(stats.items())}}
+                 "folded_layers": folded, "s_v": {str(l): v for l, v in sorted(stats.items())}}
             if self.config.record_sv:
                 d["s_v_heads"] = {key: {str(l): sv[r].tolist() for l, sv in sorted(per.items())}
                                   for key, per in self.sv_phase.items()}
