@@ -247,3 +247,56 @@ def test_unused_request_types_say_so(model):
         model.loglikelihood([])
     with pytest.raises(NotImplementedError, match="multi-round generation is not supported"):
         model.generate_until_multi_round([])
+
+
+# ---------------------------------------------------------------------------------------------- docs/lmms-eval.md
+DOC = ROOT / "docs" / "lmms-eval.md"
+
+
+def _doc_commands(program: str) -> list[list[str]]:
+    import re
+    import shlex
+
+    out = []
+    for block in re.findall(r"```bash\n(.*?)```", DOC.read_text(encoding="utf-8"), re.S):
+        for line in re.sub(r"\\\n\s*", " ", block).splitlines():
+            words = shlex.split(line, comments=True)
+            while words and "=" in words[0] and not words[0].startswith("-"):  # VAR=value prefixes
+                words = words[1:]
+            if words and words[0] == program:
+                out.append(words)
+    return out
+
+
+def test_documented_cpu_install_is_what_the_test_command_installs():
+    script = (ROOT / "scripts" / "test.sh").read_text()
+    pips = [" ".join(c[2:]) for c in _doc_commands("pip") if "--no-deps" in c or "loguru" in c]
+    assert pips == ["--no-deps lmms-eval==0.7.3",
+                    "accelerate evaluate loguru sacrebleu pytz tenacity pytablewriter filelock<4"]
+    assert 'pip install -q --no-deps "lmms-eval==0.7.3"' in script
+    assert 'pip install -q accelerate evaluate loguru sacrebleu pytz tenacity pytablewriter "filelock<4"' in script
+
+
+def test_documented_lmms_eval_commands_parse_and_the_builtin_ones_run(workdir):
+    from lmms_eval.utils import simple_parse_args_string
+
+    from hallufix.integrations.lmms_eval.args import parse_model_args
+
+    commands = _doc_commands("lmms-eval")
+    assert len(commands) >= 3
+    for words in commands:
+        assert words[words.index("--model") + 1] == "hallufix"
+        parse_model_args(simple_parse_args_string(words[words.index("--model_args") + 1]), argv=[])
+    builtin = [w for w in commands if "pretrained=builtin" in w[w.index("--model_args") + 1]]
+    assert len(builtin) == 2
+    exe = Path(sys.executable).with_name("lmms-eval")
+    if not exe.is_file():
+        pytest.skip(f"no lmms-eval command beside {sys.executable}")
+    words = builtin[-1]  # the one with a method and an override: run as written, 4 rows, output in tmp
+    words = [str(workdir / "doc-run") if w == "runs/lmms-eval" else w for w in words] + ["--limit", "4"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    done = subprocess.run([str(exe), *words[1:]], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "hallufix_shapes" in done.stdout and "exact_match" in done.stdout
+    records = list((workdir / "doc-run" / "hallufix").glob("clva_*/samples.jsonl"))
+    assert len(records) == 1 and len(records[0].read_text().splitlines()) == 4

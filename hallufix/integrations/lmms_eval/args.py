@@ -3,7 +3,7 @@
 lmms-eval splits ``--model_args`` on commas outside quotes and brackets, splits each piece at its first ``=``, and
 turns ``true``/``false``/numbers into Python values; everything else arrives as a string, quotes included. So::
 
-    pretrained=builtin,plugins="clva,fhi",overrides={clva: {alpha: 10}, fhi: {layers: [2]}},record=out/hallufix
+    pretrained=builtin,plugins="clva,fhi",overrides={clva: {alpha: 10}, fhi: {g_perc: 1.2}},record=out/hallufix
 
 arrives as ``pretrained="builtin"``, ``plugins='"clva,fhi"'``, ``overrides='{clva: {alpha: 10}, fhi: ...}'`` and
 ``record="out/hallufix"``. Keys:

@@ -12,8 +12,8 @@ Beside lmms-eval's own output (its results and ``samples_*.jsonl``), one folder 
     hooks.json     declared hook points per method, fired count per hook point and the attention path per layer
 
 It is written with the run-directory writers (``hallufix.rundir``: atomic JSON/YAML, fsynced JSONL, NaN/inf written
-as null and named) and the provenance helpers (``hallufix.provenance``), so ``hallufix`` tools that read a run's
-records read these; it holds no ``results.json`` (the metrics are lmms-eval's). A folder that already holds answers
+as null and named) and the provenance helpers (``hallufix.provenance``), in the layout of a run directory's files
+of the same names; it holds no ``results.json`` (the metrics are lmms-eval's). A folder that already holds answers
 is refused: an lmms-eval evaluation is not resumed, and recorded answers are never overwritten (a record that
 failed before its first answer is replaced).
 """
