@@ -300,3 +300,22 @@ def test_documented_lmms_eval_commands_parse_and_the_builtin_ones_run(workdir):
     assert "hallufix_shapes" in done.stdout and "exact_match" in done.stdout
     records = list((workdir / "doc-run" / "hallufix").glob("clva_*/samples.jsonl"))
     assert len(records) == 1 and len(records[0].read_text().splitlines()) == 4
+
+
+def test_a_method_failing_after_generation_keeps_the_batch_in_the_record(tmp_path):
+    """A method whose batch_end raises (on its second batch): both generated batches are in the record, and the
+    method's error reaches lmms-eval."""
+    from bad_input_plugins import PLUGINS
+
+    from hallufix.integrations.lmms_eval.model import HallufixLmms
+
+    plugin = tmp_path / "batch_end_fails.py"
+    plugin.write_text(PLUGINS["batch_end"])
+    m = HallufixLmms(pretrained="builtin", plugins=f'"{plugin}"', record=str(tmp_path / "rec"), batch_size=2)
+    m.task_dict = {"t": {"test": [{"i": i} for i in range(4)]}}
+    with pytest.raises(Exception, match="summary failed"):
+        m.generate_until(_requests({"max_new_tokens": 2}, n=4))
+    recs = [json.loads(line) for line in (tmp_path / "rec" / "samples.jsonl").read_text().splitlines()]
+    assert [r["doc_id"] for r in recs] == [0, 1, 2, 3]
+    hooks = json.loads((tmp_path / "rec" / "hooks.json").read_text())
+    assert list(hooks["declared"]) == ["batch-end-fails"] and hooks["declared"]["batch-end-fails"] and hooks["fired"]

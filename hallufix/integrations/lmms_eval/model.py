@@ -77,15 +77,17 @@ class HallufixLmms(lmms):
             groups.setdefault((task, split, greedy), []).append(i)
         results: list[GenerationResult | None] = [None] * len(requests)
         bar = tqdm(total=len(requests), desc="hallufix responding", disable=self.rank != 0)
-        for (task, split, greedy), members in groups.items():
-            for start in range(0, len(members), self.batch_size):
-                chunk = members[start:start + self.batch_size]
-                for i, result in zip(chunk, self._answer([requests[i] for i in chunk], task, split, greedy)):
-                    results[i] = result
-                bar.update(len(chunk))
-        bar.close()
-        if self.record is not None:
-            self.record.write_hooks()
+        try:
+            for (task, split, greedy), members in groups.items():
+                for start in range(0, len(members), self.batch_size):
+                    chunk = members[start:start + self.batch_size]
+                    for i, result in zip(chunk, self._answer([requests[i] for i in chunk], task, split, greedy)):
+                        results[i] = result
+                    bar.update(len(chunk))
+        finally:  # also when a batch fails: the hook counts of what ran
+            bar.close()
+            if self.record is not None:
+                self.record.write_hooks()
         return results
 
     def _answer(self, chunk, task: str, split: str, greedy) -> list[GenerationResult]:
