@@ -73,8 +73,9 @@ def parse_overrides(value) -> dict[str, list[str]]:
         try:
             value = yaml.safe_load(text)
         except yaml.YAMLError as exc:
+            example = 'overrides={clva: {alpha: 10}} or overrides={"clva": ["alpha=10"]}'
             raise ModelArgsError(f"overrides={text!r} is not a mapping ({exc.problem or exc}); write e.g. "
-                                 f"overrides={{clva: {{alpha: 10}}}} or overrides={{\"clva\": [\"alpha=10\"]}}") from None
+                                 f"{example}") from None
     if value is None:
         return {}
     if not isinstance(value, dict):
