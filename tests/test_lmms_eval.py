@@ -319,3 +319,12 @@ def test_a_method_failing_after_generation_keeps_the_batch_in_the_record(tmp_pat
     assert [r["doc_id"] for r in recs] == [0, 1, 2, 3]
     hooks = json.loads((tmp_path / "rec" / "hooks.json").read_text())
     assert list(hooks["declared"]) == ["batch-end-fails"] and hooks["declared"]["batch-end-fails"] and hooks["fired"]
+
+
+def test_a_multi_process_launch_is_refused_before_loading(monkeypatch):
+    from hallufix.integrations.lmms_eval.model import HallufixLmms
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setattr("hallufix.api.Session.load", lambda *a, **k: pytest.fail("loaded"))
+    with pytest.raises(RuntimeError, match=r"one process \(WORLD_SIZE=2\): .*every process would answer every"):
+        HallufixLmms(pretrained="builtin")
