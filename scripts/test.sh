@@ -11,4 +11,8 @@ python3 -m venv "$VENV"
 "$VENV/bin/python" -m pip install -q --upgrade pip
 "$VENV/bin/python" -m pip install -q torch==2.13.0
 "$VENV/bin/python" -m pip install -q -e ".[test]" ./docs/examples/hallufix-example
+# lmms-eval for tests/test_lmms_eval.py, as docs/lmms-eval.md installs it on CPU: the package without its
+# requirement list (that pulls torchvision, timm, wandb, opencv, ...), then what its evaluator imports
+"$VENV/bin/python" -m pip install -q --no-deps "lmms-eval==0.7.3"
+"$VENV/bin/python" -m pip install -q accelerate evaluate loguru sacrebleu pytz tenacity pytablewriter "filelock<4"
 "$VENV/bin/python" -m pytest -q -p no:cacheprovider "$@"
