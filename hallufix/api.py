@@ -16,14 +16,14 @@ import torch
 from transformers import LogitsProcessorList
 
 from hallufix import points as P
-from hallufix.capture import PrefillCapture, gather_visual, visual_mass
+from hallufix.analysis_prefill import analysis_prefill
+from hallufix.capture import PrefillCapture
 from hallufix.events import BatchInfo, ImageEvent
 from hallufix.errors import BatchEndFailed
 from hallufix.intercept import HookTable, Interceptor, guards, strict
-from hallufix.intercept.prefill import run_prefill
 from hallufix.intercept.branch import BranchPass, collect_branches
 from hallufix.models.families import adapter_for
-from hallufix.plugins import ActiveMethods, PluginError, activate, new_manager, split_plugins
+from hallufix.plugins import ActiveMethods, PluginError, activate, split_plugins
 
 
 @dataclass
@@ -264,63 +264,5 @@ class MethodRun:
         Every tensor is float32 on the model's device; ``result.visual`` gives each row's visual-token count, grids
         and per-image slots (rows of mixed sizes are padded, see :class:`~hallufix.visual.VisualTokens`)."""
         with strict.suspended():  # called from a hook: the model runs outside strict device mode
-            return self._capture(images, questions, layers, hidden_norms, extra_images, token_to_patch, text_mass)
-
-    def _capture(self, images, questions, layers, hidden_norms, extra_images, token_to_patch,
-                 text_mass=False) -> PrefillCapture:
-        s = self.session
-        rec = _Recorder(sorted(set(layers)), hidden_norms, text_mass)
-        pm = new_manager()
-        pm.register(rec, name="hallufix-capture")
-        table = HookTable(pm, {rec: rec.points()})
-        rows = [[im] + (extra_images[i] if extra_images else []) for i, im in enumerate(images)]
-        inputs = s.adapter.inputs(s.processor, rows, questions, s.device)
-        layout = s.adapter.layout(s.model, inputs, rows)
-        # no layer after the last one asked for runs (nothing else depends on the rest of this prefill)
-        stop_after = s.adapter.decoder_layers(s.model)[max(rec.layers)] if rec.layers else None
-        with torch.inference_mode(), Interceptor(s.model, s.adapter, table, pm, layout, s.info):
-            run_prefill(s.model, inputs, stop_after)
-        rec.result.layout = layout
-        if token_to_patch:
-            if not s.info.capabilities.token_to_patch:
-                raise ValueError(f"capture(token_to_patch=True): {s.info.family} declares no token-to-patch map "
-                                 f"(check model.capabilities.token_to_patch before asking)")
-            with torch.inference_mode():
-                mapping, grid = s.adapter.token_to_patch(s.model, inputs)
-            rec.result.token_to_patch, rec.result.patch_grid = mapping.float(), tuple(grid)
-        return rec.result
-
-
-class _Recorder:
-    """Internal probe plugin behind :meth:`MethodRun.capture` (uses the same hook points as any method)."""
-
-    name = "hallufix-capture"
-
-    def __init__(self, layers: list[int], hidden_norms: bool, text_mass: bool = False):
-        self.layers, self.hidden_norms, self.text_mass = layers, hidden_norms, text_mass
-        self.result = PrefillCapture()
-
-    def points(self) -> list[P.HookPoint]:
-        pts = P.attn_probs(self.layers, rows="last", phases={"prefill"})
-        if self.text_mass:
-            pts += P.attn_probs(self.layers, rows="text", phases={"prefill"})
-        if self.hidden_norms:
-            pts += P.layer_input(self.layers, phases={"prefill"})
-        return pts
-
-    from hallufix import hookimpl as _hookimpl
-
-    @_hookimpl
-    def hallufix_attn_probs(self, event):
-        last = event.last()  # (B, H, kv) float32
-        self.result.last_visual[event.layer] = gather_visual(last, event.visual)  # (B, H, n_max)
-        self.result.last_mass[event.layer] = (last * event.visual_keys[:, None, :]).sum(-1)
-        if self.text_mass:
-            mass = visual_mass(event.probs, event.visual_keys)  # (B, H, R)
-            text = event.row_mask("text").float()  # (B, R)
-            self.result.text_mass[event.layer] = (mass * text[:, None]).sum(-1) / text.sum(-1).clamp(min=1)[:, None]
-
-    @_hookimpl
-    def hallufix_layer_input(self, event):
-        norms = event.hidden.float().norm(dim=-1)  # (B, q = P at prefill: query rows are prompt positions)
-        self.result.hidden_norms[event.layer] = gather_visual(norms, event.visual)
+            return analysis_prefill(self.session, images, questions, layers, hidden_norms, extra_images,
+                                    token_to_patch, text_mass)

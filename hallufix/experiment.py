@@ -182,7 +182,14 @@ def cell_dirname(spec: RunSpec, names: dict[str, str] | None = None) -> str:
     return name
 
 
-def default_output(model: str, task: str) -> Path:
-    """``runs/<model>-<task>``: deterministic, so rerunning the same command resumes it."""
+def default_output(model: str, task: str, decoding=None) -> Path:
+    """``runs/<model>-<task>`` (``-<strategy>`` added for a non-greedy :class:`~hallufix.decoding.Decoding`, e.g.
+    ``-beam5``, ``-sample``, so a beam run's baseline never meets the greedy one's): deterministic, so rerunning
+    the same command resumes it."""
     slug = lambda s: re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(s).name if "/" in s else s)  # noqa: E731
-    return Path("runs") / f"{slug(model)}-{slug(task)}"
+    tail = ""
+    if decoding is not None and decoding.strategy != "greedy":
+        tail = f"-beam{decoding.num_beams}" if decoding.strategy == "beam" else f"-{decoding.strategy}"
+        if decoding.strategy == "sample" and (decoding.temperature, decoding.top_p) != (1.0, 1.0):
+            tail += f"-t{decoding.temperature:g}-p{decoding.top_p:g}"
+    return Path("runs") / f"{slug(model)}-{slug(task)}{tail}"

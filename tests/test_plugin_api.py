@@ -21,7 +21,8 @@ def test_point_names_are_hook_names():
 
     for kind in P.KINDS:  # every kind has its hookspec
         assert hasattr(hs, P.hook_name(kind)), kind
-    assert P.select("*.1", 3) == ["layer_input.1", "attn_kv.1", "attn_bias.1", "attn_probs.1", "attn_heads.1"]
+    assert P.select("*.1", 3) == ["layer_input.1", "attn_kv.1", "attn_bias.1", "attn_probs.1", "attn_heads.1",
+                                  "mlp_in.1", "mlp_out.1", "logit_lens.1", "attn_transform.1"]
 
 
 @pytest.mark.parametrize("old, new", [("bias", "attn_bias"), ("probs", "attn_probs"), ("heads", "attn_heads"),

@@ -168,7 +168,10 @@ def _preflight(args, resolution):
             tasks[key[0]] = _make_task(base["task"], cell.spec.task_options)
         if key not in samples:
             samples[key] = (tasks[key[0]], check_samples(tasks[key[0]], cell.spec.limit))
-    out_root = Path(args.output) if args.output else default_output(base["model"], base["task"])
+    from hallufix.decoding.cli import decoding_from_args
+
+    out_root = Path(args.output) if args.output else default_output(base["model"], base["task"],
+                                                                    decoding_from_args(args))
     check_output(out_root)
     for cell in resolution.cells:
         check_unlocked(out_root / cell.name)
