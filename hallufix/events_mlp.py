@@ -11,7 +11,7 @@ from functools import cached_property
 
 import torch
 
-from hallufix.events import LayerEvent, _conform
+from hallufix.events import HiddenEvent, LayerEvent, _conform
 
 
 class _MLPBase(LayerEvent):
@@ -30,21 +30,8 @@ class _MLPBase(LayerEvent):
         return lens_logits(self, layer, norm=norm)
 
 
-class MLPEvent(_MLPBase):
-    """``mlp_in.{i}``: ``hidden`` ``(B, q, d)``, the MLP's input; assign to edit."""
-
-    def __init__(self, hidden: torch.Tensor, **kw):
-        super().__init__(**kw)
-        self._hidden = hidden
-
-    @property
-    def hidden(self) -> torch.Tensor:
-        return self._hidden
-
-    @hidden.setter
-    def hidden(self, new: torch.Tensor) -> None:
-        old = self._hidden
-        self._hidden = _conform(f"layer {self.layer}: MLP input", new, old.shape, old.device, old.dtype)
+class MLPEvent(_MLPBase, HiddenEvent):
+    """``mlp_in.{i}``: ``hidden`` ``(B, q, d)``, the MLP's input; assign to edit (as a layer-input event's)."""
 
 
 class MLPOutEvent(_MLPBase):
