@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 
-import pytest
 
 from hallufix.calibration_cache import CalibrationCache, model_key
 from hallufix.testing.models import tiny_session

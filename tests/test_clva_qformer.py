@@ -7,14 +7,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import repeat_kv
-from transformers.masking_utils import AttentionMaskInterface, eager_mask
 
 from hallufix import points as P
 from hallufix.testing import MethodContract
-from hallufix.testing.models import QUESTIONS, tiny_images, tiny_session
-from hallufix.testing.reference import generate_with_attention, layout_of
+from hallufix.testing.models import tiny_images, tiny_session
+from hallufix.testing.reference import attention_as, generate_with_attention, layout_of
 
 QS = ["is there a cat in the image ?", "what colour is the large object ?"]
 SETTING = dict(alpha=14.0, beta=0.9, tau=1.0, lam=0.5, neg=0, pos=1, renorm=True, eps_rel=False,
@@ -72,16 +70,8 @@ class EagerLM:
 
 
 def _with_qformer(s, fn, call):
-    name = f"qformer-reference-{id(fn)}"
-    AttentionInterface.register(name, fn)
-    AttentionMaskInterface.register(name, eager_mask)
-    prev = s.model.config.qformer_config._attn_implementation
-    s.model.set_attn_implementation({"qformer_config": name})
-    try:
-        with torch.inference_mode():
-            return call()
-    finally:
-        s.model.set_attn_implementation({"qformer_config": prev})
+    with attention_as(s, fn, "qformer_config"), torch.inference_mode():
+        return call()
 
 
 def reference(s, images, qs, n_new, setting=SETTING):

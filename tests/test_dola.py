@@ -12,28 +12,12 @@ from transformers import LogitsProcessor, LogitsProcessorList
 from hallufix import hookimpl
 from hallufix import points as P
 from hallufix.testing import MethodContract
+from hallufix.testing.recorder import ScoresSpy
 from hallufix.testing.models import QUESTIONS, tiny_images, tiny_session
 from hallufix_dola.method import bucket
 
 FAMILIES = ("llava", "qwen2-vl", "qwen2.5-vl", "instructblip")
 T = 4
-
-
-class ScoresSpy:
-    """Placed last in a stack: records the scores every earlier method left, per step."""
-
-    name = "scores-spy"
-
-    def __init__(self):
-        self.steps = []
-
-    @hookimpl
-    def hallufix_configure(self, model):
-        return P.logits()
-
-    @hookimpl
-    def hallufix_logits(self, event):
-        self.steps.append(event.scores.detach().clone())
 
 
 class _EagerDoLa(LogitsProcessor):

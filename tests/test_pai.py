@@ -13,26 +13,12 @@ from transformers.integrations.sdpa_attention import repeat_kv
 
 from hallufix import hookimpl, points
 from hallufix.testing import MethodContract
+from hallufix.testing.recorder import ScoresSpy
 from hallufix.testing.models import QUESTIONS, tiny_images, tiny_session
 from hallufix.testing.reference import attention_as
 
 FAMILIES = ("llava", "qwen2-vl", "qwen2.5-vl", "instructblip")
 T = 4
-
-
-class ScoreProbe:
-    name = "score-probe"
-
-    def __init__(self):
-        self.steps: list[torch.Tensor] = []
-
-    @hookimpl
-    def hallufix_configure(self, model):
-        return points.logits()
-
-    @hookimpl
-    def hallufix_logits(self, event):
-        self.steps.append(event.scores.detach().clone())
 
 
 class EagerPAI:
@@ -109,7 +95,7 @@ def reference_pai(session, image, question, alpha=0.2, gamma=1.1, beta=0.1, laye
 
 
 def run_pai(session, images, questions, overrides=()):
-    probe = ScoreProbe()
+    probe = ScoresSpy()
     run = session.start(["pai", probe], {"pai": list(overrides)})
     outs = run.generate(images, questions, max_new_tokens=T, min_new_tokens=T)
     return outs, torch.stack(probe.steps, 1), run
@@ -261,7 +247,7 @@ def test_stacks_with_vcd_two_branches():
     rows, not its image-free rows; each method's logits hook sees its own branch."""
     s = tiny_session("llava")
     images, qs = tiny_images(2, mixed=True), list(QUESTIONS[:2])
-    probe = ScoreProbe()
+    probe = ScoresSpy()
     run = s.start(["vcd", "pai", probe], {"pai": STRONG})
     outs = run.generate(images, qs, max_new_tokens=T, min_new_tokens=T)
     assert [b.name for _, b in run.branches] == ["vcd_noised", "pai_no_image"]

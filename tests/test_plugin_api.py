@@ -5,7 +5,6 @@ from __future__ import annotations
 import warnings
 
 import pytest
-import torch
 
 from hallufix import hookimpl
 from hallufix import points as P

@@ -12,7 +12,7 @@ import pytest
 
 import hallufix
 from hallufix import plugins as pl
-from hallufix.config import ConfigError, apply_overrides, expand_sweeps, method_config, parse_layers, split_overrides
+from hallufix.config import ConfigError, expand_sweeps, method_config, parse_layers, split_overrides
 from hallufix.experiment import plan
 
 

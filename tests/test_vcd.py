@@ -11,28 +11,12 @@ import torch
 from hallufix import hookimpl, points
 from hallufix.intercept.attn_impl import eager
 from hallufix.testing import MethodContract
+from hallufix.testing.recorder import ScoresSpy
 from hallufix.testing.models import QUESTIONS, tiny_images, tiny_session
 from hallufix_vcd.noise import image_seed
 
 FAMILIES = ("llava", "qwen2-vl", "qwen2.5-vl", "instructblip")
 T = 4
-
-
-class ScoreProbe:
-    """Records the scores a later logits hook sees (after VCD's edit), and the branch scores it was given."""
-
-    name = "score-probe"
-
-    def __init__(self):
-        self.steps: list[torch.Tensor] = []
-
-    @hookimpl
-    def hallufix_configure(self, model):
-        return points.logits()
-
-    @hookimpl
-    def hallufix_logits(self, event):
-        self.steps.append(event.scores.detach().clone())
 
 
 def ddpm_alpha_bar(t: int) -> float:
@@ -87,7 +71,7 @@ def reference_vcd(session, image, question, alpha=1.0, beta=0.1, step=500, seed=
 
 
 def run_vcd(session, images, questions, overrides=()):
-    probe = ScoreProbe()
+    probe = ScoresSpy()
     run = session.start(["vcd", probe], {"vcd": list(overrides)})
     outs = run.generate(images, questions, max_new_tokens=T, min_new_tokens=T)
     return outs, torch.stack(probe.steps, 1), run  # scores (B, T, V)
@@ -152,7 +136,7 @@ def test_stacks_with_clva():
     own path on the clean and on the noised input separately and contrasts the two."""
     s = tiny_session("llava")
     images, qs = tiny_images(2, mixed=True), list(QUESTIONS[:2])
-    probe = ScoreProbe()
+    probe = ScoresSpy()
     run = s.start(["clva", "vcd", probe], {"clva": ["tau=1.0", "lambda_vis=0.5", "pos_layer=1"]})
     outs = run.generate(images, qs, max_new_tokens=T, min_new_tokens=T)
     assert run.hook_stats["fired"]["logits"] == T

@@ -46,3 +46,23 @@ class HookRecorder:
     @hookimpl
     def hallufix_logits(self, event):
         self._rec("logits", event, event.scores)
+
+
+class ScoresSpy:
+    """Placed last in a stack: records the next-token scores ``(B, V)`` every earlier method left, one clone per
+    step, in ``steps`` (``torch.stack(spy.steps, 1)`` -> ``(B, T, V)``)."""
+
+    name = "scores-spy"
+
+    def __init__(self):
+        self.steps: list = []
+
+    @hookimpl
+    def hallufix_configure(self, model):
+        from hallufix import points
+
+        return points.logits()
+
+    @hookimpl
+    def hallufix_logits(self, event):
+        self.steps.append(event.scores.detach().clone())

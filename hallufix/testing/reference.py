@@ -34,14 +34,16 @@ def _reference_attention(module, query, key, value, attention_mask, **kwargs):
 
 
 @contextlib.contextmanager
-def attention_as(session, attention_fn):
-    """Within the block, ``session``'s language model runs ``attention_fn`` (``AttentionInterface`` signature,
-    additive float mask) under :data:`REFERENCE_NAME`; the previous implementation comes back afterwards. For
-    references that drive the model themselves (their own decode loop)."""
+def attention_as(session, attention_fn, config_key: str | None = None):
+    """Within the block, ``session``'s language model (or the sub-model of ``config_key``, e.g.
+    ``"qformer_config"``) runs ``attention_fn`` (``AttentionInterface`` signature, additive float mask) under
+    :data:`REFERENCE_NAME`; the previous implementation comes back afterwards. For references that drive the model
+    themselves (their own decode loop)."""
     ensure_registered(REFERENCE_NAME, _reference_attention, eager_mask)
     token = _CURRENT.set(attention_fn)
+    key = config_key or session.adapter.text_config_key
     try:
-        with Installed(AttentionImplementation(session.model, {session.adapter.text_config_key: REFERENCE_NAME})):
+        with Installed(AttentionImplementation(session.model, {key: REFERENCE_NAME})):
             yield
     finally:
         _CURRENT.reset(token)

@@ -15,7 +15,7 @@ a contrast-selected crop fed as a second image (CVPR version, two passes).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
