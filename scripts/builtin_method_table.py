@@ -1,8 +1,11 @@
-"""The "Effect of each method" table of docs/builtin-model.md from the 24 run directories of
+"""The "Effect of each method" table of docs/builtin-model.md from the 33 run directories of
 ``hallufix ablate configs/ablations/methods-builtin.yaml --task T --output ROOT/T`` (T = shapes-pope, shapes-chair,
 shapes-mme).
 
-    python scripts/builtin_method_table.py ROOT
+    python scripts/builtin_method_table.py ROOT [ROOT ...]
+
+Several roots: each stack is read from the first root that has it (a grid run later for new methods beside an
+earlier one).
 
 Prints a Markdown table: one column per stack (baseline first), the POPE accuracy per split and mean F1, the
 false-positive rates on absent partners and on other absent classes (with counts), CHAIR and MME.
@@ -13,7 +16,7 @@ import json
 import sys
 from pathlib import Path
 
-STACKS = ["baseline", "clva", "ara", "contrast", "fhi", "clva+ara", "dola", "memvr"]
+STACKS = ["baseline", "clva", "ara", "contrast", "fhi", "clva+ara", "dola", "memvr", "vcd", "vcd+clva", "pai"]
 ROWS = [  # (label, task, split, metric, format)
     ("POPE random accuracy", "shapes-pope", "random", "accuracy", "{:.4f}"),
     ("POPE popular accuracy", "shapes-pope", "popular", "accuracy", "{:.4f}"),
@@ -31,12 +34,12 @@ ROWS = [  # (label, task, split, metric, format)
 
 
 def main() -> None:
-    root = Path(sys.argv[1])
+    roots = [Path(r) for r in sys.argv[1:]]
     metrics = {}
     for task in ("shapes-pope", "shapes-chair", "shapes-mme"):
         for stack in STACKS:
-            f = root / task / stack / "results.json"
-            metrics[task, stack] = json.loads(f.read_text())["metrics"] if f.is_file() else None
+            found = [f for f in (root / task / stack / "results.json" for root in roots) if f.is_file()]
+            metrics[task, stack] = json.loads(found[0].read_text())["metrics"] if found else None
     print("| metric | " + " | ".join(STACKS) + " |")
     print("|---|" + "---|" * len(STACKS))
     for label, task, split, key, fmt in ROWS:
