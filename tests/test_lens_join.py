@@ -161,13 +161,15 @@ def test_full_prefill_head_sees_every_position(monkeypatch, small_blocks):
         torch.testing.assert_close(ev.logits(), _separate(s, plain.hidden_states[j][:, -1], True), atol=1e-5, rtol=0)
 
 
-@pytest.mark.parametrize("why", ["too many rows", "probe fails"])
+@pytest.mark.parametrize("why", ["too many rows", "probe fails", "offload hook"])
 def test_rows_that_cannot_join_get_one_separate_product(monkeypatch, why):
+    s = tiny_session("llava")
     if why == "too many rows":
         monkeypatch.setattr(lens_join, "MAX_JOIN_ROWS", 0)
-    else:
+    elif why == "probe fails":
         monkeypatch.setattr(lens_join, "joins_bitwise", lambda *a, **k: False)
-    s = tiny_session("llava")
+    else:  # what accelerate's offload (``device_map``) leaves on a module: the head's device is its own business
+        monkeypatch.setattr(s.model.get_output_embeddings(), "_hf_hook", object(), raising=False)
     images, questions = tiny_images(2, mixed=True), list(QUESTIONS[:2])
     L = s.info.num_layers
     reader, spy = Prefetcher(range(L)), ScoresSpy()

@@ -123,7 +123,7 @@ class HeadJoin:
             return None  # LensEvent.logits computes the pending rows separately
         fwd.memo[PREFETCH_KEY] = []
         self._job = (x, rows, list(pending), strategy)
-        empty = x.reshape(-1, x.shape[-1])[:0]
+        empty = x.new_empty((0, x.shape[-1]))  # the module's own forward then computes nothing
         return ((empty,) + tuple(args[1:]), kwargs) if args else (args, {**kwargs, "input": empty})
 
     def post(self, module, args, kwargs, output):
