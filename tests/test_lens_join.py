@@ -197,14 +197,18 @@ def test_probe_says_what_the_join_does(dtype, strategy, bias, small_blocks):
     g = torch.Generator().manual_seed(1)
     w = torch.randn(700, 48, generator=g).to(dtype)
     b = torch.randn(700, generator=g).to(dtype) if bias else None
-    for m, r in [(1, 2), (3, 6), (40, 5)]:
+    for m, r, sliced in [(1, 2, False), (3, 6, True), (40, 5, False), (4, 2, True)]:
+        # the head's input (m, 1, d): contiguous, or the last position sliced out of a (m, 5, d) prefill
+        full = torch.randn(m, 5 if sliced else 1, 48, generator=g).to(dtype)
+        x = full[:, -1:, :]
         state = torch.get_rng_state()
-        ok = lens_join.joins_bitwise(w, b, m, r, strategy)
+        ok = lens_join.joins_bitwise(w, b, x, r, strategy)
         assert torch.equal(state, torch.get_rng_state())
-        x, rows = torch.randn(m, 48, generator=g).to(dtype), torch.randn(r, 48, generator=g).to(dtype)
+        rows = torch.randn(r, 48, generator=g).to(dtype)
         model, lens = lens_join.joint_linear(x, rows, w, b, strategy)
         if ok:
             assert torch.equal(model, torch.nn.functional.linear(x, w, b))
         tol = 1e-5 if dtype == torch.float32 else 2 ** -7
         torch.testing.assert_close(lens.float(), torch.nn.functional.linear(rows, w, b).float(), atol=tol, rtol=tol)
-    assert lens_join.joins_bitwise(w, b, 1, 2, "chunked")  # chunking the output rows keeps each dot product
+    # chunking the output rows keeps each dot product
+    assert lens_join.joins_bitwise(w, b, torch.zeros(1, 1, 48, dtype=dtype), 2, "chunked")

@@ -15,7 +15,8 @@ The model's logits must be what the head gives alone, bit for bit. Whether a mat
 as the smaller one does depends on the kernel, the dtype, the row count and the thread count (on a CPU, float32
 ``F.linear`` of one row is a matrix-vector kernel that rounds differently from the same row inside a
 several-row product; bfloat16 is row-independent), so the join is *probed*: once per (strategy, device, dtype,
-weight shape, bias, row counts, threads), random rows through both ways, compared bitwise; a failed probe leaves
+weight shape, bias, head input shape and layout, lens row count, threads), random rows through both ways
+(``F.linear`` of the head's input shape, as the module runs it, against the join), compared bitwise; a failed probe leaves
 the rows to a separate product. Strategies:
 
 * ``chunked`` (CPU): for each block of the weight's output rows small enough to stay in cache, the model's rows
@@ -55,32 +56,41 @@ def _chunk_rows(weight: torch.Tensor) -> int:
 
 
 def joint_linear(x: torch.Tensor, rows: torch.Tensor, weight: torch.Tensor, bias, strategy: str):
-    """``(F.linear(x, weight, bias), F.linear(rows, weight, bias))`` for ``x`` ``(M, d)`` and ``rows`` ``(R, d)``
-    in one pass over ``weight`` ``(V, d)``: ``(M, V)`` and ``(R, V)`` in the weight's dtype."""
+    """``(F.linear(x, weight, bias), F.linear(rows, weight, bias))`` for the head's input ``x`` ``(..., d)`` (as
+    the head got it: shape and strides matter to the kernel) and ``rows`` ``(R, d)`` in one pass over ``weight``
+    ``(V, d)``: ``(..., V)`` and ``(R, V)`` in the weight's dtype."""
     if strategy == "stacked":
-        out = F.linear(torch.cat([x, rows]), weight, bias)
-        return out[: x.shape[0]], out[x.shape[0]:]
+        flat = x.reshape(-1, x.shape[-1])
+        out = F.linear(torch.cat([flat, rows]), weight, bias)
+        return out[: flat.shape[0]].view(*x.shape[:-1], weight.shape[0]), out[flat.shape[0]:]
     step = _chunk_rows(weight)
     model, lens = [], []
     for start in range(0, weight.shape[0], step):
         w = weight[start:start + step]
         b = None if bias is None else bias[start:start + step]
-        model.append(F.linear(x, w, b))
+        model.append(F.linear(x, w, b))  # exactly the head's call, on a block of its output rows
         lens.append(F.linear(rows, w, b))
     return torch.cat(model, -1), torch.cat(lens, -1)
 
 
-def joins_bitwise(weight: torch.Tensor, bias, m: int, r: int, strategy: str) -> bool:
-    """Whether :func:`joint_linear` gives ``F.linear(x, weight, bias)`` bit for bit for ``m`` model rows and
-    ``r`` lens rows on this device, dtype and thread count (probed once with seeded random rows, cached)."""
-    key = (strategy, weight.device, weight.dtype, tuple(weight.shape), bias is not None, m, r,
-           torch.get_num_threads())
+def joins_bitwise(weight: torch.Tensor, bias, x: torch.Tensor, r: int, strategy: str) -> bool:
+    """Whether :func:`joint_linear` gives what the head gives alone (``F.linear(x, weight, bias)``, ``x`` of the
+    head input's shape ``(..., d)``) bit for bit, for ``r`` lens rows, on this device, dtype and thread count.
+
+    Probed once with seeded random rows laid out as ``x`` (the same shape; rows contiguous or, like the last
+    position sliced out of a prefill, strided), then cached."""
+    m, d = x.numel() // x.shape[-1], x.shape[-1]
+    contiguous = x.reshape(-1, d).is_contiguous()
+    key = (strategy, weight.device, weight.dtype, tuple(weight.shape), weight.stride(), bias is not None,
+           tuple(x.shape), contiguous, r, torch.get_num_threads())
     if key not in _PROBED:
         g = torch.Generator().manual_seed(0)  # its own generator: the run's random state is untouched
-        x, rows = (torch.randn(n, weight.shape[1], generator=g).to(weight.device, weight.dtype) for n in (m, r))
+        buf = torch.randn(m, d if contiguous else 2 * d, generator=g).to(weight.device, weight.dtype)
+        xp = buf[:, :d].unflatten(0, tuple(x.shape[:-1]))  # rows of stride d (contiguous) or 2 d (strided)
+        rows = torch.randn(r, d, generator=g).to(weight.device, weight.dtype)
         with torch.no_grad():
-            alone = F.linear(x, weight, bias)
-            joined, _ = joint_linear(x, rows, weight, bias, strategy)
+            alone = F.linear(xp, weight, bias)
+            joined, _ = joint_linear(xp, rows, weight, bias, strategy)
         _PROBED[key] = torch.equal(alone, joined)
     return _PROBED[key]
 
@@ -107,7 +117,7 @@ class HeadJoin:
         if m == 0 or m > MAX_JOIN_ROWS:
             return None
         strategy = strategy_for(w.device)
-        return strategy if joins_bitwise(w, module.bias, m, rows.shape[0], strategy) else None
+        return strategy if joins_bitwise(w, module.bias, x, rows.shape[0], strategy) else None
 
     def pre(self, module, args, kwargs):
         fwd = self.st.forward
@@ -131,7 +141,7 @@ class HeadJoin:
             return None
         x, rows, pending, strategy = self._job
         self._job = None
-        model, lens = joint_linear(x.reshape(-1, x.shape[-1]), rows, module.weight, module.bias, strategy)
+        model, lens = joint_linear(x, rows, module.weight, module.bias, strategy)
         for (ev, n), part in zip(pending, lens.float().split([ev.hidden.shape[0] for ev, _ in pending])):
             ev.deliver(n, part)
-        return model.view(*x.shape[:-1], model.shape[-1])
+        return model
