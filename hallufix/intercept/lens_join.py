@@ -11,13 +11,14 @@ Two hooks on the head module (through :class:`~hallufix.intercept.module_hooks.M
   rows in one pass over the weight (:func:`joint_linear`), delivers ``(R, V)`` float32 to the events and returns
   the model's ``(B, T, V)`` logits.
 
-The model's logits must be what the head gives alone, bit for bit. Whether a matmul of more rows rounds each row
-as the smaller one does depends on the kernel, the dtype, the row count and the thread count (on a CPU, float32
-``F.linear`` of one row is a matrix-vector kernel that rounds differently from the same row inside a
-several-row product; bfloat16 is row-independent), so the join is *probed*: once per (strategy, device, dtype,
-weight shape, bias, head input shape and layout, lens row count, threads), random rows through both ways
-(``F.linear`` of the head's input shape, as the module runs it, against the join), compared bitwise; a failed probe leaves
-the rows to a separate product. Strategies:
+The model's logits must be what the head gives alone, bit for bit. Whether a matmul rounds a row the same inside
+another product depends on the kernel, the dtype, the row count, the thread count and even the input's layout (on
+a CPU, float32 ``F.linear`` of one row is a matrix-vector kernel that rounds differently from the same row inside a
+several-row product, and a strided ``(B, 1, d)`` input differently from its 2-D reshape; bfloat16 products are
+row-independent). So the model's rows are always ``F.linear`` of the head's input exactly as the head got it, and
+each join is *probed*: once per (strategy, device, dtype, weight shape, bias, head input shape and layout, lens
+row count, threads), seeded random rows through the head alone and through the join, compared bitwise; a failed
+probe leaves the rows to a separate product. Strategies:
 
 * ``chunked`` (CPU): for each block of the weight's output rows small enough to stay in cache, the model's rows
   (``F.linear`` of exactly the head's input, as the head would run it) and then the lens rows; the second product
