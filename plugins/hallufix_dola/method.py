@@ -130,7 +130,8 @@ class DoLa(Method):
     @hallufix.hookimpl
     def hallufix_logit_lens(self, event):
         event.forward.memo.setdefault(("dola", id(self)), {})[event.layer] = event
-        event.prefetch(norm=self.config.premature_norm)  # the rows ride on the model's own head product
+        if event.layer in self._candidates[bool(event.lens.tied)]:  # the rows ride on the model's head product
+            event.prefetch(norm=self.config.premature_norm)
 
     @hallufix.hookimpl
     def hallufix_logits(self, event):
