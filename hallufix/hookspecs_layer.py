@@ -134,6 +134,9 @@ def hallufix_logit_lens(event):
         first call, cached per event; ``norm=False`` skips the norm, as DoLa's official code), and ``lens`` the
         projector (``lens(hidden (..., d), norm=...)`` -> ``(..., V)`` float32) to project several stashed layers
         in one matmul later (e.g. in ``hallufix_logits``). Nothing is projected unless a hook asks.
+        ``prefetch(norm=...)``: a hook that reads the lens only after the forward asks here; the rows are then
+        computed with the model's own ``lm_head`` call of this forward (one pass over the head's weight; the
+        model's logits unchanged bit for bit) and ``logits(norm)`` returns them.
     Phase: as declared; called once per declared layer per forward, in layer order.
     """
 

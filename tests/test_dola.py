@@ -179,6 +179,29 @@ def test_stacks_with_clva(family):
     assert not torch.equal(torch.stack(spy.steps), torch.stack(spy_alone.steps))
 
 
+@pytest.mark.parametrize("family", FAMILIES)
+def test_candidates_ride_on_the_models_head_call(family, monkeypatch):
+    """The candidates' lens rows are computed with the model's own ``lm_head`` call (one head call per forward,
+    the weight in several blocks); the same scores and tokens as with their separate product."""
+    from hallufix.intercept import lens_join
+
+    s = tiny_session(family)
+    images, questions = tiny_images(3, mixed=True), list(QUESTIONS[:3])
+    head, calls = s.model.get_output_embeddings(), []
+    handle = head.register_forward_pre_hook(lambda m, a: calls.append(1))
+    try:
+        monkeypatch.setattr(lens_join, "CHUNK_BYTES", 1)
+        gens, scores = _hallufix(s, images, questions, ["layers=0-3"])
+        joined_calls = len(calls)
+        monkeypatch.setattr(lens_join, "MAX_JOIN_ROWS", 0)  # no join: one separate product per forward
+        sep_gens, sep_scores = _hallufix(s, images, questions, ["layers=0-3"])
+    finally:
+        handle.remove()
+    assert joined_calls == T and len(calls) == 3 * T
+    torch.testing.assert_close(scores, sep_scores, atol=1e-5, rtol=0)
+    assert [g.token_ids.tolist() for g in gens] == [g.token_ids.tolist() for g in sep_gens]
+
+
 def test_buckets_follow_depth():
     assert bucket("low", 32, tied=False) == [0, 2, 4, 6, 8, 10, 12, 14]  # the official 7B early-exit layers
     assert bucket("high", 32, tied=False) == [16, 18, 20, 22, 24, 26, 28, 30]

@@ -144,6 +144,21 @@ def test_no_trigger_is_baseline_and_lens_is_lazy():
     assert len(calls) == 2 * T
 
 
+def test_lens_only_on_rows_still_open():
+    """After some rows triggered in a forward, the next trigger layer projects only the others (the eager reference
+    test above checks the values in this setting)."""
+    s = tiny_session("qwen2-vl")
+    images, questions = tiny_images(3, mixed=True), [QUESTIONS[i % 4] for i in range(3)]
+    calls = []
+    h = s.model.get_output_embeddings().register_forward_hook(lambda m, a, o: calls.append(a[0].shape[0]))
+    try:
+        s.start(["memvr"], {"memvr": SETTINGS["mixed"][0]}).generate(images, questions, max_new_tokens=T,
+                                                                       min_new_tokens=T)
+    finally:
+        h.remove()
+    assert max(calls) == 3 and min(calls) < 3
+
+
 @pytest.mark.parametrize("family", ["llava", "qwen2.5-vl"])
 def test_stacks_with_clva(family):
     """``clva,memvr`` equals CLVA through hallufix with the eager MemVR hooks on the model, and differs from each."""

@@ -5,7 +5,9 @@
 * ``logit_lens.{i}``: a forward pre-hook on decoder layer ``i``, registered after any ``layer_input.{i}``
   hook so the lens sees the stream the layer actually receives; it stores the last position ``(B, d)`` and calls
   ``hallufix_logit_lens`` with a lazy :class:`~hallufix.events_lens.LensEvent` (kept in the forward's memo, so a
-  later MLP or logits hook of the same forward can read it).
+  later MLP or logits hook of the same forward can read it);
+* with any ``logit_lens`` point, the head hooks of :mod:`hallufix.intercept.lens_join` (prefetched lens rows
+  computed with the model's own ``lm_head`` call).
 
 Each hook looks up its caller for the current phase and returns at once when no method declared that phase. The
 handles go to the :class:`~hallufix.intercept.install.Interceptor`, which removes them with its own.
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 from hallufix.events_lens import LensEvent, LogitLens
 from hallufix.events_mlp import MLPEvent, MLPOutEvent
+from hallufix.intercept.lens_join import HeadJoin
 
 
 def install(st, layers: list, hooks) -> None:
@@ -27,6 +30,7 @@ def install(st, layers: list, hooks) -> None:
             if lens is None:
                 lens = LogitLens(st.adapter.final_norm(st.model), st.adapter.lm_head(st.model),
                                  st.model.get_input_embeddings())
+                HeadJoin(st, lens).install(hooks)  # prefetched lens rows ride on the model's head call
             hooks.pre(layers[i], _lens_hook(st, i, plan, lens), with_kwargs=True)
         if kinds & {"mlp_in", "mlp_out"}:
             mlp = st.adapter.mlp(layers[i])

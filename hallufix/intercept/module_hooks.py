@@ -15,17 +15,19 @@ class ModuleHooks:
     exactly those. Hooks queued after ``install`` are registered at once."""
 
     def __init__(self):
-        self._queued: list[tuple[torch.nn.Module, str, Callable, bool]] = []
+        self._queued: list[tuple[torch.nn.Module, str, Callable, bool, bool]] = []
         self._handles: list = []
         self._installed = False
 
     def pre(self, module: torch.nn.Module, fn: Callable, *, with_kwargs: bool = False) -> "ModuleHooks":
         """A forward pre-hook ``fn(module, args[, kwargs])`` on ``module`` (see ``register_forward_pre_hook``)."""
-        return self._add((module, "pre", fn, with_kwargs))
+        return self._add((module, "pre", fn, with_kwargs, False))
 
-    def post(self, module: torch.nn.Module, fn: Callable, *, with_kwargs: bool = False) -> "ModuleHooks":
-        """A forward hook ``fn(module, args[, kwargs], output)`` on ``module`` (see ``register_forward_hook``)."""
-        return self._add((module, "post", fn, with_kwargs))
+    def post(self, module: torch.nn.Module, fn: Callable, *, with_kwargs: bool = False,
+             prepend: bool = False) -> "ModuleHooks":
+        """A forward hook ``fn(module, args[, kwargs], output)`` on ``module`` (see ``register_forward_hook``;
+        ``prepend``: run before the module's other forward hooks)."""
+        return self._add((module, "post", fn, with_kwargs, prepend))
 
     def _add(self, spec) -> "ModuleHooks":
         self._queued.append(spec)
@@ -34,11 +36,11 @@ class ModuleHooks:
         return self
 
     def _register(self, spec) -> None:
-        module, kind, fn, with_kwargs = spec
+        module, kind, fn, with_kwargs, prepend = spec
         if kind == "pre":
             self._handles.append(module.register_forward_pre_hook(fn, with_kwargs=with_kwargs))
         else:
-            self._handles.append(module.register_forward_hook(fn, with_kwargs=with_kwargs))
+            self._handles.append(module.register_forward_hook(fn, with_kwargs=with_kwargs, prepend=prepend))
 
     def install(self) -> None:
         self._installed = True

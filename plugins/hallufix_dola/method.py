@@ -130,6 +130,8 @@ class DoLa(Method):
     @hallufix.hookimpl
     def hallufix_logit_lens(self, event):
         event.forward.memo.setdefault(("dola", id(self)), {})[event.layer] = event
+        if event.layer in self._candidates[bool(event.lens.tied)]:  # the rows ride on the model's head product
+            event.prefetch(norm=self.config.premature_norm)
 
     @hallufix.hookimpl
     def hallufix_logits(self, event):
@@ -142,8 +144,10 @@ class DoLa(Method):
             if len(layers) != len(self._candidates[tied]):
                 missing = sorted(set(self._candidates[tied]) - set(layers))
                 raise RuntimeError(f"dola: the logit lens of layers {missing} did not run in this forward")
-            lens = lens_events[layers[0]].lens  # one product for every candidate: (k, B, d) -> (k, B, V)
-            stacked = lens(torch.stack([lens_events[j].hidden for j in layers]), norm=cfg.premature_norm)
+            # (k, B, V): computed with the model's head call (or, where the rows could not join it, in one
+            # separate product for every candidate); the main rows only (branch rows, if any, follow them)
+            stacked = torch.stack([lens_events[j].logits(norm=cfg.premature_norm)[: scores.shape[0]]
+                                   for j in layers])
             if len(layers) == 1:
                 choice = torch.zeros(scores.shape[0], dtype=torch.long, device=scores.device)
             else:

@@ -115,13 +115,21 @@ class MemVR(Method):
     def hallufix_logit_lens(self, event):
         st = self._state(event.forward)
         done = st["triggered"]
-        if done is not None and bool(done.all()):
-            return  # every row retraced in this forward: no lens product needed
-        ent = top_k_entropy(event.logits(norm=self.config.lens_norm), self.config.top_k)
-        fire = ent > self.config.entropy_threshold
-        if done is not None:
-            fire = fire & ~done
-        st["triggered"] = fire if done is None else done | fire
+        if done is None:
+            done = torch.zeros(event.hidden.shape[0], dtype=torch.bool, device=event.hidden.device)
+        if self._has_visual is not None and self._has_visual.shape == done.shape:
+            done = done | ~self._has_visual  # a row without visual tokens never retraces: no lens for it
+        if bool(done.all()):
+            return  # every row retraced in this forward (or cannot): no lens product needed
+        fire = torch.zeros_like(done)
+        if bool(done.any()):  # the lens of the open rows only (a row's logits do not depend on the others)
+            rows = (~done).nonzero().squeeze(1)
+            logits = event.lens(event.hidden[rows], norm=self.config.lens_norm)
+            fire[rows] = top_k_entropy(logits, self.config.top_k) > self.config.entropy_threshold
+        else:
+            fire = top_k_entropy(event.logits(norm=self.config.lens_norm), self.config.top_k) \
+                > self.config.entropy_threshold
+        st["triggered"] = done | fire
         st["fire"][event.layer] = fire
         if self._has_visual is not None:
             self._counts[:, event.layer] += fire & self._has_visual  # rows without visual tokens never retrace
