@@ -245,3 +245,19 @@ def test_static_gains_and_folds_stay_per_forward(fold):
     spy = ScoresSpy()
     s.start(["vcd", spy], {"vcd": ["branch=separate"]}).generate(images, qs, **kw)
     assert not torch.allclose(torch.stack(spy.steps, 1), got["separate"][1], atol=1e-3)  # fhi acted
+
+
+def test_run_level_mode_overrides_auto_branches_only():
+    """``MethodRun.branch_mode`` runs branches declared ``auto`` in that mode (VCD's default): equal to the
+    method's own ``branch=separate``; a branch with an explicit mode keeps it."""
+    s = tiny_session("llava")
+    images, qs = tiny_images(2, mixed=True), list(QUESTIONS[:2])
+    kw = dict(max_new_tokens=T, min_new_tokens=T, output_logits=True)
+    rec = Recorder()
+    run = s.start(["vcd", rec])
+    run.branch_mode = "separate"
+    other = s.start(["vcd", Recorder()], {"vcd": ["branch=separate"]})
+    a, b = run.generate(images, qs, **kw), other.generate(images, qs, **kw)
+    assert all(torch.equal(x.logits, y.logits) for x, y in zip(a, b))
+    assert any(call[3] for call in rec.calls)  # branch forwards ran on their own rows
+    assert Branch("b", mode="rows").resolved_mode("separate") == "rows"
