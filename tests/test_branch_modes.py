@@ -261,3 +261,34 @@ def test_run_level_mode_overrides_auto_branches_only():
     assert all(torch.equal(x.logits, y.logits) for x, y in zip(a, b))
     assert any(call[3] for call in rec.calls)  # branch forwards ran on their own rows
     assert Branch("b", mode="rows").resolved_mode("separate") == "rows"
+
+
+class RopeDeltas:
+    """Reads the model's ``rope_deltas`` (Qwen keeps them between prefill and decode) in every logits hook."""
+
+    name = "rope-deltas"
+
+    def __init__(self, model):
+        self.model, self.seen = model, []
+
+    @hookimpl
+    def hallufix_configure(self, model):
+        return points.logits()
+
+    @hookimpl
+    def hallufix_logits(self, event):
+        self.seen.append(self.model.model.rope_deltas.clone())
+
+
+@pytest.mark.parametrize("family", ["qwen2-vl", "qwen2.5-vl"])
+def test_qwen_rope_deltas_stay_the_main_rows(family):
+    """A separate branch's prefill computes its own rope_deltas (PAI's image-free prompt: zeros; mixed image sizes
+    give the main rows different deltas); the main rows' stay on the model after every branch forward."""
+    s = tiny_session(family)
+    images, qs = tiny_images(3, mixed=True), list(QUESTIONS[:3])
+    s.start([]).generate(images, qs, max_new_tokens=2, min_new_tokens=2)
+    main = s.model.model.rope_deltas.clone()
+    assert main.abs().sum() > 0 and len(set(main.flatten().tolist())) > 1
+    probe = RopeDeltas(s.model)
+    s.start(["pai", probe], {"pai": list(STRONG)}).generate(images, qs, max_new_tokens=3, min_new_tokens=3)
+    assert len(probe.seen) == 3 and all(torch.equal(d, main) for d in probe.seen)
