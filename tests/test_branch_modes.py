@@ -89,13 +89,24 @@ def test_strength_zero_is_baseline_bit_for_bit_in_separate_mode():
             assert torch.equal(a.logits, b.logits)
 
 
+class _Log:
+    """A shared record: a method's attributes are its own per branch, an object they point to is shared."""
+
+    def __init__(self):
+        self.calls = []
+
+
 class Recorder:
     """Records, per layer-0 input hook call, the forward's phase, row count and whether it is a branch forward."""
 
     name = "recorder"
 
     def __init__(self):
-        self.calls = []
+        self.log = _Log()
+
+    @property
+    def calls(self):
+        return self.log.calls
 
     @hookimpl
     def hallufix_configure(self, model):
@@ -104,7 +115,7 @@ class Recorder:
     @hookimpl
     def hallufix_layer_input(self, event):
         lay = event.layout
-        self.calls.append((event.forward.phase, event.forward.step, event.hidden.shape[0],
+        self.log.calls.append((event.forward.phase, event.forward.step, event.hidden.shape[0],
                            isinstance(lay, SeparateLayout), tuple(lay.branch_names)))
 
     @hookimpl
@@ -292,3 +303,21 @@ def test_qwen_rope_deltas_stay_the_main_rows(family):
     probe = RopeDeltas(s.model)
     s.start(["pai", probe], {"pai": list(STRONG)}).generate(images, qs, max_new_tokens=3, min_new_tokens=3)
     assert len(probe.seen) == 3 and all(torch.equal(d, main) for d in probe.seen)
+
+
+@pytest.mark.parametrize("family", ["llava", "qwen2-vl"])
+def test_stateful_method_on_a_separate_branch_equals_rows(family):
+    """clva,vcd with VCD's branch separate (hooks='all'): CLVA computes anchors at each prefill and reuses them at
+    decode; the branch's prefill must not overwrite the main rows' (each keeps its own method state), so the
+    result equals the rows mode, where CLVA sees both blocks in one forward."""
+    s = tiny_session(family)
+    images, qs = tiny_images(2, mixed=True), list(QUESTIONS[:2])
+    got = {}
+    for mode in ("rows", "separate"):
+        spy = ScoresSpy()
+        outs = s.start(["clva", "vcd", spy], {"clva": CLVA, "vcd": [f"branch={mode}"]}).generate(
+            images, qs, max_new_tokens=T, min_new_tokens=T)
+        got[mode] = ([o.token_ids.tolist() for o in outs], torch.stack(spy.steps, 1), outs[0].diagnostics["clva"])
+    assert got["rows"][0] == got["separate"][0]
+    assert_scores_close(got["separate"][1], got["rows"][1])
+    assert got["rows"][2] == got["separate"][2]  # the main rows' diagnostics, not the branch's

@@ -14,7 +14,11 @@ it in for one branch forward and the main state back afterwards, so:
   layer plans, whose ``callers`` are swapped for the branch table's; attention reads ``plans``);
 * the main forward's state (its step, its released layers, its static gains, its folded ``o_proj`` weights) is
   exactly as it was after the swap back: main folds are unfolded for the branch forward (pointer swaps, bit-exact)
-  and the branch's own folds, made at its prefill, are applied only inside its forwards.
+  and the branch's own folds, made at its prefill, are applied only inside its forwards;
+* each selected method keeps its own state for the branch: the method object's attributes (``__dict__``) are
+  swapped for the branch's copy, taken when the branch was set up (after ``hallufix_batch_start``, before the
+  main prefill; containers copied one level deep, tensors shared until reassigned), so what a method computes at
+  the branch's prefill (CLVA's anchors) serves the branch's decode steps and never the main rows'.
 """
 from __future__ import annotations
 
@@ -50,11 +54,18 @@ class BranchHooks:
         self.finished_layers: set = set()
         self.weights = WeightFolds()
         self.folded: list = []  # [(param, branch-folded tensor)] between the branch's forwards
+        #: per selected method object, its attributes while a branch forward runs
+        self.states = {inst: _fork(vars(inst)) for inst in keep if hasattr(inst, "__dict__")}
 
     def layer_callers(self) -> dict:
         """``{layer: callers}`` to put on the main table's layer plans during a branch forward."""
         mine = self.table.layers
         return {i: (mine[i].callers if i in mine else {}) for i in self.ic.table.layers}
+
+
+def _fork(state: dict) -> dict:
+    """A copy of a method's ``__dict__``: dicts, lists and sets copied one level deep, everything else shared."""
+    return {k: (type(v)(v) if type(v) in (dict, list, set) else v) for k, v in state.items()}
 
 
 _STATE = ("table", "plans", "layout", "forward", "_step", "static_gains", "finished_layers", "_forward_start",
@@ -89,6 +100,9 @@ def scoped(bh: BranchHooks):
         callers = {i: plan.callers for i, plan in main_table.layers.items()}
         for i, c in bh.layer_callers().items():
             main_table.layers[i].callers = c
+    main_states = {inst: inst.__dict__ for inst in bh.states}
+    for inst, state in bh.states.items():
+        inst.__dict__ = state
     ic.table, ic.plans, ic.layout, ic.forward, ic._step = bh.table, bh.plans, bh.layout, bh.forward, bh.step
     ic.static_gains, ic.finished_layers, ic._forward_start, ic.weights = (bh.static_gains, bh.finished_layers,
                                                                           bh.forward_start, bh.weights)
@@ -97,6 +111,9 @@ def scoped(bh: BranchHooks):
     finally:
         bh.forward, bh.step = ic.forward, ic._step
         bh.folded = _unfold(bh.weights)
+        for inst, state in main_states.items():
+            bh.states[inst] = inst.__dict__
+            inst.__dict__ = state
         for k, v in saved.items():
             setattr(ic, k, v)
         if callers is not None:
