@@ -227,6 +227,7 @@ def test_declaration_errors_and_beams_refused():
     with pytest.raises(ValueError, match="hooks must be"):
         Branch("b", hooks="some")
     assert Branch("b", exclude=("pai",)).resolved_mode("rows") == "separate"
+    assert Branch("b", hooks=()).resolved_mode() == "separate" and Branch("b", hooks=[]).hook_methods(["pai"]) == []
     assert Branch("b").resolved_mode("separate") == "separate" and Branch("b", mode="rows").resolved_mode(
         "separate") == "rows"
     assert Branch("b", hooks=("clva", "pai"), exclude=("pai",)).hook_methods(["pai", "vcd", "clva"]) == ["clva"]

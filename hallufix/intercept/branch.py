@@ -217,6 +217,9 @@ class BranchPass:
         from hallufix.intercept.branch_scope import BranchHooks, scoped
 
         self.separate = []
+        if self.separate_specs and interceptor is not None and self.methods is None:
+            raise ValueError("a separate branch's hook selection needs the run's methods: pass methods= to "
+                             "BranchPass.build")
         for br, part, lay, selected in self.separate_specs:
             scope = None
             if interceptor is not None:
