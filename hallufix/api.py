@@ -126,6 +126,8 @@ class MethodRun:
                 self.declared[inst] = pts
         self.table = HookTable(methods.pm, self.declared)
         self.branches = collect_branches(methods, session.info)  # [(method, Branch)]: extra rows per batch
+        #: run-level mode of branches declared ``auto`` (``rows`` / ``separate``; ``None``: each branch's own rule)
+        self.branch_mode: str | None = None
         self.hook_stats: dict = {"fired": {}, "paths": {}}
         #: per method, in typed order: its own ``hallufix_batch_end`` caller (what it returns is filed under its name)
         self._batch_end = [(name, methods.pm.subset_hook_caller(
@@ -167,7 +169,8 @@ class MethodRun:
             rows = [[im] + extra for im, extra in zip(ev.images, ev.extra_images)]
         inputs = s.adapter.inputs(s.processor, rows, questions, s.device)
         layout = s.adapter.layout(s.model, inputs, rows)
-        bp = BranchPass.build(s, self.branches, inputs, rows, questions) if self.branches else None
+        bp = BranchPass.build(s, self.branches, inputs, rows, questions, self.methods, self.branch_mode) \
+            if self.branches else None
         if bp is not None:  # the branches' rows follow the main rows: every layer hook sees all (1 + k) B rows
             if steps.expand > 1:
                 raise PluginError(f"{', '.join(m for m, _ in self.branches)}: branch passes run with greedy or "

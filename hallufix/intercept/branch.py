@@ -1,6 +1,11 @@
-"""The branch pass: a batch's branches as extra batch rows of the same ``generate`` call.
+"""The branch pass: a batch's branches as extra batch rows of the same ``generate`` call, or run separately.
 
-Per batch (:meth:`BranchPass.build`), the processor inputs of the ``B`` main rows are followed by one block of
+Each branch runs in the mode :meth:`Branch.resolved_mode <hallufix.branches.Branch.resolved_mode>` gives it: rows
+(below) or separate (:class:`~hallufix.intercept.branch_forward.SeparateBranch`: its own ``B`` rows, KV cache and
+forwards, stepped by :class:`BranchLogits` on the main rows' token, with the interceptor's state swapped to the
+branch's hook selection by :mod:`hallufix.intercept.branch_scope`).
+
+Rows: per batch (:meth:`BranchPass.build`), the processor inputs of the ``B`` main rows are followed by one block of
 ``B`` rows per declared :class:`~hallufix.branches.Branch`, in declaration order (rows ``[B (1 + j), B (2 + j))``
 are branch ``j``):
 
@@ -26,12 +31,9 @@ import torch
 from transformers import LogitsProcessor
 
 from hallufix.branches import Branch
+from hallufix.intercept.branch_inputs import merge, text_only, transform_pixels
 from hallufix.events import LogitsEvent
 from hallufix.layout import TokenLayout
-
-#: per-token keys of the processors' outputs and their padding value (input_ids uses the tokenizer's pad id)
-_PER_TOKEN_FILL = {"attention_mask": 0, "mm_token_type_ids": 0, "token_type_ids": 0}
-
 
 def collect_branches(methods, info) -> list[tuple[str, Branch]]:
     """``[(method name, Branch), ...]`` from every active method's ``hallufix_declare_branches`` (typed order)."""
@@ -90,6 +92,24 @@ class BranchLayout(TokenLayout):
         return self._rows_memo["main"]
 
 
+@dataclass
+class SeparateLayout(BranchLayout):
+    """The layout of a separately run branch's own ``B`` rows: ``branch_names`` is ``(branch,)`` and every row
+    belongs to it (``rows_of(branch)`` all True, ``rows_of("main")`` all False), so a method that selects rows
+    with ``layout.rows_of`` treats the branch's forward as it treats the branch's rows in the rows mode."""
+
+    def block(self, name: str) -> slice:
+        if name == "main":
+            return slice(0, 0)
+        if name not in self.branch_names:
+            raise KeyError(f"no branch {name!r} in this forward (it runs branch {self.branch_names[0]!r})")
+        return slice(0, self.batch_size)
+
+
+def _layout(base: TokenLayout, cls=BranchLayout, **kw) -> BranchLayout:
+    return cls(**{f.name: getattr(base, f.name) for f in fields(TokenLayout) if f.init}, **kw)
+
+
 class BranchLogitsEvent(LogitsEvent):
     """point ``logits`` with branches: ``scores`` ``(B, V)`` of the main rows (edit as usual), ``branches``
     ``{name: (B, V)}`` the branch rows' raw next-token scores (read-only), ``input_ids`` of the main rows."""
@@ -110,7 +130,11 @@ class BranchLogits(LogitsProcessor):
         B, lay = self.bp.main_rows, self.bp.layout
         main = scores[:B]
         if self.caller is not None:
-            branches = {n: scores[lay.block(n)] for n in lay.branch_names}
+            # generate's own processors ran before this one on the rows it computed (min_new_tokens bans EOS):
+            # a separate branch's tokens get the same bans as its main row
+            banned = torch.isneginf(main) if self.bp.separate else None
+            separate = {sb.name: sb.step(input_ids[:B]).masked_fill(banned, float("-inf")) for sb in self.bp.separate}
+            branches = {n: separate[n] if n in separate else scores[lay.block(n)] for n in self.bp.names}
             forward = self.st.forward if self.st is not None else None
             ev = BranchLogitsEvent(main, input_ids[:B], forward, lay.main(), branches)
             self.caller(event=ev)
@@ -138,37 +162,70 @@ class _Lockstep(LogitsProcessor):
 
 
 class BranchPass:
-    """One batch's branch rows: merged inputs, the layout over all rows, the logits processor, output cutting."""
+    """One batch's branches: merged inputs and the layout over the main and branch rows, the separate branches'
+    inputs and layouts, the logits processor, output cutting.
 
-    def __init__(self, inputs: dict, layout: BranchLayout, questions: list[str], main_rows: int):
+    ``names``: every branch in declaration order; ``layout.branch_names``: those run as rows."""
+
+    def __init__(self, inputs: dict, layout: BranchLayout, questions: list[str], main_rows: int,
+                 names: tuple = (), separate_specs: list | None = None, session=None, methods=None):
         self.inputs, self.layout, self.questions, self.main_rows = inputs, layout, questions, main_rows
+        self.names = names or layout.branch_names
+        #: ``[(Branch, inputs, layout, selected method names)]`` of the separate branches
+        self.separate_specs = separate_specs or []
+        self.session, self.methods = session, methods
+        self.separate: list = []
 
     @classmethod
     def build(cls, session, branches: list[tuple[str, Branch]], inputs: dict, rows: list[list],
-              questions: list[str]) -> "BranchPass":
-        """Append every branch's rows to the main ``inputs`` (processor output of ``rows`` / ``questions``)."""
+              questions: list[str], methods=None, mode: str | None = None) -> "BranchPass":
+        """Append the rows branches' rows to the main ``inputs`` (processor output of ``rows`` / ``questions``) and
+        prepare the separate branches' own inputs. ``methods``: the run's active methods (hook selection);
+        ``mode``: a run-level mode for branches declared ``auto``."""
         s = session
         B = len(rows)
-        parts, all_rows = [inputs], list(rows)
+        parts, all_rows, row_names, specs = [inputs], list(rows), [], []
+        active = list(methods.order) if methods is not None else []
         for _, br in branches:
             if br.image == "same":
                 part = dict(inputs)
                 if br.pixels is not None:
-                    part["pixel_values"] = _transform_pixels(br, inputs, rows)
-                all_rows += rows
+                    part["pixel_values"] = transform_pixels(br, inputs, rows)
+                part_rows = rows
             else:
-                part = _text_only(s, questions, inputs)
-                all_rows += [[] for _ in rows]
-            parts.append(part)
+                part = text_only(s, questions, inputs)
+                part_rows = [[] for _ in rows]
+            if br.resolved_mode(mode) == "rows":
+                parts.append(part)
+                all_rows += part_rows
+                row_names.append(br.name)
+            else:
+                lay = _layout(_part_layout(s, part, part_rows), SeparateLayout, main_rows=0,
+                              branch_names=(br.name,))
+                specs.append((br, part, lay, br.hook_methods(active)))
         pad_id = s.processor.tokenizer.pad_token_id
-        merged = _merge(parts, 0 if pad_id is None else int(pad_id))
+        merged = merge(parts, 0 if pad_id is None else int(pad_id)) if len(parts) > 1 else inputs
         base = s.adapter.layout(s.model, merged, all_rows)
-        layout = BranchLayout(**{f.name: getattr(base, f.name) for f in fields(TokenLayout) if f.init},
-                              main_rows=B, branch_names=tuple(br.name for _, br in branches))
-        return cls(merged, layout, list(questions) * (1 + len(branches)), B)
+        layout = _layout(base, main_rows=B, branch_names=tuple(row_names))
+        return cls(merged, layout, list(questions) * (1 + len(row_names)), B,
+                   tuple(br.name for _, br in branches), specs, s, methods)
 
     def logits_processors(self, interceptor=None, caller=None) -> list:
-        """``[BranchLogits]``: pass it first in ``generate``'s processor list (before guards and samplers)."""
+        """``[BranchLogits]``: pass it first in ``generate``'s processor list (before guards and samplers). Sets
+        up the separate branches for this ``generate`` call (``interceptor``: the installed one, else ``None``)."""
+        from hallufix.intercept.branch_forward import SeparateBranch
+        from hallufix.intercept.branch_scope import BranchHooks, scoped
+
+        self.separate = []
+        if self.separate_specs and interceptor is not None and self.methods is None:
+            raise ValueError("a separate branch's hook selection needs the run's methods: pass methods= to "
+                             "BranchPass.build")
+        for br, part, lay, selected in self.separate_specs:
+            scope = None
+            if interceptor is not None:
+                bh = BranchHooks(interceptor, self.methods, selected, lay)
+                scope = (lambda bh=bh: scoped(bh))
+            self.separate.append(SeparateBranch(br.name, self.session.model, part, lay, scope))
         return [BranchLogits(self, interceptor, caller)]
 
     def main_rows_only(self, processor) -> LogitsProcessor:
@@ -192,70 +249,9 @@ class BranchPass:
         return out
 
 
-def _image_slices(inputs: dict, n_images: int) -> list[slice]:
-    """Each image's rows of ``pixel_values``: one per image, or ``prod(thw)`` patches each (``image_grid_thw``)."""
-    thw = inputs.get("image_grid_thw")
-    if thw is None:
-        return [slice(i, i + 1) for i in range(n_images)]
-    counts = thw.prod(-1).tolist()
-    starts = [0]
-    for c in counts:
-        starts.append(starts[-1] + int(c))
-    return [slice(a, b) for a, b in zip(starts[:-1], starts[1:])]
-
-
-def _transform_pixels(br: Branch, inputs: dict, rows: list[list]) -> torch.Tensor:
-    pv = inputs["pixel_values"]
-    images = [im for row in rows for im in row]
-    pieces = []
-    for sl, image in zip(_image_slices(inputs, len(images)), images):
-        x = pv[sl]
-        squeeze = inputs.get("image_grid_thw") is None
-        src = (x[0] if squeeze else x).detach().to("cpu", torch.float32)
-        new = br.pixels(src, image)
-        if tuple(new.shape) != tuple(src.shape):
-            raise ValueError(f"branch {br.name!r}: pixels() must keep the shape {tuple(src.shape)}, got "
-                             f"{tuple(new.shape)}")
-        new = new.to(device=pv.device, dtype=pv.dtype)
-        pieces.append(new[None] if squeeze else new)
-    return torch.cat(pieces, 0)
-
-
-def _text_only(session, questions: list[str], inputs: dict) -> dict:
-    """The questions with zero images, tokenised as the processor's text path does (left padding)."""
-    s = session
-    tok = s.processor.tokenizer
-    tok.padding_side = "left"
-    prompts = [s.adapter.prompt(s.processor, q, 0) for q in questions]
-    enc = tok(prompts, padding=True, return_tensors="pt")
-    device = inputs["input_ids"].device
-    part = {"input_ids": enc["input_ids"].to(device), "attention_mask": enc["attention_mask"].to(device)}
-    B, P = enc["input_ids"].shape
-    for k, v in inputs.items():  # per-token keys the text path lacks (Qwen's mm_token_type_ids): all text
-        if k not in part and torch.is_tensor(v) and k in _PER_TOKEN_FILL:
-            part[k] = torch.full((B, P), _PER_TOKEN_FILL[k], dtype=v.dtype, device=device)
-    return part
-
-
-def _left_pad(t: torch.Tensor, length: int, fill: int) -> torch.Tensor:
-    if t.shape[1] == length:
-        return t
-    pad = torch.full((t.shape[0], length - t.shape[1]), fill, dtype=t.dtype, device=t.device)
-    return torch.cat([pad, t], 1)
-
-
-def _merge(parts: list[dict], pad_id: int) -> dict:
-    """Concatenate the parts' rows: per-token keys left-padded to the longest prompt, image keys (``pixel_values``,
-    ``image_grid_thw``, the Q-Former's inputs) concatenated over the parts that have images."""
-    P = max(p["input_ids"].shape[1] for p in parts)
-    out = {}
-    keys = list(parts[0])
-    for k in keys:
-        if k == "input_ids" or k in _PER_TOKEN_FILL:
-            fill = pad_id if k == "input_ids" else _PER_TOKEN_FILL[k]
-            out[k] = torch.cat([_left_pad(p[k], P, fill) for p in parts], 0)
-        elif torch.is_tensor(parts[0][k]):
-            out[k] = torch.cat([p[k] for p in parts if k in p], 0)
-        else:
-            out[k] = parts[0][k]
-    return out
+def _part_layout(s, part: dict, part_rows: list[list]) -> TokenLayout:
+    """A branch's own rows' layout (rows without images have no grids to read from the processor output)."""
+    if any(part_rows):
+        return s.adapter.layout(s.model, part, part_rows)
+    return TokenLayout.from_inputs(part["input_ids"], part.get("attention_mask"), s.adapter.image_token_id(s.model),
+                                   [[] for _ in part_rows])

@@ -7,7 +7,9 @@ Alleviating Hallucination in LVLMs", ECCV 2024; official code github.com/LALBJ/P
    prefill, the new token at each decode step), then the usual softmax. A score transform
    (``attn_transform.{i}``), not a bias: ``alpha |s|`` depends on the sign of each score.
 2. Image-free classifier-free guidance (Sec. 3.3, Eq. 5-6; ``CFGLogits``): a branch with the same question and no
-   image (``image="none"``, no attention boost, as the official ``use_cfg`` switch turns it off there), and with
+   image (``image="none"``, no attention boost, as the official ``use_cfg`` switch turns it off there; by default
+   run separately on its own short prompt as the plain model (no method's hooks), ``branch=rows`` runs it as left-padded batch
+   rows that PAI's boost leaves out by row), and with
    ``s = log_softmax(logits)``, ``u = log_softmax(logits_no_image)``:
 
        scores = gamma (s - u) + u,   -inf where s < log(0.1) + max s      (the official cut-off, beta = 0.1)
@@ -36,6 +38,7 @@ class Config:
     start_layer: str = "auto"   # 0-based first boosted layer; auto: the paper's 2 of 32 scaled to the depth
     end_layer: str = "auto"     # 0-based end (exclusive); auto: the model's depth (paper 32 of 32)
     rows: str = "last"          # boosted query rows: last (the official code) | text (every text row at prefill)
+    branch: str = "separate"    # the image-free branch: separate (own short prompt and cache) | rows (padded rows)
 
     def validate(self):
         if self.alpha < 0:
@@ -46,6 +49,8 @@ class Config:
             raise ValueError(f"beta must be in (0, 1], got {self.beta}")
         if self.rows not in ("last", "text"):
             raise ValueError(f"rows must be last or text, got {self.rows!r}")
+        if self.branch not in ("separate", "rows"):
+            raise ValueError(f"branch must be separate or rows, got {self.branch!r}")
 
 
 def resolve_layers(cfg: Config, L: int) -> list[int]:
@@ -84,13 +89,17 @@ class PAI(Method):
 
     @hallufix.hookimpl
     def hallufix_declare_branches(self, model):
-        return [Branch(BRANCH, image="none")] if self.config.gamma != 1 else []
+        if self.config.gamma == 1:
+            return []
+        if self.config.branch == "rows":  # every hook sees the rows; the boost leaves them out (_boosted)
+            return [Branch(BRANCH, image="none", mode="rows")]
+        return [Branch(BRANCH, image="none", hooks="none")]  # the plain model on its own short prompt (CFG.py)
 
     @staticmethod
     def _boosted(layout):
         """Every row but PAI's own image-free rows (unconditional: no boost there, as in the official code; they
         have no image columns either); other methods' branch rows (VCD's noised image) are boosted like the main
-        rows. ``None``: all rows."""
+        rows. ``None``: all rows. (Run separately, the branch excludes PAI's hooks and never reaches here.)"""
         return ~layout.rows_of(BRANCH) if BRANCH in getattr(layout, "branch_names", ()) else None
 
     @hallufix.hookimpl

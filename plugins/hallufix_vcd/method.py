@@ -9,7 +9,9 @@ One branch (``noised``) sees each image distorted by forward diffusion (:mod:`ha
     cut-off : tokens with logit(y | v, x) < log(beta) + max_w logit(w | v, x) get -inf
 
 (the cut-off in logit space is the adaptive plausibility constraint ``p(y) >= beta * max_w p(w)``). The branch runs
-as extra batch rows of the same forward (:mod:`hallufix.intercept.branch`), in lockstep on the main rows' token.
+as extra batch rows of the same forward by default (``branch=rows``; the noised prompt has the main rows' length, so
+rows need no padding and share every step's pass over the weights) or separately (``branch=separate``), in
+lockstep on the main rows' token (:mod:`hallufix.intercept.branch`).
 The contrast is applied to the scores the logits hook receives (raw logits when VCD is first or alone), so any
 decoding strategy that draws from ``lm.logits`` (greedy here; the paper's sampling through a sampler) uses it.
 """
@@ -35,6 +37,7 @@ class Config:
     beta: float = 0.1         # adaptive plausibility cut-off (cd_beta 0.1)
     noise_step: int = 500     # diffusion step t of 1000 (noise_step 500)
     seed: int = 0             # mixed with each image's pixels to seed its noise
+    branch: str = "auto"      # the noised branch: auto (= rows) | rows (extra batch rows) | separate (own forwards)
 
     def validate(self):
         if self.alpha < 0:
@@ -43,6 +46,8 @@ class Config:
             raise ValueError(f"beta must be in (0, 1], got {self.beta}")
         if not 0 <= self.noise_step < NUM_STEPS:
             raise ValueError(f"noise_step must be in [0, {NUM_STEPS - 1}], got {self.noise_step}")
+        if self.branch not in ("auto", "rows", "separate"):
+            raise ValueError(f"branch must be auto, rows or separate, got {self.branch!r}")
 
 
 def contrast(scores: torch.Tensor, noised: torch.Tensor, alpha: float, beta: float) -> torch.Tensor:
@@ -66,7 +71,8 @@ class VCD(Method):
         if self.config.alpha == 0:
             return []
         c = self.config
-        return [Branch(BRANCH, image="same", pixels=lambda x, image: diffuse(x, c.noise_step, image_seed(image, c.seed)))]
+        return [Branch(BRANCH, image="same", pixels=lambda x, image: diffuse(x, c.noise_step, image_seed(image, c.seed)),
+                       mode=c.branch)]
 
     @hallufix.hookimpl
     def hallufix_batch_start(self, batch):

@@ -11,6 +11,7 @@ row gets the same noise in any batch, in any order, on any device (drawn in floa
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 
 import torch
@@ -18,6 +19,7 @@ import torch
 NUM_STEPS = 1000
 
 
+@functools.lru_cache(maxsize=None)
 def alpha_bar(step: int) -> float:
     """``abar_t`` of the schedule at ``step`` (0-based, 0..999), in float32 as the official code computes it."""
     if not 0 <= step < NUM_STEPS:
