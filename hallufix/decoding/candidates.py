@@ -46,21 +46,21 @@ class CandidateEvent:
     def can_lookahead_many(self) -> bool:
         """Whether :meth:`lookahead_many` can run: the language model's attention takes a prepared 4D mask
         (SDPA, eager, hallufix's function; not the flash / flex kernels)."""
-        from hallufix.decoding.lookahead import takes_4d_mask
+        from hallufix.intercept.lookahead import takes_4d_mask
 
         return takes_4d_mask(self._model)
 
     def lookahead_many(self, tokens: torch.Tensor, logits: bool = True) -> torch.Tensor | None:
         """Look ahead ``k`` candidates of every beam in one forward: ``tokens`` ``(N, k)`` are fed as ``k`` new
         query rows that all sit at the next position, each seeing its beam's cache and itself only (a 4D mask;
-        :mod:`hallufix.decoding.lookahead`). Every active hook fires once, as at a decode step of ``q_len = k``
+        :mod:`hallufix.intercept.lookahead`). Every active hook fires once, as at a decode step of ``q_len = k``
         rows with ``forward.lookahead = k``. Returns the logits ``(N, k, V)`` float32 (``[:, j]`` equals
         ``lookahead(tokens[:, j])`` up to float rounding), or ``None`` with ``logits=False`` (a method that only
         reads the forward's hooks, as OPERA its attention, skips ``k - 1`` rows of the ``lm_head`` product); the
         cache is cropped back, so the search is unchanged.
         Raises ``ValueError`` where :attr:`can_lookahead_many` is false (use :meth:`lookahead` per column)."""
         from hallufix.decoding.beam import _cache_of, crop_to
-        from hallufix.decoding.lookahead import lookahead_inputs
+        from hallufix.intercept.lookahead import lookahead_inputs
         from hallufix.forward import LOOKAHEAD
 
         if tokens.dim() != 2 or tokens.shape[0] != self.input_ids.shape[0]:
