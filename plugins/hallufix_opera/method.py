@@ -3,10 +3,11 @@
 Per beam step (docs/methods/opera.md; the official loop is ``opera_beam_search`` in shikiw/OPERA's vendored
 transformers 4.29):
 
-1. The ``k`` candidates of each beam are its top-``k`` raw logits. Each is looked ahead (one forward per candidate
-   through :meth:`~hallufix.decoding.candidates.CandidateEvent.lookahead`), and the last layer's attention row of
-   the candidate token is read through the core's ``attn.probs`` point (``rows="last"``): max over heads, then
-   renormalised over all keys.
+1. The ``k`` candidates of each beam are its top-``k`` raw logits. All are looked ahead in one forward
+   (:meth:`~hallufix.decoding.candidates.CandidateEvent.lookahead_many`: ``k`` query rows at the next position,
+   each seeing its beam's cache and itself; ``lookahead=each``: one forward per candidate, the official loop), and
+   each candidate's last-layer attention row is read through the core's ``attn.probs`` point (``rows="last"``,
+   :meth:`~hallufix.events.ProbsEvent.last_rows`): max over heads, then renormalised over all keys.
 2. The local window is the response part of the attention map: the generated tokens' rows (kept per beam, reordered
    with the beams) plus the candidate's row, over the response columns. Penalty ``phi`` = the largest column-wise
    product ``1e-7 * prod_i sigma * w_{i,j}`` (:mod:`hallufix_opera.penalty`); for the first ``warmup`` response
