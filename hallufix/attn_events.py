@@ -34,14 +34,15 @@ class ProbsEvent(LayerEvent):
         B, q = self.layout.batch_size, self.forward.q_len
         if kind == "all":
             return torch.ones(B, len(self.rows), dtype=torch.bool, device=self._probs.device)
-        if kind == "last":
-            return (self.rows == q - 1)[None, :].expand(B, -1)
+        if kind == "last":  # in a beam look-ahead forward every candidate row is a last row
+            return (self.rows >= q - self.forward.last_rows)[None, :].expand(B, -1)
         if kind == "text":
             return self.text_rows[:, self.rows]
         raise ValueError(f"unknown row kind {kind!r}")
 
     def last(self) -> torch.Tensor:
-        """``(B, H, kv)``: the last query row (final prompt token at prefill, the new token at decode)."""
+        """``(B, H, kv)``: the last query row (final prompt token at prefill, the new token at decode; in a beam
+        look-ahead forward the last candidate's row: :meth:`last_rows` gives every candidate's)."""
         if self.forward.q_len == 1:  # a decode step: the probed row is the single row
             return self._probs[:, :, 0]
         if self._last_index is not None:
@@ -50,6 +51,23 @@ class ProbsEvent(LayerEvent):
         if idx.numel() == 0:
             raise LookupError(f"layer {self.layer}: the last row was not probed; declare rows='last'")
         return self._probs[:, :, int(idx[0, 0])]
+
+    def last_rows(self) -> torch.Tensor:
+        """``(B, H, n, c)`` float32: the newest token's row, one per continuation, over the keys it sees in cache
+        order, its own key last. At prefill and at a decode step ``n = 1`` and this is ``last()[:, :, None]``
+        (``c = kv``). In a beam look-ahead forward of ``k`` candidates (``forward.lookahead``) ``n = k`` and
+        ``c = kv_offset + 1``: row ``j`` is candidate ``j`` over the cached keys and then its own key (the other
+        candidates' keys, masked for it, are dropped) -- the row a one-candidate look-ahead of ``j`` gives."""
+        k = self.forward.lookahead
+        if not k:
+            return self.last()[:, :, None]
+        q, off = self.forward.q_len, self.forward.kv_offset
+        sel = (self.rows >= q - k).nonzero().squeeze(1)
+        if sel.numel() != k:
+            raise LookupError(f"layer {self.layer}: the look-ahead rows were not probed; declare rows='last'")
+        rows = self._probs[:, :, sel]  # (B, H, k, off + k)
+        own = torch.diagonal(rows[..., off:off + k], dim1=-2, dim2=-1)  # (B, H, k): each candidate's own key
+        return torch.cat([rows[..., :off], own[..., None]], dim=-1)
 
     def visual_last(self) -> torch.Tensor:
         """``(B, H, n_max)`` float32: the last row's attention over each row's visual tokens, in the slots of

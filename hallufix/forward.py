@@ -9,6 +9,7 @@ could.
 """
 from __future__ import annotations
 
+import contextvars
 from dataclasses import dataclass, field
 from typing import Any, Callable, NamedTuple
 
@@ -84,10 +85,21 @@ class MethodKey(NamedTuple):
     name: str
 
 
+#: ``k`` while a batched beam look-ahead forward of ``k`` candidates runs (set by
+#: :meth:`hallufix.decoding.candidates.CandidateEvent.lookahead_many` around its forward), else 0
+LOOKAHEAD: contextvars.ContextVar = contextvars.ContextVar("hallufix_lookahead_candidates", default=0)
+
+
 @dataclass
 class ForwardInfo:
     """One language-model forward: ``phase`` (``prefill``/``decode``), ``step`` (0 at prefill), ``q_len`` query
-    rows, ``kv_offset`` cached positions before them (so row ``i`` sits at cache position ``kv_offset + i``)."""
+    rows, ``kv_offset`` cached positions before them (so row ``i`` sits at cache position ``kv_offset + i``).
+
+    ``lookahead``: ``k > 0`` in a batched beam look-ahead forward (a ``decode`` forward of ``q_len = k`` rows):
+    row ``j`` is candidate ``j``, all ``k`` sit at the same sequence position (rope position of cache slot
+    ``kv_offset``) and each sees the cached keys and its own key only (its key is stored at cache slot
+    ``kv_offset + j``; the cache is cropped back to ``kv_offset`` afterwards). Every row is a "last" row there.
+    0 in every other forward."""
 
     phase: str
     step: int
@@ -95,6 +107,12 @@ class ForwardInfo:
     kv_offset: int
     #: per-forward memo shared by every layer's events and the attention function (typed keys, see above)
     memo: dict = field(default_factory=dict, repr=False, compare=False)
+    lookahead: int = 0
+
+    @property
+    def last_rows(self) -> int:
+        """How many of the final query rows are "last" rows: ``lookahead`` in a look-ahead forward, else 1."""
+        return self.lookahead or 1
 
     @property
     def positions(self) -> torch.Tensor:

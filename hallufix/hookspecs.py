@@ -157,7 +157,8 @@ def hallufix_forward_start(forward):
     """A forward pass of the language model begins.
 
     :param forward: :class:`hallufix.events.ForwardInfo`: ``phase`` (``"prefill"``/``"decode"``), ``step``
-        (0 at prefill, then 1, 2, ...), ``q_len``, ``kv_offset``.
+        (0 at prefill, then 1, 2, ...), ``q_len``, ``kv_offset``, ``lookahead`` (``k`` in a batched beam
+        look-ahead forward of ``k`` candidate rows that all sit at position ``kv_offset``, else 0).
     """
 
 
@@ -180,10 +181,15 @@ def hallufix_beam_candidates(event):
     :param event: :class:`hallufix.decoding.candidates.CandidateEvent`: ``logits`` ``(B * num_beams, V)`` float32
         (replace to edit; chained in typed order), ``input_ids`` of the running beams, ``step``, ``parents`` (the
         row each beam continued), ``banned`` after a rollback; ``event.lookahead(tokens)`` runs one forward on a
-        candidate token per beam (every declared hook fires; the cache is restored) and ``event.rollback(n, ban)``
-        restarts the search from the beams of ``n`` generated tokens. Implementing this hook switches beam search to
+        candidate token per beam (every declared hook fires; the cache is restored),
+        ``event.lookahead_many(tokens (N, k))`` the ``k`` candidates of every beam in one forward (``k`` query rows
+        at the same position, each seeing the beam's cache and itself: a 4D mask; ``event.can_lookahead_many`` is
+        false for attention kernels without one) and ``event.rollback(n, ban)`` restarts the search from the beams
+        of ``n`` generated tokens. Implementing this hook switches beam search to
         :func:`hallufix.decoding.beam.candidate_beam_search` (transformers' loop step for step, plus this hook).
-    Phase: once per beam step, after the decode forward.
+    Phase: once per beam step, after the decode forward. Look-ahead forwards are ``decode`` forwards to every other
+    hook: a one-candidate look-ahead is an ordinary decode step (``q_len = 1``); a batched one has ``q_len = k`` and
+    ``forward.lookahead = k`` (see :class:`hallufix.events.ForwardInfo`).
     """
 
 

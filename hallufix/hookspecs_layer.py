@@ -83,7 +83,10 @@ def hallufix_attn_probs(event):
         ``rows`` ``(R,)`` (indices into this forward's ``q`` rows; the union of every method's declared rows at
         this layer), already including this layer's biases. ``event.row_mask("last"|"text"|"all")`` marks the
         rows of one kind, ``event.last()`` ``(B, H, kv)`` is the last row, ``event.visual_last()`` ``(B, H, n_max)``
-        its attention over each row's visual tokens. Editing: assign ``event.probs = new``; the core then
+        its attention over each row's visual tokens. In a batched beam look-ahead forward (``forward.lookahead =
+        k``) every candidate row is a "last" row: ``rows="last"`` probes all ``k``, and ``event.last_rows()``
+        ``(B, H, k, kv_offset + 1)`` gives each candidate's row over the cache and its own key (``(B, H, 1, kv)``,
+        the last row, elsewhere). Editing: assign ``event.probs = new``; the core then
         recomputes those rows' outputs as ``P @ V`` exactly and does **not** renormalise: rows should still sum to 1 unless the method means otherwise.
     Cost: ``O(R * kv * D * H)`` per layer; the rest of the layer stays fused.
     """

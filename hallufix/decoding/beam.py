@@ -117,7 +117,7 @@ def candidate_beam_search(model, input_ids, logits_processor, stopping_criteria,
         history.append({k: (v.clone() if torch.is_tensor(v) else v) for k, v in state.items()})
         event = CandidateEvent(model, model_kwargs, flat_running, logits, num_beams, step, parents, ban, prompt_len)
         hook(event=event)
-        ban = None
+        banned, ban = ban, None
         if event.rollback_to is not None and rollbacks < max_rollbacks and event.rollback_to < step:
             rollbacks += 1
             target, ban = event.rollback_to, event.rollback_ban
@@ -130,11 +130,11 @@ def candidate_beam_search(model, input_ids, logits_processor, stopping_criteria,
                 del raw_logits[target:], all_scores[target:]
             continue
         logits = event.logits
-        if ban is not None:  # (N, m) token ids per row, -1 = none
-            rows = torch.arange(ban.shape[0], device=dev)[:, None].expand_as(ban)
-            keep = ban >= 0
+        if banned is not None:  # (N, m) token ids per row, -1 = none
+            rows = torch.arange(banned.shape[0], device=dev)[:, None].expand_as(banned)
+            keep = banned >= 0
             logits = logits.clone()
-            logits[rows[keep], ban[keep]] = torch.finfo(logits.dtype).min
+            logits[rows[keep], banned[keep].to(dev)] = torch.finfo(logits.dtype).min
         log_probs = nn.functional.log_softmax(logits, dim=-1)
         log_probs = logits_processor(flat_running, log_probs)
         if raw_logits is not None:

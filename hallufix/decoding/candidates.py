@@ -42,6 +42,44 @@ class CandidateEvent:
             crop_to(cache, length)
         return out.logits[:, -1, :].float()
 
+    @property
+    def can_lookahead_many(self) -> bool:
+        """Whether :meth:`lookahead_many` can run: the language model's attention takes a prepared 4D mask
+        (SDPA, eager, hallufix's function; not the flash / flex kernels)."""
+        from hallufix.intercept.lookahead import takes_4d_mask
+
+        return takes_4d_mask(self._model)
+
+    def lookahead_many(self, tokens: torch.Tensor, logits: bool = True) -> torch.Tensor | None:
+        """Look ahead ``k`` candidates of every beam in one forward: ``tokens`` ``(N, k)`` are fed as ``k`` new
+        query rows that all sit at the next position, each seeing its beam's cache and itself only (a 4D mask;
+        :mod:`hallufix.intercept.lookahead`). Every active hook fires once, as at a decode step of ``q_len = k``
+        rows with ``forward.lookahead = k``. Returns the logits ``(N, k, V)`` float32 (``[:, j]`` equals
+        ``lookahead(tokens[:, j])`` up to float rounding), or ``None`` with ``logits=False`` (a method that only
+        reads the forward's hooks, as OPERA its attention, skips ``k - 1`` rows of the ``lm_head`` product); the
+        cache is cropped back, so the search is unchanged.
+        Raises ``ValueError`` where :attr:`can_lookahead_many` is false (use :meth:`lookahead` per column)."""
+        from hallufix.decoding.beam import _cache_of, crop_to
+        from hallufix.intercept.lookahead import lookahead_inputs
+        from hallufix.forward import LOOKAHEAD
+
+        if tokens.dim() != 2 or tokens.shape[0] != self.input_ids.shape[0]:
+            raise ValueError(f"lookahead_many takes (N={self.input_ids.shape[0]}, k) candidate ids, got "
+                             f"{tuple(tokens.shape)}")
+        _, cache = _cache_of(self._kwargs)
+        length = int(cache.get_seq_length())
+        tokens = tokens.to(self.input_ids)
+        ids = torch.cat([self.input_ids, tokens[:, :1]], dim=-1)
+        step = self._model.prepare_inputs_for_generation(ids, next_sequence_length=1, **self._kwargs)
+        inputs = lookahead_inputs(self._model, step, tokens, length, logits)
+        mark = LOOKAHEAD.set(tokens.shape[1])
+        try:
+            out = self._model(**inputs, return_dict=True)
+        finally:
+            LOOKAHEAD.reset(mark)
+            crop_to(cache, length)
+        return out.logits[:, -tokens.shape[1]:].float() if logits else None
+
     def rollback(self, generated: int, ban: torch.Tensor | None = None) -> None:
         """Restart the search from the beams as they were with ``generated`` tokens (``< step``), excluding
         ``ban`` ``(N, m)`` token ids of the restored rows at that step (``-1``: none). The last request of a step wins."""

@@ -173,12 +173,14 @@ def _probe_rows(st, kinds, masks) -> tuple[torch.Tensor, RowsKey]:
         return masks.one, ONE
     q_len, device, layout = masks.q_len, masks.device, st.layout
 
+    n_last = st.forward.last_rows  # k in a beam look-ahead forward (every candidate row is a last row), else 1
+
     def make():
-        if kinds == {"last"}:
+        if kinds == {"last"} and n_last == 1:
             return torch.full((1,), q_len - 1, dtype=torch.long, device=device), RowsKey("last", q_len)
         text_any = st.forward.shared(RoleKey("text_rows_any", Ref(layout), device), lambda: layout.text_rows(
             st.forward.positions_on(device)).any(0)) if "text" in kinds else None
-        rows = K.probe_row_index(kinds, q_len, text_any, device)
+        rows = K.probe_row_index(kinds, q_len, text_any, device, last_rows=n_last)
         return rows, RowsKey("set", q_len, tuple(rows.tolist()))
 
     return st.forward.shared(ProbeRowsKey(kinds, device), make)

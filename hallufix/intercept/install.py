@@ -25,6 +25,7 @@ from collections import Counter
 import torch
 
 from hallufix.events import ForwardInfo, HiddenEvent
+from hallufix.forward import LOOKAHEAD
 from hallufix.intercept import attention as attn
 from hallufix.intercept.qformer import QFormerRoute
 from hallufix.points import SUBMODEL_KINDS
@@ -154,7 +155,8 @@ class Interceptor:
             self._step = 0
         else:
             self._step += 1
-        self.forward = ForwardInfo(phase=phase, step=self._step, q_len=q_len, kv_offset=offset)
+        self.forward = ForwardInfo(phase=phase, step=self._step, q_len=q_len, kv_offset=offset,
+                                   lookahead=LOOKAHEAD.get() if phase == "decode" else 0)
         self.phases_run.add(phase)
         self._forward_start(forward=self.forward)
         return None

@@ -99,15 +99,16 @@ def merge_rows(out: torch.Tensor | None, out_rows: torch.Tensor, rows: torch.Ten
     return out
 
 
-def probe_row_index(kinds, q_len: int, text_rows_any: torch.Tensor | None, device) -> torch.Tensor:
+def probe_row_index(kinds, q_len: int, text_rows_any: torch.Tensor | None, device,
+                    last_rows: int = 1) -> torch.Tensor:
     """``(R,)`` long: the query rows a probe of row ``kinds`` (``{"last", "text", "all"}``) materialises, in
     increasing order. ``text_rows_any`` ``(q,)`` bool: rows that are text in any batch row (needed for
-    ``"text"``)."""
+    ``"text"``); ``last_rows``: how many final rows count as "last" (``k`` in a beam look-ahead forward)."""
     if "all" in kinds:
         return torch.arange(q_len, device=device)
     probe = torch.zeros(q_len, dtype=torch.bool, device=device)
     if "last" in kinds:
-        probe[-1] = True
+        probe[q_len - last_rows:] = True
     if "text" in kinds:
         probe |= text_rows_any
     return probe.nonzero().squeeze(1)

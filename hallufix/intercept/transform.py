@@ -48,7 +48,7 @@ class ScoresEvent(LayerEvent):
         """``(B, R)`` bool: which rows are of ``kind`` (``last`` or ``text``)."""
         B, q = self.layout.batch_size, self.forward.q_len
         if kind == "last":
-            return (self.rows == q - 1)[None, :].expand(B, -1)
+            return (self.rows >= q - self.forward.last_rows)[None, :].expand(B, -1)
         if kind == "text":
             return self.text_rows[:, self.rows]
         raise ValueError(f"unknown row kind {kind!r} (last, text)")
@@ -62,7 +62,7 @@ def _rows(kinds: set, q_len: int, fwd, layout, device) -> torch.Tensor:
     if "all" in kinds:
         sel[:] = True
     if "last" in kinds:
-        sel[-1] = True
+        sel[q_len - fwd.last_rows:] = True  # every candidate row of a beam look-ahead forward
     if "text" in kinds:
         sel |= layout.text_rows(fwd.positions_on(device)).any(0)
     return sel.nonzero().squeeze(1)

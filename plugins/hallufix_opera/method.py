@@ -3,10 +3,11 @@
 Per beam step (docs/methods/opera.md; the official loop is ``opera_beam_search`` in shikiw/OPERA's vendored
 transformers 4.29):
 
-1. The ``k`` candidates of each beam are its top-``k`` raw logits. Each is looked ahead (one forward per candidate
-   through :meth:`~hallufix.decoding.candidates.CandidateEvent.lookahead`), and the last layer's attention row of
-   the candidate token is read through the core's ``attn.probs`` point (``rows="last"``): max over heads, then
-   renormalised over all keys.
+1. The ``k`` candidates of each beam are its top-``k`` raw logits. All are looked ahead in one forward
+   (:meth:`~hallufix.decoding.candidates.CandidateEvent.lookahead_many`: ``k`` query rows at the next position,
+   each seeing its beam's cache and itself; ``lookahead=each``: one forward per candidate, the official loop), and
+   each candidate's last-layer attention row is read through the core's ``attn.probs`` point (``rows="last"``,
+   :meth:`~hallufix.events.ProbsEvent.last_rows`): max over heads, then renormalised over all keys.
 2. The local window is the response part of the attention map: the generated tokens' rows (kept per beam, reordered
    with the beams) plus the candidate's row, over the response columns. Penalty ``phi`` = the largest column-wise
    product ``1e-7 * prod_i sigma * w_{i,j}`` (:mod:`hallufix_opera.penalty`); for the first ``warmup`` response
@@ -41,12 +42,17 @@ class Config:
     rollback: str = "auto"        # retrospection rollback: on | off | auto (on for one prompt per generate call,
     #                               off for larger batches: a rollback restarts the whole batch's search)
     layer: str = "last"           # the attention layer (official: the last, outputs.attentions[-1]); or an index
+    lookahead: str = "batched"    # batched: the k candidates of every beam in one look-ahead forward (4D mask);
+    #                               each: one forward per candidate (the official loop; also where the attention
+    #                               kernel takes no 4D mask)
 
     def validate(self):
         if self.scale_factor <= 0 or self.num_candidates < 1 or self.threshold < 0 or self.warmup < 0:
             raise ValueError("scale_factor must be > 0, num_candidates >= 1, threshold and warmup >= 0")
         if str(self.rollback).lower() not in ("on", "off", "auto", "true", "false"):
             raise ValueError(f"rollback must be on, off or auto, got {self.rollback!r}")
+        if str(self.lookahead).lower() not in ("batched", "each"):
+            raise ValueError(f"lookahead must be batched or each, got {self.lookahead!r}")
         if self.penalty_weight < 0:
             raise ValueError(f"penalty_weight must be >= 0, got {self.penalty_weight}")
 
@@ -80,7 +86,8 @@ class OPERA(Method):
                              f"got a batch of {B} — use --batch-size 1, or opera.rollback=auto / off")
         self.rollback = mode == "on" or (mode == "auto" and B == 1)
         self.rows = batch.diagnostics
-        self.stats = {"steps": 0, "rollbacks": 0, "warmup_steps": 0, "rollback_active": self.rollback}
+        self.stats = {"steps": 0, "rollbacks": 0, "warmup_steps": 0, "rollback_active": self.rollback,
+                      "lookahead": None}
         self.hist: torch.Tensor | None = None   # (N, n, n) response rows over response columns
         self.snapshots: dict[int, torch.Tensor] = {}
         self.locs: list[torch.Tensor] = []       # per step (N,) the mode over candidates of the max location
@@ -95,10 +102,13 @@ class OPERA(Method):
     def hallufix_attn_probs(self, event):
         if event.forward.phase == "decode" and not self.seen_candidates:
             raise ValueError("opera acts in beam search only: run with --decoding beam --num-beams 5")
-        row = event.last().max(dim=1).values  # (N, kv): max over heads
-        row = row / row.sum(-1, keepdim=True)
-        self.latest = row
-        self.latest_image = (row * event.visual_keys).sum(-1)
+        # (N, n, c): max over heads, renormalised; n = k candidates in a batched look-ahead, else 1 (the new token)
+        rows = event.last_rows().max(dim=1).values
+        rows = rows / rows.sum(-1, keepdim=True)
+        self.latest = rows if event.forward.lookahead else rows[:, 0]
+        self.latest_image = (rows * event.visual_keys[:, None, :rows.shape[-1]]).sum(-1)
+        if not event.forward.lookahead:
+            self.latest_image = self.latest_image[:, 0]
 
     @hallufix.hookimpl
     def hallufix_beam_candidates(self, event):
@@ -116,18 +126,13 @@ class OPERA(Method):
         logits = event.logits
         k = min(c.num_candidates, logits.shape[-1])
         cand_logits, cand = logits.topk(k, dim=-1)  # (N, k)
-        rows, image = [], []
-        for j in range(k):
-            event.lookahead(cand[:, j])
-            rows.append(self.latest[:, P:P + t + 1])  # (N, t + 1) over the response columns
-            image.append(self.latest_image)
-        cand_rows = torch.stack(rows, 1)  # (N, k, t + 1)
+        cand_rows, image = self._look_ahead(event, cand, P, t)  # (N, k, t + 1) over the response columns, (N, k)
         N = cand_rows.shape[0]
         past = torch.nn.functional.pad(self.hist, (0, 1))[:, None].expand(N, k, t, t + 1)
         window = torch.cat([past, cand_rows[:, :, None, :]], dim=2)  # (N, k, t + 1, t + 1)
         score, loc = over_trust(window, c.scale_factor)
         if t + 1 <= c.warmup:
-            penalty = -torch.stack(image, 1)
+            penalty = -image
             self.stats["warmup_steps"] += 1
         else:
             penalty = score
@@ -139,6 +144,22 @@ class OPERA(Method):
         self.locs.append(step_loc)
         if self.rollback:
             self._maybe_rollback(event, t, step_loc)
+
+    def _look_ahead(self, event, cand: torch.Tensor, P: int, t: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each candidate's attention row over the response columns ``(N, k, t + 1)`` (its own column last) and
+        its attention mass on the image ``(N, k)``: one batched look-ahead forward, or one forward per candidate
+        (``lookahead=each``, or an attention kernel without 4D masks)."""
+        if str(self.config.lookahead).lower() == "batched" and event.can_lookahead_many:
+            self.stats["lookahead"] = "batched"
+            event.lookahead_many(cand, logits=False)  # the attention hook is all OPERA reads
+            return self.latest[:, :, P:P + t + 1], self.latest_image
+        self.stats["lookahead"] = "each"
+        rows, image = [], []
+        for j in range(cand.shape[1]):
+            event.lookahead(cand[:, j])
+            rows.append(self.latest[:, P:P + t + 1])
+            image.append(self.latest_image)
+        return torch.stack(rows, 1), torch.stack(image, 1)
 
     def _append_row(self, event, t: int, P: int) -> None:
         """The generated tokens' rows: the current forward's probed row is the row of the last generated token."""
@@ -170,6 +191,9 @@ class OPERA(Method):
         """``(N, m)`` tokens excluded at ``pos`` on the restored rows (``-1`` = none): the tokens chosen there, on
         the rows they were chosen from, accumulated over the rollbacks to ``pos`` (the official reject list)."""
         parents, tokens = self.selections[pos]
+        # bans recorded for later positions belong to the abandoned search (the official loop means to clear
+        # them; its code clears pos + 1 only, see docs/methods/opera.md)
+        self.bans = {p: b for p, b in self.bans.items() if p <= pos}
         self.bans.setdefault(pos, []).append((parents, tokens))
         N = parents.shape[0]
         per_row: list[list[int]] = [[] for _ in range(N)]
