@@ -3,8 +3,6 @@ selection: both modes equal the methods' eager references and each other; a bran
 forward over the branch's rows; a selection runs only the selected methods' hooks on the branch."""
 from __future__ import annotations
 
-import math
-
 import pytest
 import torch
 
@@ -19,7 +17,7 @@ from hallufix_vcd.method import VCD, contrast, BRANCH as VCD_BRANCH
 from hallufix_vcd.noise import diffuse, image_seed
 
 from test_pai import reference_pai, run_pai, STRONG
-from test_vcd import assert_scores_close, noised_pixels, reference_vcd, run_vcd
+from test_vcd import assert_scores_close, forced_logits as _forced, reference_vcd, run_vcd
 
 FAMILIES = ("llava", "qwen2-vl", "qwen2.5-vl", "instructblip")
 T = 4
@@ -144,45 +142,6 @@ class VCDNoClva(VCD):
         c = self.config
         return [Branch(VCD_BRANCH, image="same", exclude=("clva",),
                        pixels=lambda x, image: diffuse(x, c.noise_step, image_seed(image, c.seed)))]
-
-
-def _forced(s, plugins, overrides, image, q, tokens, noise: bool):
-    """Raw logits per step of one row with ``plugins`` active, forced on ``tokens``; ``noise``: pre-noised pixels."""
-    class Force:
-        name = "force"
-
-        def __init__(self):
-            self.raw, self.t = [], 0
-
-        @hookimpl
-        def hallufix_configure(self, model):
-            return points.logits()
-
-        @hookimpl
-        def hallufix_logits(self, event):
-            self.raw.append(event.scores[0].detach().clone())
-            forced = torch.full_like(event.scores, -math.inf)
-            forced[:, tokens[self.t]] = 0.0
-            self.t += 1
-            event.scores = forced
-
-    force = Force()
-    run = s.start(plugins + [force], overrides)
-    if noise:  # the test's own noised inputs (an instance attribute over the adapter's method, removed after)
-        orig = s.adapter.inputs
-
-        def noisy_inputs(processor, rows, questions, device):
-            inp = orig(processor, rows, questions, device)
-            inp["pixel_values"] = noised_pixels(inp["pixel_values"], rows[0][0], 500, 0).to(inp["pixel_values"].dtype)
-            return inp
-
-        s.adapter.inputs = noisy_inputs
-    try:
-        run.generate([image], [q], max_new_tokens=len(tokens), min_new_tokens=len(tokens))
-    finally:
-        if noise:
-            del s.adapter.inputs
-    return torch.stack(force.raw)
 
 
 def test_hook_selection_vcd_branch_excludes_clva():

@@ -153,7 +153,13 @@ def test_stacks_with_clva():
 
 
 def _clva_logits(s, image, q, tokens, noise: bool):
-    """CLVA-active raw logits of each step for one row, forced on ``tokens`` (a logits hook that bans the rest)."""
+    """CLVA-active raw logits of each step for one row, forced on ``tokens``."""
+    return forced_logits(s, ["clva"], {"clva": ["tau=1.0", "lambda_vis=0.5", "pos_layer=1"]}, image, q, tokens, noise)
+
+
+def forced_logits(s, plugins, overrides, image, q, tokens, noise: bool):
+    """Raw logits per step of one row with ``plugins`` active, forced on ``tokens`` (a logits hook that bans the
+    rest); ``noise``: the row's pixels pre-noised as VCD's branch does (step 500, seed 0)."""
     class Force:
         name = "force"
 
@@ -173,7 +179,7 @@ def _clva_logits(s, image, q, tokens, noise: bool):
             event.scores = forced
 
     force = Force()
-    run = s.start(["clva", force], {"clva": ["tau=1.0", "lambda_vis=0.5", "pos_layer=1"]})
+    run = s.start(plugins + [force], overrides)
     if noise:  # the test's own noised inputs (an instance attribute over the adapter's method, removed after)
         orig = s.adapter.inputs
 
