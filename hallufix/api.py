@@ -129,8 +129,6 @@ class MethodRun:
         #: run-level mode of branches declared ``auto`` (``rows`` / ``separate``; ``None``: each branch's own rule)
         self.branch_mode: str | None = None
         self.hook_stats: dict = {"fired": {}, "paths": {}}
-        #: the buffers ``o_proj`` folds are written into, kept across calls (hallufix/intercept/weights.py)
-        self._fold_pool: dict = {}
         #: per method, in typed order: its own ``hallufix_batch_end`` caller (what it returns is filed under its name)
         self._batch_end = [(name, methods.pm.subset_hook_caller(
             "hallufix_batch_end", remove_plugins=[x for x in methods.instances if x is not inst]))
@@ -192,8 +190,7 @@ class MethodRun:
                 out = s.model.generate(**inputs, logits_processor=LogitsProcessorList(first + [guard] + after), **kw)
             else:
                 with Interceptor(s.model, s.adapter, self.table, self.methods.pm,
-                                 decoding_plan.expand_layout(layout, steps.expand), s.info,
-                                 fold_pool=self._fold_pool) as ic:
+                                 decoding_plan.expand_layout(layout, steps.expand), s.info) as ic:
                     first = ic.logits_processors() if bp is None else \
                         bp.logits_processors(ic, self.table.global_caller("logits"))
                     out = s.model.generate(**inputs, logits_processor=LogitsProcessorList(first + [guard] + after),

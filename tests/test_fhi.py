@@ -141,28 +141,6 @@ def test_static_fold_equals_frozen_scaling_and_restores_weights(family):
     assert hook_snapshot(s.model) == before  # o_proj weights restored bit-exactly
 
 
-def test_fold_buffers_are_reused_across_calls_without_carrying_state():
-    """A run writes its o_proj folds into buffers it keeps (hallufix/intercept/weights.py): the second call reuses
-    them and still equals a fresh run's call, and the weights are the originals again after every call."""
-    s = tiny_session("llava", num_layers=8)
-    c = _settings(s)
-    before = hook_snapshot(s.model)
-    over = _overrides(c, "prompt_last", fold=True)
-    images = tiny_images(2)
-    run = s.start(["fhi"], {"fhi": over})
-    first = run.generate(images[:1], QS[:1], max_new_tokens=3, min_new_tokens=3, output_logits=True)[0]
-    assert first.diagnostics["fhi"]["folded_layers"]
-    pool = dict(run._fold_pool)
-    assert len(pool) == len(first.diagnostics["fhi"]["folded_layers"])
-    assert hook_snapshot(s.model) == before
-    second = run.generate(images[1:], QS[1:2], max_new_tokens=3, min_new_tokens=3, output_logits=True)[0]
-    assert hook_snapshot(s.model) == before
-    assert all(run._fold_pool[w] is buf for w, buf in pool.items())  # the same buffers, no new copies
-    fresh = s.start(["fhi"], {"fhi": over}).generate(images[1:], QS[1:2], max_new_tokens=3, min_new_tokens=3,
-                                                     output_logits=True)[0]
-    assert torch.equal(second.token_ids, fresh.token_ids) and torch.equal(second.logits, fresh.logits)
-
-
 def test_unit_gains_equal_baseline_and_bad_config():
     s = tiny_session("llava")
     run = s.start(["fhi"], {"fhi": ["g_perc=1", "g_reas=1"]})

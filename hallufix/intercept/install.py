@@ -64,10 +64,9 @@ class Interceptor:
     :param model: the loaded transformers model. :param adapter: its :class:`hallufix.models.families.base.Adapter`.
     :param table: the run's :class:`HookTable`. :param pm: the run's plugin manager (lifecycle hooks).
     :param layout: the batch's :class:`~hallufix.layout.TokenLayout`. :param info: :class:`ModelInfo`.
-    :param fold_pool: buffers for ``o_proj`` folds kept by the caller across calls (``None``: fresh copies).
     """
 
-    def __init__(self, model, adapter, table: HookTable, pm, layout, info, fold_pool: dict | None = None):
+    def __init__(self, model, adapter, table: HookTable, pm, layout, info):
         self.model, self.adapter, self.table, self.pm = model, adapter, table, pm
         self.layout, self.info = layout, info
         self.forward: ForwardInfo | None = None
@@ -80,7 +79,7 @@ class Interceptor:
         self.finished_layers: set[int] = set()
         #: layer -> ``(B, H)`` float32 static head gains set at prefill, applied at decode (:mod:`.heads`)
         self.static_gains: dict[int, torch.Tensor] = {}
-        self.weights = WeightFolds(fold_pool)  # fold_pool: the run's reusable fold buffers (weights.py)
+        self.weights = WeightFolds()
         self._installed: Installed | None = None
         #: the Q-Former route while installed (:class:`~hallufix.intercept.qformer.QFormerRoute`), else ``None``
         self.qformer_route: QFormerRoute | None = None
