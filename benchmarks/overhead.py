@@ -21,6 +21,12 @@ Output: a table, or with ``--json`` one JSON object per case per line:
 bootstrap 95% interval of the median itself (2000 resamples of the rounds, seeded), the spread to compare with a
 target's margin: it narrows as ``--rounds`` grows, the IQR does not).
 
+``--processes P`` runs the rounds in ``P`` fresh processes one after the other and pools them: within one process
+the placement of the weights, activations and buffers in memory is fixed, and on a CPU it alone can move a case's
+ratio by a percent or two for the whole process, which more rounds never average out. The interval then resamples
+processes, then rounds inside them (``"process_medians"`` lists each process's median; ``"rounds"`` is the pooled
+count).
+
 ``--memory`` adds peak memory: each case (and the baseline) runs one generate in a fresh child process; on CUDA
 the peak is ``torch.cuda.max_memory_allocated`` (bytes), on CPU the child's peak resident set size (``ru_maxrss``,
 weights and libraries included, as a GPU peak includes the weights). Keys ``peak_mb``, ``baseline_peak_mb``,
@@ -139,13 +145,21 @@ def main(argv=None) -> int:
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--memory", action="store_true", help="also measure peak memory per case (child processes)")
     ap.add_argument("--memory-child", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--processes", type=int, default=1,
+                    help="run the rounds in this many fresh processes, one after the other, and pool them "
+                         "(re-draws the memory placement each time; the interval resamples processes, then rounds)")
+    ap.add_argument("--seed", type=int, default=0, help="seed of the round order (process p uses seed + p)")
+    ap.add_argument("--child-timings", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     if args.memory_child is not None:
         return memory_child(args)
+    cases = load_cases(args.cases.split(",") if args.cases else None)
+    if args.processes > 1 and args.child_timings is None:
+        timings, per_process = pooled_timings(args, list(cases))
+        return report(args, cases, timings, per_process)
 
     session = build_session(args.shape, args.device, args.dtype)
-    cases = load_cases(args.cases.split(",") if args.cases else None)
     image, question = _image(), "is there a red circle in the upper left part of the image ? answer yes or no ."
     runs = {}
     for name, c in cases.items():
@@ -169,28 +183,15 @@ def main(argv=None) -> int:
         decoding = Decoding.from_args("beam", num_beams=beams) if beams > 1 else None
         runs[name].generate([image], [question], max_new_tokens=n_new, min_new_tokens=n_new, decoding=decoding)
 
-    timings = {n: {"base": [], "case": [], "ratio": []} for n in cases}
-    order = list(cases)
-    rng = random.Random(0)
-    for rnd in range(args.rounds + 1):  # round 0 warms up
-        rng.shuffle(order)
-        for name in order:
-            n_new = int(cases[name].get("max_new_tokens") or args.max_new_tokens)
-            beams = int(cases[name].get("num_beams") or 1)
-            pair = [("base", lambda: baseline(n_new, beams)), ("case", lambda: case(name, n_new))]
-            if rng.random() < 0.5:
-                pair.reverse()
-            got = {}
-            for kind, fn in pair:
-                sync()
-                t0 = time.perf_counter()
-                fn()
-                sync()
-                got[kind] = time.perf_counter() - t0
-            if rnd:
-                timings[name]["base"].append(got["base"])
-                timings[name]["case"].append(got["case"])
-                timings[name]["ratio"].append(got["case"] / got["base"])
+    timings = time_rounds(args.rounds, args.seed, cases, baseline, case, sync, args.max_new_tokens)
+    if args.child_timings is not None:
+        Path(args.child_timings).write_text(json.dumps(timings))
+        return 0
+    return report(args, cases, timings, None)
+
+
+def report(args, cases: dict, timings: dict, per_process: dict | None) -> int:
+    """Print the table or the JSON lines of ``timings`` (``per_process``: the pooled processes' ratio lists)."""
     peaks = {}
     if args.memory:
         peaks = {n: peak_memory_mb(args, n) for n in ["<baseline>", *cases]}
@@ -198,14 +199,16 @@ def main(argv=None) -> int:
     for name in cases:
         t = timings[name]
         q1, _, q3 = statistics.quantiles(t["ratio"], n=4) if len(t["ratio"]) > 1 else (t["ratio"][0],) * 3
-        lo, hi = median_ci(t["ratio"])
+        lo, hi = median_ci(t["ratio"]) if per_process is None else clustered_median_ci(per_process[name])
         rows.append({"case": name, "ratio": round(statistics.median(t["ratio"]), 4),
                      "ratio_iqr": [round(q1, 4), round(q3, 4)], "ratio_ci95": [round(lo, 4), round(hi, 4)],
                      "baseline_s": round(statistics.median(t["base"]), 4),
                      "case_s": round(statistics.median(t["case"]), 4), "target": cases[name].get("target"),
-                     "rounds": args.rounds, "max_new_tokens": int(cases[name].get("max_new_tokens")
+                     "rounds": len(t["ratio"]), "processes": args.processes, "max_new_tokens": int(cases[name].get("max_new_tokens")
                                                                   or args.max_new_tokens),
                      "device": args.device, "shape": args.shape, "dtype": args.dtype, "threads": args.threads})
+        if per_process is not None:
+            rows[-1]["process_medians"] = [round(statistics.median(r), 4) for r in per_process[name]]
         if peaks:
             rows[-1].update(peak_mb=peaks[name], baseline_peak_mb=peaks["<baseline>"],
                             memory_ratio=round(peaks[name] / peaks["<baseline>"], 4))
@@ -222,6 +225,78 @@ def main(argv=None) -> int:
             print(f"{r['case']:<12} {r['ratio']:>7.3f} {tgt:>7} {r['baseline_s']:>11.3f} {r['case_s']:>9.3f}  "
                   f"{r['max_new_tokens']}{flag}{mem}{ci}")
     return 0
+
+
+def time_rounds(rounds: int, seed: int, cases: dict, baseline, case, sync, default_new: int) -> dict:
+    """``{case: {"base": [s...], "case": [s...], "ratio": [...]}}`` over ``rounds`` interleaved rounds (a warm-up
+    round first, not kept): per round, every case in an order shuffled with ``seed``, its baseline and its own
+    generate back to back in a random order."""
+    timings = {n: {"base": [], "case": [], "ratio": []} for n in cases}
+    order = list(cases)
+    rng = random.Random(seed)
+    for rnd in range(rounds + 1):  # round 0 warms up
+        rng.shuffle(order)
+        for name in order:
+            n_new = int(cases[name].get("max_new_tokens") or default_new)
+            beams = int(cases[name].get("num_beams") or 1)
+            pair = [("base", lambda: baseline(n_new, beams)), ("case", lambda: case(name, n_new))]
+            if rng.random() < 0.5:
+                pair.reverse()
+            got = {}
+            for kind, fn in pair:
+                sync()
+                t0 = time.perf_counter()
+                fn()
+                sync()
+                got[kind] = time.perf_counter() - t0
+            if rnd:
+                timings[name]["base"].append(got["base"])
+                timings[name]["case"].append(got["case"])
+                timings[name]["ratio"].append(got["case"] / got["base"])
+    return timings
+
+
+def pooled_timings(args, names: list[str]) -> tuple[dict, dict]:
+    """Run :func:`time_rounds` in ``args.processes`` fresh processes one after the other (process ``p`` shuffles
+    with seed ``args.seed + p``) and pool their rounds: ``(timings, {case: [per-process ratio lists]})``.
+
+    Why processes: within one process the model, its activations and the methods' buffers sit at fixed addresses,
+    and on a CPU that placement alone can shift a case's ratio by a percent or two for the whole process
+    (cache-set and page effects), a bias more rounds do not average out. Fresh processes re-draw it."""
+    import subprocess
+    import tempfile
+
+    pooled = {n: {"base": [], "case": [], "ratio": []} for n in names}
+    per_process = {n: [] for n in names}
+    forward = ["--cases", ",".join(names), "--rounds", str(args.rounds), "--max-new-tokens", str(args.max_new_tokens),
+               "--device", args.device, "--shape", args.shape, "--dtype", args.dtype, "--threads", str(args.threads)]
+    with tempfile.TemporaryDirectory() as tmp:
+        for p in range(args.processes):
+            out = Path(tmp) / f"p{p}.json"
+            subprocess.run([sys.executable, str(Path(__file__).resolve()), *forward, "--seed", str(args.seed + p),
+                            "--child-timings", str(out)], check=True)
+            got = json.loads(out.read_text())
+            for n in names:
+                for key in pooled[n]:
+                    pooled[n][key] += got[n][key]
+                per_process[n].append(got[n]["ratio"])
+    return pooled, per_process
+
+
+def clustered_median_ci(groups: list[list[float]], level: float = 0.95, resamples: int = 2000,
+                        seed: int = 0) -> tuple[float, float]:
+    """Bootstrap interval of the pooled median when rounds come in processes: resample the processes with
+    replacement, then the rounds inside each, so a per-process bias widens the interval as it should."""
+    rng = random.Random(seed)
+    meds = []
+    for _ in range(resamples):
+        pick = []
+        for g in rng.choices(groups, k=len(groups)):
+            pick += rng.choices(g, k=len(g))
+        meds.append(statistics.median(pick))
+    meds.sort()
+    cut = int(resamples * (1 - level) / 2)
+    return meds[cut], meds[resamples - 1 - cut]
 
 
 def median_ci(values: list[float], level: float = 0.95, resamples: int = 2000, seed: int = 0) -> tuple[float, float]:

@@ -8,6 +8,10 @@ class Method:
     name: str = ""
     #: the config schema (a dataclass) or ``None``
     Config: type | None = None
+    #: the method's decode-step hooks depend only on the forward they fire in (no state carried from one forward
+    #: to the next): a kept beam look-ahead, where they fired, may then stand in for a decode step
+    #: (:mod:`hallufix.decoding.reuse`). Plain classes may set the same attribute.
+    stateless_decode: bool = False
 
     def __init__(self, config=None):
         self.config = config

@@ -52,6 +52,7 @@ class Sink:
     of its own continuation, so the bias goes on all ``k`` new columns (each row sees only its own)."""
 
     name = "sink"
+    stateless_decode = True  # the bias depends on the forward's positions only: a kept look-ahead carries it
 
     @hookimpl
     def hallufix_configure(self, model):

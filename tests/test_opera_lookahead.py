@@ -36,8 +36,8 @@ class Recording(OPERA):
         return rows, image
 
 
-def _run(session, images, questions, lookahead: str, sink: bool, rollback: str):
-    method = Recording(Config(**ROLLBACK, rollback=rollback, lookahead=lookahead))
+def _run(session, images, questions, lookahead: str, sink: bool, rollback: str, reuse: bool = True):
+    method = Recording(Config(**ROLLBACK, rollback=rollback, lookahead=lookahead, reuse=reuse))
     run = session.start(([Sink()] if sink else []) + [method])
     outs = run.generate(images, questions, max_new_tokens=T, min_new_tokens=T, decoding=BEAM)
     return outs, method
@@ -53,11 +53,13 @@ def test_rollback_equals_eager_reference(family):
     with attention_as(s, ref.attn), torch.inference_mode():
         expected = ref.run(T)
     assert ref.rollbacks > 0
-    for mode in ("batched", "each"):
-        out = _run(s, images, q, mode, sink=True, rollback="on")[0][0]
-        assert out.token_ids.tolist() == expected, mode
-        assert out.diagnostics["opera"]["rollbacks"] == ref.rollbacks
-        assert out.diagnostics["opera"]["lookahead"] == mode
+    for mode, reuse in (("batched", True), ("batched", False), ("each", True)):
+        out = _run(s, images, q, mode, sink=True, rollback="on", reuse=reuse)[0][0]
+        assert out.token_ids.tolist() == expected, (mode, reuse)
+        d = out.diagnostics["opera"]
+        assert d["rollbacks"] == ref.rollbacks and d["lookahead"] == mode
+        # the kept look-ahead stood in for most decode steps (not the redone step after each restart)
+        assert (d["reused_steps"] > T // 2) == (mode == "batched" and reuse), (mode, reuse, d)
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -69,13 +71,15 @@ def test_batched_lookahead_equals_per_candidate(family, batch):
     images = tiny_images(batch + 1, mixed=True)[1:]
     qs = list(QUESTIONS[:batch])
     sink, rollback = batch == 1, "on" if batch == 1 else "off"
-    a, ra = _run(s, images, qs, "batched", sink, rollback)
     b, rb = _run(s, images, qs, "each", sink, rollback)
-    assert [x.token_ids.tolist() for x in a] == [y.token_ids.tolist() for y in b]
-    assert len(ra.seen) == len(rb.seen) >= T
-    for (rows_a, img_a), (rows_b, img_b) in zip(ra.seen, rb.seen):
-        torch.testing.assert_close(rows_a, rows_b, atol=1e-5, rtol=0)
-        torch.testing.assert_close(img_a, img_b, atol=1e-5, rtol=0)
+    for reuse in (True, False):  # the kept look-ahead as the next step, or a decode forward per step
+        a, ra = _run(s, images, qs, "batched", sink, rollback, reuse=reuse)
+        assert [x.token_ids.tolist() for x in a] == [y.token_ids.tolist() for y in b]
+        assert all((x.diagnostics["opera"]["reused_steps"] > 0) == reuse for x in a)
+        assert len(ra.seen) == len(rb.seen) >= T
+        for (rows_a, img_a), (rows_b, img_b) in zip(ra.seen, rb.seen):
+            torch.testing.assert_close(rows_a, rows_b, atol=1e-5, rtol=0)
+            torch.testing.assert_close(img_a, img_b, atol=1e-5, rtol=0)
 
 
 class _Both:
@@ -117,3 +121,68 @@ def test_lookahead_many_leaves_beam_search_bit_for_bit(family):
     for x, y in zip(base, watched):
         assert torch.equal(x.token_ids, y.token_ids) and torch.equal(x.logits, y.logits)
     assert 0.0 <= both.diff <= 1e-5
+
+
+class _Keeper:
+    """A candidate hook that keeps a batched look-ahead of every beam's top-``k`` and changes nothing: the search
+    reuses it as the next decode step wherever the chosen tokens were looked ahead."""
+
+    name = "keeper"
+
+    def __init__(self, k: int):
+        self.k, self.reused, self.steps = k, 0, 0
+
+    @hookimpl
+    def hallufix_configure(self, model):
+        from hallufix import points
+
+        return points.logits()
+
+    @hookimpl
+    def hallufix_logits(self, event):
+        pass
+
+    @hookimpl
+    def hallufix_beam_candidates(self, event):
+        self.steps += 1
+        self.reused += int(event.reused)
+        event.lookahead_many(event.logits.topk(self.k, -1).indices, logits=False, keep=True)
+
+
+class _DecodeProbe:
+    """A method with a decode-step hook that does not implement the candidate hook (it counts its forwards)."""
+
+    name = "decode-probe"
+
+    def __init__(self):
+        self.forwards = 0
+
+    @hookimpl
+    def hallufix_configure(self, model):
+        from hallufix import points
+
+        return points.attn_probs([0], rows="last", phases={"decode"})
+
+    @hookimpl
+    def hallufix_attn_probs(self, event):
+        self.forwards += 1
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_kept_lookahead_stands_in_for_the_decode_step(family):
+    """A reused step (no decoder forward: the kept look-ahead's keys appended to the cache, its final-norm rows
+    through lm_head) gives transformers' beam search: identical tokens, every step's logits to 1e-5 (float32), on a
+    left-padded batch of mixed image sizes; a method with decode hooks that cannot know about it turns reuse off."""
+    s = tiny_session(family)
+    images, qs = tiny_images(3, mixed=True), list(QUESTIONS[:3])
+    base = s.start([]).generate(images, qs, max_new_tokens=6, min_new_tokens=6, decoding=BEAM, output_logits=True)
+    keeper = _Keeper(2 * BEAM.num_beams)
+    kept = s.start([keeper]).generate(images, qs, max_new_tokens=6, min_new_tokens=6, decoding=BEAM,
+                                      output_logits=True)
+    for x, y in zip(base, kept):
+        assert x.token_ids.tolist() == y.token_ids.tolist()
+        torch.testing.assert_close(y.logits, x.logits, atol=1e-5, rtol=0)
+    assert keeper.reused == keeper.steps - 1  # every step after the first ran no forward of its own
+    keeper, probe = _Keeper(2 * BEAM.num_beams), _DecodeProbe()
+    s.start([keeper, probe]).generate(images, qs, max_new_tokens=6, min_new_tokens=6, decoding=BEAM)
+    assert keeper.reused == 0 and probe.forwards >= 2 * (keeper.steps - 1)  # decode forwards and look-aheads

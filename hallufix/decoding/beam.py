@@ -14,6 +14,10 @@ helpers ``_get_top_k_continuations``, ``_get_running_beams_for_next_iteration``,
 * a rollback (``event.rollback(n, ban)``) restores the beams as they were when ``n`` tokens had been generated,
   rebuilds the cache (cropped to the prompt, then one forward over the restored beams' ``n`` tokens) and redoes that
   step with the tokens in ``ban`` (``(B * num_beams, m)`` ids per restored row, ``-1`` for none) excluded.
+* a look-ahead the hook kept (``event.lookahead_many(tokens, keep=True)``) becomes the next step when every beam
+  the selection continues continues with one of its looked-ahead candidates: that step runs no decoder forward
+  (:mod:`hallufix.decoding.reuse`; the next event says ``reused``). Allowed (``reuse_ok``) only where no other
+  method has decode-step hooks, which expect one decode forward per step.
 
 With a hook that changes nothing the loop is transformers' beam search bit for bit (tests/test_opera.py).
 """
@@ -22,6 +26,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from hallufix.decoding import reuse
 from hallufix.decoding.candidates import CandidateEvent
 
 CACHE_NAMES = ("cache", "past_key_values")
@@ -42,24 +47,26 @@ def crop_to(cache, length: int) -> None:
         cache.crop(-extra)
 
 
-def make_beam_search(hook, max_rollbacks: int = 1000):
+def make_beam_search(hook, max_rollbacks: int = 1000, reuse_ok: bool = False):
     """A ``custom_generate`` callable running :func:`candidate_beam_search` with ``hook(event)`` (the run's
-    ``hallufix_beam_candidates`` caller) at every step."""
+    ``hallufix_beam_candidates`` caller) at every step; ``reuse_ok``: kept look-aheads may stand in for decode
+    steps (no other method has decode-step hooks)."""
 
     def custom_generate(model, input_ids, logits_processor, stopping_criteria, generation_config,
                         synced_gpus=False, **model_kwargs):
         return candidate_beam_search(model, input_ids, logits_processor, stopping_criteria, generation_config,
-                                     hook=hook, max_rollbacks=max_rollbacks, **model_kwargs)
+                                     hook=hook, max_rollbacks=max_rollbacks, reuse_ok=reuse_ok, **model_kwargs)
 
     return custom_generate
 
 
 def candidate_beam_search(model, input_ids, logits_processor, stopping_criteria, generation_config, *, hook,
-                          max_rollbacks: int = 1000, **model_kwargs):
+                          max_rollbacks: int = 1000, reuse_ok: bool = False, **model_kwargs):
     """transformers' ``_beam_search`` (decoder-only, no streamer, no synced GPUs) with the candidate hook and
     rollback. ``input_ids`` ``(B * num_beams, P)`` (already expanded by ``generate``). Returns a
     ``GenerateBeamDecoderOnlyOutput`` (``return_dict_in_generate``) or the sequences."""
     from transformers.generation.utils import GenerateBeamDecoderOnlyOutput
+    from transformers.modeling_outputs import CausalLMOutputWithPast
 
     if model.config.is_encoder_decoder:
         raise ValueError("candidate beam search supports decoder-only language models")
@@ -97,6 +104,7 @@ def candidate_beam_search(model, input_ids, logits_processor, stopping_criteria,
     parents = None
     ban = None
     rollbacks = 0
+    pending = None  # (kept look-ahead, parents, slot per new row): the next step's forward, already run
 
     outputs = model._prefill(input_ids, gc, model_kwargs, is_first_iteration=not gc.is_assistant)
     prefill_consumed = False
@@ -104,10 +112,13 @@ def candidate_beam_search(model, input_ids, logits_processor, stopping_criteria,
     while not finished:
         cur_len = state["cur_len"]
         flat_running = model._flatten_beam_dim(state["running_sequences"][:, :, :cur_len])
-        if prefill_consumed:
+        reused = prefill_consumed and pending is not None
+        if reused:
+            outputs = CausalLMOutputWithPast(logits=reuse.commit(model, _cache_of(model_kwargs)[1], *pending))
+        elif prefill_consumed:
             inputs = model.prepare_inputs_for_generation(flat_running, next_sequence_length=1, **model_kwargs)
             outputs = model(**inputs, return_dict=True)
-        prefill_consumed = True
+        prefill_consumed, pending = True, None
         model_kwargs = model._update_model_kwargs_for_generation(outputs, model_kwargs, is_encoder_decoder=False)
         logits = outputs.logits[:, -1, :].to(copy=True, dtype=torch.float32, device=dev)
         del outputs
@@ -115,7 +126,8 @@ def candidate_beam_search(model, input_ids, logits_processor, stopping_criteria,
         step = cur_len - prompt_len
         history = history[:step]
         history.append({k: (v.clone() if torch.is_tensor(v) else v) for k, v in state.items()})
-        event = CandidateEvent(model, model_kwargs, flat_running, logits, num_beams, step, parents, ban, prompt_len)
+        event = CandidateEvent(model, model_kwargs, flat_running, logits, num_beams, step, parents, ban, prompt_len,
+                               reuse_ok=reuse_ok, reused=reused)
         hook(event=event)
         banned, ban = ban, None
         if event.rollback_to is not None and rollbacks < max_rollbacks and event.rollback_to < step:
@@ -172,6 +184,9 @@ def candidate_beam_search(model, input_ids, logits_processor, stopping_criteria,
         else:
             cache.reorder_cache(beam_idx)
         parents = beam_idx
+        if event.kept is not None:  # the look-ahead already ran the next step if every new beam was looked ahead
+            slots = reuse.match(event.kept, beam_idx, model._flatten_beam_dim(state["running_sequences"][..., cur_len]))
+            pending = (event.kept, beam_idx, slots) if slots is not None else None
         state["cur_len"] = cur_len = cur_len + 1
         state["early"] = model._check_early_stop_heuristic(
             is_early_stop_heuristic_unsatisfied=state["early"], running_beam_scores=state["running_beam_scores"],

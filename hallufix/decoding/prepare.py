@@ -40,7 +40,7 @@ def plan(decoding: Decoding | None, questions: list[str], images: list, row_keys
         if caller is not None:  # a method implements hallufix_beam_candidates: the loop with the candidate hook
             from hallufix.decoding.beam import make_beam_search
 
-            kwargs["custom_generate"] = make_beam_search(caller)
+            kwargs["custom_generate"] = make_beam_search(caller, reuse_ok=reuse_allowed(methods, declared))
         return GenerationPlan(kwargs, expand=d.num_beams)
     if d.strategy == "greedy":
         return GenerationPlan({"do_sample": False, "num_beams": 1})
@@ -70,6 +70,24 @@ def candidate_caller(methods, declared=None):
             c(event=event)
 
     return call
+
+
+#: point kinds that act outside the decoder forward (a reused beam step runs no forward but still its logits)
+_OUTSIDE_FORWARD = {"logits", "input_image"}
+
+
+def reuse_allowed(methods, declared=None) -> bool:
+    """Whether a kept beam look-ahead may stand in for a decode step (:mod:`hallufix.decoding.reuse`): every method
+    that declared decode-phase points inside the forward implements ``hallufix_beam_candidates`` (so it knows from
+    ``event.reused`` that the step ran no forward) or says ``stateless_decode`` (its hooks fired in the look-ahead
+    on the same rows). ``declared`` ``{instance: points}``; ``None``: not known, no."""
+    if declared is None:
+        return False
+    for inst, pts in declared.items():
+        in_decode = any("decode" in p.phases and p.kind not in _OUTSIDE_FORWARD for p in pts)
+        if in_decode and not (hasattr(inst, "hallufix_beam_candidates") or getattr(inst, "stateless_decode", False)):
+            return False
+    return True
 
 
 def expand_layout(layout, times: int):

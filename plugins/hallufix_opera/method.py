@@ -45,6 +45,9 @@ class Config:
     lookahead: str = "batched"    # batched: the k candidates of every beam in one look-ahead forward (4D mask);
     #                               each: one forward per candidate (the official loop; also where the attention
     #                               kernel takes no 4D mask)
+    reuse: bool = True            # batched: the chosen candidates' look-ahead is the next decode step (one forward
+    #                               per step; the core keeps it where no other method has decode hooks); false: a
+    #                               decode forward per step as the official loop
 
     def validate(self):
         if self.scale_factor <= 0 or self.num_candidates < 1 or self.threshold < 0 or self.warmup < 0:
@@ -87,7 +90,8 @@ class OPERA(Method):
         self.rollback = mode == "on" or (mode == "auto" and B == 1)
         self.rows = batch.diagnostics
         self.stats = {"steps": 0, "rollbacks": 0, "warmup_steps": 0, "rollback_active": self.rollback,
-                      "lookahead": None}
+                      "lookahead": None, "reused_steps": 0}
+        self.prev: tuple[torch.Tensor, torch.Tensor] | None = None  # (candidates (N, k), their rows (N, k, t + 1))
         self.hist: torch.Tensor | None = None   # (N, n, n) response rows over response columns
         self.snapshots: dict[int, torch.Tensor] = {}
         self.locs: list[torch.Tensor] = []       # per step (N,) the mode over candidates of the max location
@@ -151,8 +155,10 @@ class OPERA(Method):
         (``lookahead=each``, or an attention kernel without 4D masks)."""
         if str(self.config.lookahead).lower() == "batched" and event.can_lookahead_many:
             self.stats["lookahead"] = "batched"
-            event.lookahead_many(cand, logits=False)  # the attention hook is all OPERA reads
-            return self.latest[:, :, P:P + t + 1], self.latest_image
+            event.lookahead_many(cand, logits=False, keep=bool(self.config.reuse))  # OPERA reads the attention
+            rows = self.latest[:, :, P:P + t + 1]
+            self.prev = (cand, rows) if event.kept is not None else None
+            return rows, self.latest_image
         self.stats["lookahead"] = "each"
         rows, image = [], []
         for j in range(cand.shape[1]):
@@ -162,13 +168,21 @@ class OPERA(Method):
         return torch.stack(rows, 1), torch.stack(image, 1)
 
     def _append_row(self, event, t: int, P: int) -> None:
-        """The generated tokens' rows: the current forward's probed row is the row of the last generated token."""
+        """The generated tokens' rows: the current forward's probed row is the row of the last generated token;
+        after a reused step (no forward ran) that row is the chosen candidate's row of the previous look-ahead."""
         if t == 0:
             self.hist = self.latest.new_zeros(self.latest.shape[0], 0, 0)
             return
+        if event.reused:
+            cand, rows = self.prev  # of the parent rows, before the reorder
+            slot = (cand[event.parents] == event.input_ids[:, P + t - 1, None]).int().argmax(-1)
+            row = rows[event.parents, slot]  # (N, t)
+            self.stats["reused_steps"] += 1
+        else:
+            row = self.latest[:, P:P + t]
         hist = self.hist if event.parents is None else self.hist[event.parents]
         hist = torch.nn.functional.pad(hist, (0, 1))  # one more response column
-        self.hist = torch.cat([hist, self.latest[:, None, P:P + t]], dim=1)  # (N, t, t)
+        self.hist = torch.cat([hist, row[:, None]], dim=1)  # (N, t, t)
 
     def _maybe_rollback(self, event, t: int, step_loc: torch.Tensor) -> None:
         c = self.config
