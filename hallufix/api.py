@@ -158,7 +158,7 @@ class MethodRun:
 
         steps = decoding_plan.plan(decoding, questions, images, row_keys, self.methods, self.declared)
         s = self.session
-        batch = BatchInfo(s.info, None, list(questions), [{} for _ in questions])
+        batch = BatchInfo(s.info, None, list(questions), [{} for _ in questions], beams=steps.expand)
         with strict.active():
             self.methods.pm.hook.hallufix_batch_start(batch=batch)  # reset per-batch state, before the images
         rows = [[im] for im in images]

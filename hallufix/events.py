@@ -54,12 +54,15 @@ class BatchInfo:
     ``hallufix_batch_start`` receives it before the image hook, so ``layout`` is ``None`` there (the images, which
     decide the layout, may still change); from the first forward to ``hallufix_batch_end`` it is the batch's
     :class:`~hallufix.layout.TokenLayout`. ``diagnostics[row]`` is filled from what each method's
-    ``hallufix_batch_end`` returns, under the method's name."""
+    ``hallufix_batch_end`` returns, under the method's name. ``beams``: rows every forward carries per question
+    (``num_beams`` under beam search, where question ``b``'s beams are rows ``b * beams .. b * beams + beams - 1``
+    and reorder among themselves at every step; else 1)."""
 
     model: ModelInfo
     layout: TokenLayout | None
     questions: list[str]
     diagnostics: list[dict] = field(default_factory=list)
+    beams: int = 1
 
     @property
     def batch_size(self) -> int:

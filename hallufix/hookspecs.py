@@ -193,6 +193,21 @@ def hallufix_beam_candidates(event):
     """
 
 
+@hookspec
+def hallufix_beam_reorder(parents):
+    """The running beams were reordered (``--decoding beam`` only): new row ``i`` continues old row ``parents[i]``.
+
+    :param parents: ``(B * num_beams,)`` long on the model's device; a prompt's beams stay in its group of
+        ``num_beams`` consecutive rows. A method that carries per-row state from one decode forward to the next
+        (running sums over the generated rows, per-row counters) permutes it as ``state[parents]``, so each beam
+        keeps its own hypothesis' state. Implementing this hook switches beam search to
+        :func:`hallufix.decoding.beam.candidate_beam_search` (transformers' loop step for step).
+    Phase: once per beam step, after the selection and the cache reorder, before the next decode forward. A
+    rollback (``CandidateEvent.rollback``) restores the beams of an earlier step and is not a reorder: state kept
+    across it is the method's own concern.
+    """
+
+
 # --------------------------------------------------------------------------------------------- results
 
 

@@ -5,7 +5,7 @@ else: a method cannot look ahead at a candidate token (run the model on it to se
 back to an earlier step. :func:`candidate_beam_search` is that loop, step for step (it calls the model's own beam
 helpers ``_get_top_k_continuations``, ``_get_running_beams_for_next_iteration``, ``_update_finished_beams``,
 ``_check_early_stop_heuristic``, ``_beam_search_has_unfinished_sequences``, ``_prefill``, ``_reorder_cache`` /
-``cache.reorder_cache``), with two additions:
+``cache.reorder_cache``), with these additions:
 
 * after each forward, the raw next-token logits ``(B * num_beams, V)`` float32 go to the candidate hook as a
   :class:`~hallufix.decoding.candidates.CandidateEvent` before transformers' ``log_softmax`` and the processors
@@ -18,6 +18,9 @@ helpers ``_get_top_k_continuations``, ``_get_running_beams_for_next_iteration``,
   the selection continues continues with one of its looked-ahead candidates: that step runs no decoder forward
   (:mod:`hallufix.decoding.reuse`; the next event says ``reused``). Allowed (``reuse_ok``) only where no other
   method has decode-step hooks, which expect one decode forward per step.
+* after every cache reorder, ``hallufix_beam_reorder(parents)`` tells methods with per-row decode state which
+  old row each new row continues (a method implementing only that hook gets this loop with no candidate hook:
+  transformers' beam search bit for bit, plus the calls).
 
 With a hook that changes nothing the loop is transformers' beam search bit for bit (tests/test_opera.py).
 """
@@ -47,21 +50,23 @@ def crop_to(cache, length: int) -> None:
         cache.crop(-extra)
 
 
-def make_beam_search(hook, max_rollbacks: int = 1000, reuse_ok: bool = False):
+def make_beam_search(hook, max_rollbacks: int = 1000, reuse_ok: bool = False, reorder=None):
     """A ``custom_generate`` callable running :func:`candidate_beam_search` with ``hook(event)`` (the run's
-    ``hallufix_beam_candidates`` caller) at every step; ``reuse_ok``: kept look-aheads may stand in for decode
-    steps (no other method has decode-step hooks)."""
+    ``hallufix_beam_candidates`` caller, or ``None``) at every step and ``reorder(parents=...)`` (the
+    ``hallufix_beam_reorder`` caller, or ``None``) after every cache reorder; ``reuse_ok``: kept look-aheads may
+    stand in for decode steps (no other method has decode-step hooks)."""
 
     def custom_generate(model, input_ids, logits_processor, stopping_criteria, generation_config,
                         synced_gpus=False, **model_kwargs):
         return candidate_beam_search(model, input_ids, logits_processor, stopping_criteria, generation_config,
-                                     hook=hook, max_rollbacks=max_rollbacks, reuse_ok=reuse_ok, **model_kwargs)
+                                     hook=hook, max_rollbacks=max_rollbacks, reuse_ok=reuse_ok, reorder=reorder,
+                                     **model_kwargs)
 
     return custom_generate
 
 
 def candidate_beam_search(model, input_ids, logits_processor, stopping_criteria, generation_config, *, hook,
-                          max_rollbacks: int = 1000, reuse_ok: bool = False, **model_kwargs):
+                          max_rollbacks: int = 1000, reuse_ok: bool = False, reorder=None, **model_kwargs):
     """transformers' ``_beam_search`` (decoder-only, no streamer, no synced GPUs) with the candidate hook and
     rollback. ``input_ids`` ``(B * num_beams, P)`` (already expanded by ``generate``). Returns a
     ``GenerateBeamDecoderOnlyOutput`` (``return_dict_in_generate``) or the sequences."""
@@ -114,7 +119,7 @@ def candidate_beam_search(model, input_ids, logits_processor, stopping_criteria,
         flat_running = model._flatten_beam_dim(state["running_sequences"][:, :, :cur_len])
         reused = prefill_consumed and pending is not None
         if reused:
-            outputs = CausalLMOutputWithPast(logits=reuse.commit(model, _cache_of(model_kwargs)[1], *pending))
+            outputs = CausalLMOutputWithPast(logits=reuse.logits(model, *pending))
         elif prefill_consumed:
             inputs = model.prepare_inputs_for_generation(flat_running, next_sequence_length=1, **model_kwargs)
             outputs = model(**inputs, return_dict=True)
@@ -128,7 +133,8 @@ def candidate_beam_search(model, input_ids, logits_processor, stopping_criteria,
         history.append({k: (v.clone() if torch.is_tensor(v) else v) for k, v in state.items()})
         event = CandidateEvent(model, model_kwargs, flat_running, logits, num_beams, step, parents, ban, prompt_len,
                                reuse_ok=reuse_ok, reused=reused)
-        hook(event=event)
+        if hook is not None:
+            hook(event=event)
         banned, ban = ban, None
         if event.rollback_to is not None and rollbacks < max_rollbacks and event.rollback_to < step:
             rollbacks += 1
@@ -179,14 +185,18 @@ def candidate_beam_search(model, input_ids, logits_processor, stopping_criteria,
                 decoder_prompt_len=prompt_len, length_penalty=gc.length_penalty, early_stopping=gc.early_stopping)
         beam_idx = model._flatten_beam_dim(state["running_beam_indices"][..., cur_len - prompt_len])
         key, cache = _cache_of(model_kwargs)
-        if hasattr(model, "_reorder_cache"):
+        # the look-ahead already ran the next step if every new beam continues with a looked-ahead candidate
+        slots = None if event.kept is None or hasattr(model, "_reorder_cache") else \
+            reuse.match(event.kept, beam_idx, model._flatten_beam_dim(state["running_sequences"][..., cur_len]))
+        if slots is not None and reuse.reorder_into(cache, event.kept, beam_idx, slots):
+            pending = (event.kept, beam_idx, slots)  # the cache holds the next step's keys already
+        elif hasattr(model, "_reorder_cache"):
             model_kwargs[key] = model._reorder_cache(cache, beam_idx)
         else:
             cache.reorder_cache(beam_idx)
         parents = beam_idx
-        if event.kept is not None:  # the look-ahead already ran the next step if every new beam was looked ahead
-            slots = reuse.match(event.kept, beam_idx, model._flatten_beam_dim(state["running_sequences"][..., cur_len]))
-            pending = (event.kept, beam_idx, slots) if slots is not None else None
+        if reorder is not None:
+            reorder(parents=beam_idx)
         state["cur_len"] = cur_len = cur_len + 1
         state["early"] = model._check_early_stop_heuristic(
             is_early_stop_heuristic_unsatisfied=state["early"], running_beam_scores=state["running_beam_scores"],

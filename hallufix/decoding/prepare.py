@@ -37,10 +37,12 @@ def plan(decoding: Decoding | None, questions: list[str], images: list, row_keys
     if d.strategy == "beam":
         kwargs = {"do_sample": False, "num_beams": d.num_beams}
         caller = candidate_caller(methods, declared) if methods is not None else None
-        if caller is not None:  # a method implements hallufix_beam_candidates: the loop with the candidate hook
+        reorder = hook_caller(methods, declared, "hallufix_beam_reorder") if methods is not None else None
+        if caller is not None or reorder is not None:  # transformers' loop plus the candidate / reorder hooks
             from hallufix.decoding.beam import make_beam_search
 
-            kwargs["custom_generate"] = make_beam_search(caller, reuse_ok=reuse_allowed(methods, declared))
+            kwargs["custom_generate"] = make_beam_search(caller, reuse_ok=reuse_allowed(methods, declared),
+                                                         reorder=reorder)
         return GenerationPlan(kwargs, expand=d.num_beams)
     if d.strategy == "greedy":
         return GenerationPlan({"do_sample": False, "num_beams": 1})
@@ -56,18 +58,24 @@ def candidate_caller(methods, declared=None):
     """A function ``(event=...)`` calling each active method's ``hallufix_beam_candidates`` in typed order, or
     ``None`` when no active method implements it (beam search then is transformers' own ``_beam_search``). With
     ``declared`` (``{instance: points}``), a method that declared nothing (a no-op setting) is not called."""
+    return hook_caller(methods, declared, "hallufix_beam_candidates")
+
+
+def hook_caller(methods, declared, hook: str):
+    """A function ``(**kwargs)`` calling hook ``hook`` of each active method implementing it, in typed order
+    (``None`` when none does); with ``declared``, methods that declared nothing are skipped."""
     callers = []
     for inst in methods.instances:
-        if not hasattr(inst, "hallufix_beam_candidates") or (declared is not None and inst not in declared):
+        if not hasattr(inst, hook) or (declared is not None and inst not in declared):
             continue
         others = [x for x in methods.instances if x is not inst]
-        callers.append(methods.pm.subset_hook_caller("hallufix_beam_candidates", remove_plugins=others))
+        callers.append(methods.pm.subset_hook_caller(hook, remove_plugins=others))
     if not callers:
         return None
 
-    def call(event):
+    def call(**kwargs):
         for c in callers:
-            c(event=event)
+            c(**kwargs)
 
     return call
 

@@ -5,8 +5,10 @@ on ``b``'s cache. When the search then continues ``b`` with that candidate, the 
 same thing again: that token at that position on that cache. With the look-ahead kept, the step runs no decoder
 forward; it takes from the look-ahead
 
-* the keys and values of the chosen row at every layer, appended to the reordered cache with ``cache.update``
-  (what the decode forward's attention would have written);
+* the keys and values of the chosen row at every layer: the beam step's cache reorder reads each new row's
+  parent from the look-ahead's own tensors and puts the chosen candidate's key at the next position, in the one
+  copy the reorder makes anyway (:func:`reorder_into`; a decode forward would add a copy of the whole cache, as
+  ``DynamicCache`` concatenates on update);
 * the logits: the model's ``lm_head`` on the chosen row's final-norm output (captured by a forward hook on the
   family's final norm during the look-ahead), the product the model itself computes for its last position.
 
@@ -29,13 +31,16 @@ import torch
 @dataclass
 class KeptLookahead:
     """One look-ahead forward kept for reuse: ``tokens`` ``(N, k)`` the candidates per running beam, ``hidden``
-    ``(N, k, d)`` their final-norm outputs (model dtype), ``keys`` / ``values`` per cache layer ``(N, Hkv, k, D)``
-    (candidate ``j`` of row ``b`` at ``[b, :, j]``)."""
+    ``(N, k, d)`` their final-norm outputs (model dtype), ``keys`` / ``values`` per cache layer the
+    ``(N, Hkv, length + k, D)`` tensors the look-ahead's ``cache.update`` made (candidate ``j`` of row ``b`` at
+    ``[b, :, length + j]``; the cache itself was cropped back to a view of their first ``length`` positions, and
+    nothing writes into them afterwards: every later update concatenates into new tensors)."""
 
     tokens: torch.Tensor
     hidden: torch.Tensor
     keys: list[torch.Tensor]
     values: list[torch.Tensor]
+    length: int
 
 
 def keepable(cache) -> bool:
@@ -61,7 +66,7 @@ def final_norm(model):
 
 
 class NormCapture:
-    """Context manager recording the output of ``norm`` (``(N, q, d)``) during one forward."""
+    """Context manager recording the output of ``norm`` (``(N, q, d)``) during one forward (its last call)."""
 
     def __init__(self, norm):
         self.norm, self.output, self._handle = norm, None, None
@@ -79,12 +84,12 @@ class NormCapture:
 
 
 def keep(cache, length: int, tokens: torch.Tensor, hidden: torch.Tensor) -> KeptLookahead:
-    """The look-ahead's new cache slots ``length .. length + k - 1`` of every layer (copied: the cache is cropped
-    right after) and the captured final-norm rows ``hidden`` ``(N, k, d)``."""
+    """Keep the look-ahead that just ran on ``cache`` (``length`` positions before it, ``tokens`` ``(N, k)``):
+    references to every layer's keys and values as it left them, before the caller crops the cache back, and the
+    captured final-norm rows ``hidden`` ``(N, k, d)``."""
     k = tokens.shape[1]
-    keys = [layer.keys[:, :, length:length + k].clone() for layer in cache.layers]
-    values = [layer.values[:, :, length:length + k].clone() for layer in cache.layers]
-    return KeptLookahead(tokens, hidden[:, -k:].clone(), keys, values)
+    return KeptLookahead(tokens, hidden[:, -k:], [layer.keys for layer in cache.layers],
+                         [layer.values for layer in cache.layers], int(length))
 
 
 def match(kept: KeptLookahead, parents: torch.Tensor, chosen: torch.Tensor) -> torch.Tensor | None:
@@ -96,10 +101,28 @@ def match(kept: KeptLookahead, parents: torch.Tensor, chosen: torch.Tensor) -> t
     return found.int().argmax(-1)
 
 
-def commit(model, cache, kept: KeptLookahead, parents: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
-    """Append the chosen rows' keys and values to ``cache`` (already reordered with ``parents``) and return their
-    next-token logits ``(N, 1, V)`` from the model's ``lm_head``."""
-    for i, (k, v) in enumerate(zip(kept.keys, kept.values)):
-        cache.update(k[parents, :, slots][:, :, None], v[parents, :, slots][:, :, None], i)
+def reorder_into(cache, kept: KeptLookahead, parents: torch.Tensor, slots: torch.Tensor) -> bool:
+    """The beam step's cache reorder and the next step's append in one copy per tensor: each layer becomes, for
+    new row ``i``, row ``parents[i]``'s ``length`` cached positions followed by its chosen candidate's key (slot
+    ``length + slots[i]`` of the kept tensors). What ``cache.reorder_cache(parents)`` and a decode forward's
+    ``cache.update`` would leave, without the copy of the whole cache that the update's concatenation costs.
+    Returns ``False`` (nothing changed) when the cache is not the cropped one the look-ahead left."""
+    L = kept.length
+    if len(cache.layers) != len(kept.keys) or any(
+            layer.keys.shape[-2] != L or layer.keys.data_ptr() != k.data_ptr()
+            for layer, k in zip(cache.layers, kept.keys)):
+        return False
+    rows = torch.arange(parents.shape[0], device=parents.device)
+    for layer, k, v in zip(cache.layers, kept.keys, kept.values):
+        for name, full in (("keys", k), ("values", v)):
+            new = full.index_select(0, parents)  # (N, Hkv, L + k, D): each row its parent's cache and candidates
+            new[:, :, L] = new[rows, :, L + slots]  # the chosen candidate's key at the next position
+            setattr(layer, name, new[:, :, : L + 1])
+    return True
+
+
+def logits(model, kept: KeptLookahead, parents: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
+    """The next-token logits ``(N, 1, V)`` of the chosen rows: the model's ``lm_head`` on their final-norm rows,
+    the product the model computes for its last position."""
     hidden = kept.hidden[parents, slots][:, None]  # (N, 1, d)
     return model.get_output_embeddings()(hidden)

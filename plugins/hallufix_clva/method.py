@@ -225,6 +225,21 @@ class CLVA(Method):
         bias = C.scatter_visual(log_w, visual, kv_len, fill=0.0)  # (B, kv); padded slots (log 1 = 0) dropped
         return bias[:, None, :]
 
+    # ------------------------------------------------------------------ beam search
+    @hallufix.hookimpl
+    def hallufix_beam_reorder(self, parents):
+        """Beam search continued each new row from old row ``parents[i]``: Eq. 1's running sums (the prompt's text
+        rows plus the hypothesis' own generated rows) and the anchors follow their beams."""
+        for layer in self.phi_sum:
+            self.phi_sum[layer] = self.phi_sum[layer][parents]
+            self.phi_n[layer] = self.phi_n[layer][parents]
+        for layer in self.last:
+            self.last[layer] = self.last[layer][parents]
+        for store in (self.z, self.maps, self.heads):
+            for kind, value in store.items():
+                if value is not None:
+                    store[kind] = value[parents]
+
     # ------------------------------------------------------------------ diagnostics
     def _counts(self) -> list[dict]:
         out = []

@@ -154,8 +154,9 @@ class DoLa(Method):
                 choice = premature_choice(scores, stacked, cfg.divergence)
             premature = stacked.gather(0, choice[None, :, None].expand(1, *scores.shape))[0]
             scores = contrast(scores, premature, cfg.alpha, cfg.relative_top)
+            beams = self._batch.beams  # under beam search a question's beams are consecutive rows
             for row, c in enumerate(choice.tolist()):
-                self._chosen[row][layers[c]] += 1
+                self._chosen[row // beams][layers[c]] += 1
         if self._penalty is not None:
             scores = self._penalty(self._own_tokens(event.input_ids), scores)
         event.scores = scores

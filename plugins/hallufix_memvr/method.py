@@ -161,6 +161,8 @@ class MemVR(Method):
         if self._counts is None or not self.layers:
             return
         counts = self._counts.cpu()
+        if batch.beams > 1:  # beam search: a question's beams are consecutive rows; count over all of them
+            counts = counts[: batch.batch_size * batch.beams].view(batch.batch_size, batch.beams, -1).sum(1)
         for row in range(batch.batch_size):  # the main rows (branch rows, if any, follow them)
             batch.diagnostics[row]["memvr"] = {"retraced_at": {str(j): int(counts[row, j]) for j in self.layers
                                                                 if counts[row, j] > 0}}
