@@ -80,7 +80,7 @@ class CandidateEvent:
         Raises ``ValueError`` where :attr:`can_lookahead_many` is false (use :meth:`lookahead` per column)."""
         from hallufix.decoding import reuse
         from hallufix.decoding.beam import _cache_of, crop_to
-        from hallufix.intercept.lookahead import lookahead_inputs
+        from hallufix.intercept.lookahead import OutputCapture, lookahead_inputs
         from hallufix.forward import LOOKAHEAD
 
         if tokens.dim() != 2 or tokens.shape[0] != self.input_ids.shape[0]:
@@ -98,7 +98,7 @@ class CandidateEvent:
             if norm is None:
                 out = self._model(**inputs, return_dict=True)
             else:
-                with reuse.NormCapture(norm) as captured:
+                with OutputCapture(norm) as captured:
                     out = self._model(**inputs, return_dict=True)
                 self.kept = reuse.keep(cache, length, tokens, captured.output)
         finally:

@@ -9,8 +9,9 @@ forward; it takes from the look-ahead
   parent from the look-ahead's own tensors and puts the chosen candidate's key at the next position, in the one
   copy the reorder makes anyway (:func:`reorder_into`; a decode forward would add a copy of the whole cache, as
   ``DynamicCache`` concatenates on update);
-* the logits: the model's ``lm_head`` on the chosen row's final-norm output (captured by a forward hook on the
-  family's final norm during the look-ahead), the product the model itself computes for its last position.
+* the logits: the model's ``lm_head`` on the chosen row's final-norm output (recorded during the look-ahead by
+  :class:`~hallufix.intercept.lookahead.OutputCapture` on the family's final norm), the product the model itself
+  computes for its last position.
 
 The look-ahead row and a decode forward see the same keys with the same positions; the look-ahead's 4D mask and
 its ``k``-row batch only change the order of float sums, so the step equals the decode forward to rounding
@@ -63,24 +64,6 @@ def final_norm(model):
         return st.adapter.final_norm(st.model)
     decoder = model.get_decoder() if hasattr(model, "get_decoder") else None
     return getattr(decoder, "norm", None)
-
-
-class NormCapture:
-    """Context manager recording the output of ``norm`` (``(N, q, d)``) during one forward (its last call)."""
-
-    def __init__(self, norm):
-        self.norm, self.output, self._handle = norm, None, None
-
-    def __enter__(self):
-        def hook(module, args, output):
-            self.output = output
-
-        self._handle = self.norm.register_forward_hook(hook)
-        return self
-
-    def __exit__(self, *exc):
-        self._handle.remove()
-        return False
 
 
 def keep(cache, length: int, tokens: torch.Tensor, hidden: torch.Tensor) -> KeptLookahead:

@@ -82,6 +82,14 @@ def run_layer(st, plan, module, query, key, value, attention_mask, scaling, drop
         return sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout,
                                       **kwargs)[0]
 
+    def fused_prefix(r0: int):  # the first r0 rows of a prefill without cache see only the first r0 keys
+        mask = None if attention_mask is None else attention_mask[..., :r0, :r0]
+        return sdpa_attention_forward(module, query[:, :, :r0], key[:, :, :r0], value[:, :, :r0], mask,
+                                      scaling=scaling, dropout=dropout, **kwargs)[0]
+
+    prefix = fused_prefix if fwd.kv_offset == 0 and key.shape[2] == query.shape[2] and \
+        (attention_mask is None or attention_mask.dim() == 4) else None
+
     if work.heads_only:
         st.count_path(layer, "sdpa")
         return apply_heads(st, plan, module, work, fused(), ev_kw), None
@@ -106,7 +114,8 @@ def run_layer(st, plan, module, query, key, value, attention_mask, scaling, drop
             custom |= rows.any(0)
         if edited:
             custom[probed.rows] = True
-        out, path = _attend_rows(custom, fused, query, key, value, scaling, masks, probed if edited else None)
+        out, path = _attend_rows(custom, fused, query, key, value, scaling, masks, probed if edited else None,
+                                 prefix)
     st.count_path(layer, path)
     return apply_heads(st, plan, module, work, out, ev_kw), None
 
@@ -204,19 +213,28 @@ def _probe(st, plan, work, query, key, scaling, masks, ev_kw):
     return ev
 
 
-def _attend_rows(custom, fused, query, key, value, scaling, masks, edited) -> tuple[torch.Tensor, str]:
+def _attend_rows(custom, fused, query, key, value, scaling, masks, edited, prefix=None) -> tuple[torch.Tensor, str]:
     """Output ``(B, q, H, D)`` and its path: the fused kernel for the rows not in ``custom`` ``(q,)`` bool, SDPA
-    with a float mask for the ``custom`` rows, and exactly ``P @ V`` for the rows of ``edited`` (a probs event)."""
+    with a float mask for the ``custom`` rows, and exactly ``P @ V`` for the rows of ``edited`` (a probs event).
+
+    ``prefix(r0)`` (a prefill without cache): the fused output of the first ``r0`` rows alone. Where the custom
+    rows are the last rows (a prompt's instruction rows, after the image), the fused kernel then runs on the rows
+    before them only, instead of on every row with the custom ones overwritten: the same attention (a causal row
+    sees no later key), less work."""
     if not bool(custom.any()):
         return fused(), "sdpa"
     every = bool(custom.all())
-    out = None if every else fused()
     rows = custom.nonzero().squeeze(1)
+    r0 = int(rows[0])
+    tail = not every and prefix is not None and rows.numel() == masks.q_len - r0
+    out = None if every or tail else fused()
     out_rows = K.rows_attention(query[:, :, rows], key, value, masks.get(rows, RowsKey("set", masks.q_len,
                                                                                     tuple(rows.tolist()))), scaling)
     if edited is not None:  # rows whose probabilities a method replaced: exactly P @ V
         pos = torch.full((masks.q_len,), -1, dtype=torch.long, device=query.device)
         pos[rows] = torch.arange(rows.numel(), device=query.device)
         out_rows[:, :, pos[edited.rows]] = K.probs_times_values(edited.probs, value)
+    if tail:
+        return torch.cat([prefix(r0), out_rows.transpose(1, 2)], dim=1), "sdpa+rows"
     return K.merge_rows(out, out_rows, rows), "rows" if every else "sdpa+rows"  # out: this call's own tensor
 

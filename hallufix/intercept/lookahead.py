@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import torch
 
+from hallufix.intercept.module_hooks import ModuleHooks
+
 #: ``position_ids``-like inputs a decode step carries with one entry per new token (last dim)
 PER_TOKEN = ("position_ids", "token_type_ids", "mm_token_type_ids")
 
@@ -59,3 +61,24 @@ def lookahead_inputs(model, step: dict, tokens: torch.Tensor, cache_len: int, lo
     zero = torch.zeros((), dtype=dtype, device=dev)
     inputs["attention_mask"] = torch.where(allowed, zero, torch.finfo(dtype).min)[:, None]  # (N, 1, k, L + k)
     return inputs
+
+
+class OutputCapture:
+    """``with OutputCapture(module) as c: ...``: ``c.output`` is ``module``'s output from its last call inside the
+    block (a forward hook, removed on exit). A kept look-ahead (:mod:`hallufix.decoding.reuse`) records the final
+    norm's rows with it, the input of ``lm_head`` for every candidate."""
+
+    def __init__(self, module):
+        self.output = None
+        self._hooks = ModuleHooks().post(module, self._record)
+
+    def _record(self, module, args, output):
+        self.output = output
+
+    def __enter__(self) -> "OutputCapture":
+        self._hooks.install()
+        return self
+
+    def __exit__(self, *exc) -> bool:
+        self._hooks.remove()
+        return False
