@@ -82,14 +82,9 @@ def test_batched_lookahead_equals_per_candidate(family, batch):
             torch.testing.assert_close(img_a, img_b, atol=1e-5, rtol=0)
 
 
-class _Both:
-    """A candidate hook that looks the top-3 of every beam ahead both ways, keeps the largest logit difference,
-    and changes nothing."""
-
-    name = "both"
-
-    def __init__(self):
-        self.diff = 0.0
+class _CandidateHook:
+    """A method that declares a no-op logits point (so the run counts it as active) and acts in its candidate
+    hook only."""
 
     @hookimpl
     def hallufix_configure(self, model):
@@ -100,6 +95,16 @@ class _Both:
     @hookimpl
     def hallufix_logits(self, event):
         pass
+
+
+class _Both(_CandidateHook):
+    """A candidate hook that looks the top-3 of every beam ahead both ways, keeps the largest logit difference,
+    and changes nothing."""
+
+    name = "both"
+
+    def __init__(self):
+        self.diff = 0.0
 
     @hookimpl
     def hallufix_beam_candidates(self, event):
@@ -123,7 +128,7 @@ def test_lookahead_many_leaves_beam_search_bit_for_bit(family):
     assert 0.0 <= both.diff <= 1e-5
 
 
-class _Keeper:
+class _Keeper(_CandidateHook):
     """A candidate hook that keeps a batched look-ahead of every beam's top-``k`` and changes nothing: the search
     reuses it as the next decode step wherever the chosen tokens were looked ahead."""
 
@@ -131,16 +136,6 @@ class _Keeper:
 
     def __init__(self, k: int):
         self.k, self.reused, self.steps = k, 0, 0
-
-    @hookimpl
-    def hallufix_configure(self, model):
-        from hallufix import points
-
-        return points.logits()
-
-    @hookimpl
-    def hallufix_logits(self, event):
-        pass
 
     @hookimpl
     def hallufix_beam_candidates(self, event):
