@@ -104,3 +104,34 @@ def test_missing_model_names_the_id_and_the_fix(capsys, monkeypatch):
     assert main(["hooks", "--model", "some-org/not-a-cached-model"]) == 2
     err = capsys.readouterr().err
     assert "some-org/not-a-cached-model" in err and "--model /path/to/folder" in err
+
+
+def test_branch_mode_flag_reaches_the_branch_pass_and_is_recorded(saved_model, jsonl_task, tmp_path, monkeypatch):
+    # --branch-mode separate runs VCD's auto branch on its own forwards: the answers of vcd.branch=separate
+    import yaml
+
+    from hallufix.intercept import branch as B
+
+    modes = []
+    build = B.BranchPass.build.__func__
+
+    def spy(cls, *args, **kwargs):
+        modes.append(args[-1] if len(args) >= 7 else kwargs.get("mode"))
+        return build(cls, *args, **kwargs)
+
+    monkeypatch.setattr(B.BranchPass, "build", classmethod(spy))
+    common = ["--model", str(saved_model), "--task", f"jsonl:{jsonl_task}", "--plugins", "vcd", "--no-baseline",
+              "--batch-size", "3", "--quiet"]
+    assert main(["run", *common, "--branch-mode", "separate", "--output", str(tmp_path / "flag")]) == 0
+    assert modes and set(modes) == {"separate"}
+    modes.clear()
+    assert main(["run", *common, "vcd.branch=separate", "--output", str(tmp_path / "own")]) == 0
+    assert modes and set(modes) == {None}
+    (flag,), (own,) = (tmp_path / "flag").glob("vcd*"), (tmp_path / "own").glob("vcd*")
+    assert yaml.safe_load((flag / "config.yaml").read_text())["branch_mode"] == "separate"
+    assert yaml.safe_load((own / "config.yaml").read_text())["branch_mode"] is None
+
+    def answers(d):
+        return {r["id"]: r["output"] for r in map(json.loads, (d / "samples.jsonl").read_text().splitlines())}
+
+    assert answers(flag) == answers(own)

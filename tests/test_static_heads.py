@@ -84,6 +84,38 @@ def test_static_gains_beside_a_plain_heads_hook_keep_the_plain_one_running():
     _close(got, want)
 
 
+class Keeps:
+    """A plain heads hook at ``LAYER`` that keeps a reference to the outputs it was handed, and a copy of them."""
+
+    name = "keeps"
+
+    def __init__(self):
+        self.kept = []
+
+    @hookimpl
+    def hallufix_configure(self, model):
+        return P.attn_heads([LAYER])
+
+    @hookimpl
+    def hallufix_attn_heads(self, event):
+        self.kept.append((event.output, event.output.clone()))
+
+
+@pytest.mark.parametrize("fold", [False, True])
+def test_static_gains_scale_in_place_only_outputs_no_plain_hook_saw(fold):
+    # unfolded static gains multiply the kernel's own output in place; a plain hook's tensor must stay as handed
+    s = tiny_session("llava")
+    H = s.info.num_heads
+    g = torch.stack([torch.linspace(0.5, 1.5, H), torch.linspace(1.5, 0.5, H)])  # (B, H): scaled, never folded
+    keeps = Keeps()
+    _, got = _run(s, [keeps, Gains("static", g, fold=fold)])
+    assert len(keeps.kept) == 4
+    for ref, copy in keeps.kept:
+        assert torch.equal(ref, copy)
+    _, want = _run(s, [Gains("plain", g, static=False)])
+    _close(got, want)
+
+
 def test_static_gains_of_one_release_the_layer_and_outputs_cannot_be_assigned():
     s = tiny_session("llava")
     ones = Gains("ones", torch.ones(s.info.num_heads))

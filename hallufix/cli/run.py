@@ -100,6 +100,7 @@ def _execute(args, resolution) -> int:
     decoding = decoding_from_args(args)
     for cell in resolution.cells:  # every cell (the baseline too) decodes the same way
         cell.spec.decoding = decoding
+        cell.spec.branch_mode = getattr(args, "branch_mode", None)
     world = current(base.get("device"))
     try:
         samples, out_root = _preflight(args, resolution)

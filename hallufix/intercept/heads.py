@@ -36,18 +36,20 @@ def apply_heads(st, plan, module, work, out: torch.Tensor, ev_kw: dict) -> torch
         work.heads(event=ev)
         st.fired(plan.names["attn_heads"])
         out = ev.output
+    # no plain hook saw ``out`` (none can hold it), so static gains may multiply the kernel's own output in place
+    owned = work.heads is None and not out.requires_grad
     if work.static is not None:
-        out = _static_at_prefill(st, plan, work, out, ev_kw)
+        out = _static_at_prefill(st, plan, work, out, ev_kw, owned)
     elif work.carries_static:
         gains = st.static_gains.get(layer)
         if gains is not None:
-            out = K.scale_heads(out, gains)
+            out = K.scale_heads(out, gains, inplace=owned)
     if st.forward.phase == "prefill" and (work.static is not None or layer in st.finished_layers):
         release_if_idle(st, plan, module)
     return out
 
 
-def _static_at_prefill(st, plan, work, out: torch.Tensor, ev_kw: dict) -> torch.Tensor:
+def _static_at_prefill(st, plan, work, out: torch.Tensor, ev_kw: dict, owned: bool) -> torch.Tensor:
     ev = StaticGainsEvent(out, **ev_kw)
     work.static(event=ev)
     st.fired(plan.names["attn_heads"])
@@ -58,7 +60,7 @@ def _static_at_prefill(st, plan, work, out: torch.Tensor, ev_kw: dict) -> torch.
         st.fold_head_gains(plan.layer, gains[0])  # o_proj runs next: the fold covers this forward too
         return out
     st.static_gains[plan.layer] = gains
-    return K.scale_heads(out, gains)
+    return K.scale_heads(out, gains, inplace=owned)
 
 
 def _deprecated_fold(st, layer: int, gains: torch.Tensor) -> None:

@@ -63,6 +63,7 @@ class CellRun:
         spec, session, task = self.spec, self.session, self.task
         self.started = prov.now()
         self.run = session.start(spec.plugins, spec.overrides, methods=self.methods)
+        self.run.branch_mode = spec.branch_mode
         self.ids = [s.id for s in self.samples]
         self.max_new = spec.max_new_tokens or task.max_new_tokens
         self.config = self._config()
@@ -104,7 +105,7 @@ class CellRun:
         config = {"model": spec.model, "task": task.name, "plugins": self.run.order,
                   "methods": self.run.methods.record(), "batch_size": spec.batch_size, "limit": spec.limit,
                   "seed": spec.seed, "max_new_tokens": self.max_new, "dtype": spec.dtype, "device": spec.device,
-                  "swept": spec.swept, "task_options": spec.task_options, "identity": ident,
+                  "branch_mode": spec.branch_mode, "swept": spec.swept, "task_options": spec.task_options, "identity": ident,
                   "identity_hash": prov.identity_hash(ident)}
         return json.loads(store.dumps(config, default=str))
 

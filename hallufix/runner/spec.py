@@ -28,6 +28,10 @@ class RunSpec:
     task_options: dict[str, Any] = field(default_factory=dict)  # recorded in the identity (the task is built
     task_spec: str | None = None                                 # from them by the caller); ``NAME[:PATH]``
     decoding: Any = None  # a hallufix.decoding.Decoding (None: greedy); its seed is ``seed``
+    #: run-level mode of branches declared ``auto`` (``rows`` / ``separate``; ``None``: each branch's own rule,
+    #: hallufix.branches.Branch.resolved_mode). A layout of the same computation, like ``batch_size``: recorded in
+    #: config.yaml, not part of the run's identity
+    branch_mode: str | None = None
 
     @property
     def stack(self) -> str:
