@@ -117,9 +117,8 @@ def probe_row_index(kinds, q_len: int, text_rows_any: torch.Tensor | None, devic
 def scale_heads(out: torch.Tensor, gains: torch.Tensor, inplace: bool = False) -> torch.Tensor:
     """Per-head outputs ``(B, q, H, D)`` times ``gains`` ``(H,)`` or ``(B, H)`` (cast to ``out``'s dtype).
 
-    ``inplace``: multiply ``out`` itself (the caller owns it and no autograd graph needs it). At prefill a fresh
-    product is a new allocation of the whole layer output (1.3 MB per layer on the CPU benchmark model), which on
-    a CPU can cost more than the multiply (the ``fhi`` case of ``benchmarks/overhead.py``)."""
+    ``inplace``: multiply ``out`` itself (the caller owns it and no autograd graph needs it): no second tensor of
+    the whole layer output at prefill (1.3 MB per layer on the CPU benchmark model)."""
     g = gains.to(out.dtype)
     g = g[None, None, :, None] if g.dim() == 1 else g[:, None, :, None]
     return out.mul_(g) if inplace else out * g
