@@ -108,6 +108,8 @@ def test_missing_model_names_the_id_and_the_fix(capsys, monkeypatch):
 
 def test_branch_mode_flag_reaches_the_branch_pass_and_is_recorded(saved_model, jsonl_task, tmp_path, monkeypatch):
     # --branch-mode separate runs VCD's auto branch on its own forwards: the answers of vcd.branch=separate
+    import inspect
+
     import yaml
 
     from hallufix.intercept import branch as B
@@ -116,7 +118,7 @@ def test_branch_mode_flag_reaches_the_branch_pass_and_is_recorded(saved_model, j
     build = B.BranchPass.build.__func__
 
     def spy(cls, *args, **kwargs):
-        modes.append(args[-1] if len(args) >= 7 else kwargs.get("mode"))
+        modes.append(inspect.signature(build).bind(cls, *args, **kwargs).arguments.get("mode"))
         return build(cls, *args, **kwargs)
 
     monkeypatch.setattr(B.BranchPass, "build", classmethod(spy))

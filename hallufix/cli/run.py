@@ -37,6 +37,10 @@ def _common(p) -> None:
     from hallufix.decoding.cli import add_decoding_flags
 
     add_decoding_flags(p)
+    p.add_argument("--branch-mode", choices=("rows", "separate"), default=None,
+                   help="branches a method declares 'auto' (VCD's default): rows = extra rows of the main batch "
+                        "(one forward), separate = their own forwards and KV cache (default: each branch's own "
+                        "rule, auto = rows); recorded in config.yaml")
     p.add_argument("overrides", nargs="*", metavar="key=value",
                    help="method keys (clva.alpha=10), task options (task.image_root=DIR), run keys; a,b,c sweeps")
 
@@ -100,7 +104,7 @@ def _execute(args, resolution) -> int:
     decoding = decoding_from_args(args)
     for cell in resolution.cells:  # every cell (the baseline too) decodes the same way
         cell.spec.decoding = decoding
-        cell.spec.branch_mode = getattr(args, "branch_mode", None)
+        cell.spec.branch_mode = args.branch_mode
     world = current(base.get("device"))
     try:
         samples, out_root = _preflight(args, resolution)

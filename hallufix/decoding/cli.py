@@ -9,10 +9,6 @@ def add_decoding_flags(p) -> None:
     p.add_argument("--num-beams", type=int, default=None, help="beams of --decoding beam (default 5)")
     p.add_argument("--temperature", type=float, default=1.0, help="--decoding sample: temperature (default 1)")
     p.add_argument("--top-p", type=float, default=1.0, help="--decoding sample: nucleus mass kept (default 1)")
-    p.add_argument("--branch-mode", choices=("rows", "separate"), default=None,
-                   help="branches a method declares 'auto' (VCD's default): rows = extra rows of the main batch "
-                        "(one forward), separate = their own forwards and KV cache (default: each branch's own "
-                        "rule, auto = rows); recorded in config.yaml")
 
 
 def decoding_from_args(args):

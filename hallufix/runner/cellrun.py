@@ -105,7 +105,8 @@ class CellRun:
         config = {"model": spec.model, "task": task.name, "plugins": self.run.order,
                   "methods": self.run.methods.record(), "batch_size": spec.batch_size, "limit": spec.limit,
                   "seed": spec.seed, "max_new_tokens": self.max_new, "dtype": spec.dtype, "device": spec.device,
-                  "branch_mode": spec.branch_mode, "swept": spec.swept, "task_options": spec.task_options, "identity": ident,
+                  "branch_mode": spec.branch_mode, "swept": spec.swept, "task_options": spec.task_options,
+                  "identity": ident,
                   "identity_hash": prov.identity_hash(ident)}
         return json.loads(store.dumps(config, default=str))
 
