@@ -16,7 +16,8 @@ Cases: built-in core cases (``none``, ``bias-half``, ``probe-2``) and one YAML f
 ``benchmarks/cases/`` (``case``, ``plugins``, ``overrides``, ``target``, optional ``max_new_tokens``, optional
 ``num_beams``: that case and its baseline run beam search with that many beams, e.g. OPERA against plain beam 5).
 Output: a table, or with ``--json`` one JSON object per case per line:
-``{"case", "ratio", "ratio_iqr", "ratio_ci95", "baseline_s", "case_s", "target", "rounds", "device", "shape"}``
+``{"case", "ratio", "ratio_iqr", "ratio_ci95", "baseline_s", "case_s", "target", "rounds", "device", "shape",
+"allocator", ...}``
 (``ratio_iqr``: the interquartile range of the per-round ratios, how much one round moves; ``ratio_ci95``: a
 bootstrap 95% interval of the median itself (2000 resamples of the rounds, seeded), the spread to compare with a
 target's margin: it narrows as ``--rounds`` grows, the IQR does not).
@@ -26,6 +27,11 @@ the placement of the weights, activations and buffers in memory is fixed, and on
 ratio by a percent or two for the whole process, which more rounds never average out. The interval then resamples
 processes, then rounds inside them (``"process_medians"`` lists each process's median; ``"rounds"`` is the pooled
 count).
+
+``--allocator steady`` (the default) holds glibc's heap steady for the process (``steady_malloc.py``): freed memory
+is kept, so no round spends its time faulting and zeroing pages that the previous round returned to the OS (0 to
+21,000 page faults per prefill under the defaults, at random). ``--allocator system`` keeps the C library's
+defaults, the setting of every run in docs/benchmarks.md before run M.
 
 ``--memory`` adds peak memory: each case (and the baseline) runs one generate in a fresh child process; on CUDA
 the peak is ``torch.cuda.max_memory_allocated`` (bytes), on CPU the child's peak resident set size (``ru_maxrss``,
@@ -142,6 +148,9 @@ def main(argv=None) -> int:
     ap.add_argument("--shape", default="llava-cpu", choices=sorted(SHAPES))
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (1: least noisy on shared machines)")
+    ap.add_argument("--allocator", default="steady", choices=["steady", "system"],
+                    help="steady (default): glibc keeps freed memory, so no round pays for faulting pages back in "
+                         "(steady_malloc.py); system: the C library's defaults, as the runs before 2026-12-03")
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--memory", action="store_true", help="also measure peak memory per case (child processes)")
     ap.add_argument("--memory-child", default=None, help=argparse.SUPPRESS)
@@ -152,8 +161,12 @@ def main(argv=None) -> int:
     ap.add_argument("--child-timings", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
-    if args.memory_child is not None:
+    if args.memory_child is not None:  # peak memory under the C library's defaults (a steady heap never shrinks)
         return memory_child(args)
+    if args.allocator == "steady":
+        from steady_malloc import steady
+
+        steady()
     cases = load_cases(args.cases.split(",") if args.cases else None)
     if args.processes > 1 and args.child_timings is None:
         timings, per_process = pooled_timings(args, list(cases))
@@ -206,7 +219,8 @@ def report(args, cases: dict, timings: dict, per_process: dict | None) -> int:
                      "case_s": round(statistics.median(t["case"]), 4), "target": cases[name].get("target"),
                      "rounds": len(t["ratio"]), "processes": args.processes, "max_new_tokens": int(cases[name].get("max_new_tokens")
                                                                   or args.max_new_tokens),
-                     "device": args.device, "shape": args.shape, "dtype": args.dtype, "threads": args.threads})
+                     "device": args.device, "shape": args.shape, "dtype": args.dtype, "threads": args.threads,
+                     "allocator": args.allocator})
         if per_process is not None:
             rows[-1]["process_medians"] = [round(statistics.median(r), 4) for r in per_process[name]]
         if peaks:
@@ -269,7 +283,8 @@ def pooled_timings(args, names: list[str]) -> tuple[dict, dict]:
     pooled = {n: {"base": [], "case": [], "ratio": []} for n in names}
     per_process = {n: [] for n in names}
     forward = ["--cases", ",".join(names), "--rounds", str(args.rounds), "--max-new-tokens", str(args.max_new_tokens),
-               "--device", args.device, "--shape", args.shape, "--dtype", args.dtype, "--threads", str(args.threads)]
+               "--device", args.device, "--shape", args.shape, "--dtype", args.dtype, "--threads", str(args.threads),
+               "--allocator", args.allocator]
     with tempfile.TemporaryDirectory() as tmp:
         for p in range(args.processes):
             out = Path(tmp) / f"p{p}.json"

@@ -31,7 +31,7 @@ from hallufix.attn_events import ProbsEvent
 from hallufix.events import BiasEvent, KVEvent
 from hallufix.forward import BiasedMaskKey, MaskKey, Ref, RoleKey, RowsKey
 from hallufix.intercept import kernels as K
-from hallufix.intercept.heads import apply_heads
+from hallufix.intercept.heads import apply_heads, apply_stored_gains
 
 #: The name under which the function and its mask function are registered (process-wide, once).
 ATTN_NAME = "hallufix"
@@ -76,6 +76,11 @@ def run_layer(st, plan, module, query, key, value, attention_mask, scaling, drop
     fwd, layer = st.forward, plan.layer
     work = plan.work[fwd.phase]
     scaling = module.scaling if scaling is None else scaling
+    if work.gains_only:  # the most frequent declared call (static gains at every decode step): no event to build
+        out = sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout,
+                                     **kwargs)[0]
+        st.count_path(layer, "sdpa")
+        return apply_stored_gains(st, layer, out), None
     ev_kw = dict(layer=layer, forward=fwd, layout=st.layout, model=st.info, dtype=query.dtype)
 
     def fused():

@@ -61,6 +61,11 @@ class PhaseWork:
         return self.kv is None and not self.bias and not self.probe_rows and self.transform is None
 
     @property
+    def gains_only(self) -> bool:
+        """A decode step whose only work is applying the gains static points set at prefill."""
+        return self.carries_static and self.heads is None and self.heads_only
+
+    @property
     def empty(self) -> bool:
         return self.heads_only and self.heads is None and self.static is None and not self.carries_static
 

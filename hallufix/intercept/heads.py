@@ -41,12 +41,20 @@ def apply_heads(st, plan, module, work, out: torch.Tensor, ev_kw: dict) -> torch
     if work.static is not None:
         out = _static_at_prefill(st, plan, work, out, ev_kw, owned)
     elif work.carries_static:
-        gains = st.static_gains.get(layer)
-        if gains is not None:
-            out = K.scale_heads(out, gains, inplace=owned)
+        out = apply_stored_gains(st, layer, out, inplace=owned)
     if st.forward.phase == "prefill" and (work.static is not None or layer in st.finished_layers):
         release_if_idle(st, plan, module)
     return out
+
+
+def apply_stored_gains(st, layer: int, out: torch.Tensor, inplace: bool | None = None) -> torch.Tensor:
+    """A decode step's outputs ``out`` ``(B, 1, H, D)`` times the gains static points set at prefill (unchanged
+    where none were stored: all ones, or folded). ``inplace`` (default: unless ``out`` needs grad) multiplies the
+    kernel's own output."""
+    gains = st.static_gains.get(layer)
+    if gains is None:
+        return out
+    return K.scale_heads(out, gains, inplace=not out.requires_grad if inplace is None else inplace)
 
 
 def _static_at_prefill(st, plan, work, out: torch.Tensor, ev_kw: dict, owned: bool) -> torch.Tensor:
