@@ -18,7 +18,8 @@ Cases: built-in core cases (``none``, ``bias-half``, ``probe-2``) and one YAML f
 Output: a table, or with ``--json`` one JSON object per case per line:
 ``{"case", "ratio", "ratio_iqr", "ratio_ci95", "baseline_s", "case_s", "target", "rounds", "device", "shape",
 "allocator", ...}``
-(``ratio_iqr``: the interquartile range of the per-round ratios, how much one round moves; ``ratio_ci95``: a
+(``page_faults``: the median minor page faults of one baseline and one case generate, from ``getrusage``;
+``ratio_iqr``: the interquartile range of the per-round ratios, how much one round moves; ``ratio_ci95``: a
 bootstrap 95% interval of the median itself (2000 resamples of the rounds, seeded), the spread to compare with a
 target's margin: it narrows as ``--rounds`` grows, the IQR does not).
 
@@ -29,8 +30,8 @@ processes, then rounds inside them (``"process_medians"`` lists each process's m
 count).
 
 ``--allocator steady`` (the default) holds glibc's heap steady for the process (``steady_malloc.py``): freed memory
-is kept, so no round spends its time faulting and zeroing pages that the previous round returned to the OS (0 to
-21,000 page faults per prefill under the defaults, at random). ``--allocator system`` keeps the C library's
+is kept, so no round spends its time faulting and zeroing pages that the previous round returned to the OS
+(``page_faults`` in the output; thousands per prefill under the defaults, a handful held steady). ``--allocator system`` keeps the C library's
 defaults, the setting of every run in docs/benchmarks.md before run M.
 
 ``--memory`` adds peak memory: each case (and the baseline) runs one generate in a fresh child process; on CUDA
@@ -220,7 +221,8 @@ def report(args, cases: dict, timings: dict, per_process: dict | None) -> int:
                      "rounds": len(t["ratio"]), "processes": args.processes, "max_new_tokens": int(cases[name].get("max_new_tokens")
                                                                   or args.max_new_tokens),
                      "device": args.device, "shape": args.shape, "dtype": args.dtype, "threads": args.threads,
-                     "allocator": args.allocator})
+                     "allocator": args.allocator,
+                     "page_faults": [int(statistics.median(t["base_faults"])), int(statistics.median(t["case_faults"]))]})
         if per_process is not None:
             rows[-1]["process_medians"] = [round(statistics.median(r), 4) for r in per_process[name]]
         if peaks:
@@ -245,7 +247,12 @@ def time_rounds(rounds: int, seed: int, cases: dict, baseline, case, sync, defau
     """``{case: {"base": [s...], "case": [s...], "ratio": [...]}}`` over ``rounds`` interleaved rounds (a warm-up
     round first, not kept): per round, every case in an order shuffled with ``seed``, its baseline and its own
     generate back to back in a random order."""
-    timings = {n: {"base": [], "case": [], "ratio": []} for n in cases}
+    import resource
+
+    def faults() -> int:  # minor page faults of this process so far (the kernel zeroing a page on first touch)
+        return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+    timings = {n: {"base": [], "case": [], "ratio": [], "base_faults": [], "case_faults": []} for n in cases}
     order = list(cases)
     rng = random.Random(seed)
     for rnd in range(rounds + 1):  # round 0 warms up
@@ -256,17 +263,19 @@ def time_rounds(rounds: int, seed: int, cases: dict, baseline, case, sync, defau
             pair = [("base", lambda: baseline(n_new, beams)), ("case", lambda: case(name, n_new))]
             if rng.random() < 0.5:
                 pair.reverse()
-            got = {}
+            got, flt = {}, {}
             for kind, fn in pair:
                 sync()
-                t0 = time.perf_counter()
+                f0, t0 = faults(), time.perf_counter()
                 fn()
                 sync()
-                got[kind] = time.perf_counter() - t0
+                got[kind], flt[kind] = time.perf_counter() - t0, faults() - f0
             if rnd:
                 timings[name]["base"].append(got["base"])
                 timings[name]["case"].append(got["case"])
                 timings[name]["ratio"].append(got["case"] / got["base"])
+                timings[name]["base_faults"].append(flt["base"])
+                timings[name]["case_faults"].append(flt["case"])
     return timings
 
 
@@ -280,7 +289,7 @@ def pooled_timings(args, names: list[str]) -> tuple[dict, dict]:
     import subprocess
     import tempfile
 
-    pooled = {n: {"base": [], "case": [], "ratio": []} for n in names}
+    pooled = {n: {"base": [], "case": [], "ratio": [], "base_faults": [], "case_faults": []} for n in names}
     per_process = {n: [] for n in names}
     forward = ["--cases", ",".join(names), "--rounds", str(args.rounds), "--max-new-tokens", str(args.max_new_tokens),
                "--device", args.device, "--shape", args.shape, "--dtype", args.dtype, "--threads", str(args.threads),

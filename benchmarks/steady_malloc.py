@@ -3,10 +3,11 @@
 Why: PyTorch's CPU allocator asks ``malloc`` for every tensor. With glibc's defaults a large block comes from
 ``mmap`` (or from the top of the heap, which ``free`` trims back to the OS), so the next tensor of that size
 touches fresh pages and the kernel faults and zeroes each 4 KiB page on first write. How many pages a generate
-re-faults depends on the order of frees (what sits at the heap top), not on the work: on the CPU LLaVA-shaped model
-of ``overhead.py`` one prefill took 0 to 21,000 minor faults from run to run (median about 12,000, some 50 MB of
-zeroing) and the prefill itself 0.52 s against 0.45 s with the allocator held steady. That noise hits the
-baseline and the case of a pair independently and is the size of the margins the overhead targets have.
+re-faults depends on the order of frees (what sits at the heap top), not on the work, so it hits the baseline and
+the case of a pair independently. On the CPU LLaVA-shaped model, ``python benchmarks/overhead.py --json --threads 1
+--rounds 10 --cases none --max-new-tokens 1`` (one prefill per generate; its ``page_faults`` field) gave a median
+of 27,669 minor faults per baseline generate (about 110 MB of pages zeroed) and a 0.468 s baseline with
+``--allocator system``, against 3 faults and 0.438 s with ``--allocator steady`` (2026-12-02, one run each).
 
 ``steady()`` calls ``mallopt`` so that blocks up to 32 MiB (glibc's largest ``M_MMAP_THRESHOLD`` on 64-bit) come
 from the heap and the heap is never trimmed: after the warm-up round every tensor reuses memory that is already
