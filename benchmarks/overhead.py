@@ -31,8 +31,8 @@ count).
 
 ``--allocator steady`` (the default) holds glibc's heap steady for the process (``steady_malloc.py``): freed memory
 is kept, so no round spends its time faulting and zeroing pages that the previous round returned to the OS
-(``page_faults`` in the output; thousands per prefill under the defaults, a handful held steady). ``--allocator system`` keeps the C library's
-defaults, the setting of every run in docs/benchmarks.md before run M.
+(``page_faults`` in the output; thousands per prefill under the defaults, a handful held steady).
+``--allocator system`` keeps the C library's defaults, the setting of runs A-L in docs/benchmarks.md.
 
 ``--memory`` adds peak memory: each case (and the baseline) runs one generate in a fresh child process; on CUDA
 the peak is ``torch.cuda.max_memory_allocated`` (bytes), on CPU the child's peak resident set size (``ru_maxrss``,
@@ -151,7 +151,7 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (1: least noisy on shared machines)")
     ap.add_argument("--allocator", default="steady", choices=["steady", "system"],
                     help="steady (default): glibc keeps freed memory, so no round pays for faulting pages back in "
-                         "(steady_malloc.py); system: the C library's defaults, as the runs before 2026-12-03")
+                         "(steady_malloc.py); system: the C library's defaults, as runs A-L in docs/benchmarks.md")
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--memory", action="store_true", help="also measure peak memory per case (child processes)")
     ap.add_argument("--memory-child", default=None, help=argparse.SUPPRESS)
@@ -222,7 +222,8 @@ def report(args, cases: dict, timings: dict, per_process: dict | None) -> int:
                                                                   or args.max_new_tokens),
                      "device": args.device, "shape": args.shape, "dtype": args.dtype, "threads": args.threads,
                      "allocator": args.allocator,
-                     "page_faults": [int(statistics.median(t["base_faults"])), int(statistics.median(t["case_faults"]))]})
+                     "page_faults": [int(statistics.median(t["base_faults"])),
+                                     int(statistics.median(t["case_faults"]))]})
         if per_process is not None:
             rows[-1]["process_medians"] = [round(statistics.median(r), 4) for r in per_process[name]]
         if peaks:

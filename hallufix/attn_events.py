@@ -141,7 +141,8 @@ class StaticGainsEvent(LayerEvent):
     ``output`` ``(B, q, H, D)`` is readable (the outputs before any static gain) but not assignable: a method that
     edits outputs declares a plain ``heads`` point. It is valid during the hook only: the core then scales that
     tensor in place where no plain hook saw it (``.clone()`` it to keep it). Gains of several :meth:`scale`
-    calls, and of several methods at one layer, multiply; the result is :attr:`gains` ``(B, H)`` float32 (``None``: no call)."""
+    calls, and of several methods at one layer, multiply; the result is :attr:`gains` ``(B, H)`` float32
+    (``None``: no call)."""
 
     def __init__(self, output: torch.Tensor, **kw):
         super().__init__(**kw)

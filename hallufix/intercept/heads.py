@@ -48,9 +48,9 @@ def apply_heads(st, plan, module, work, out: torch.Tensor, ev_kw: dict) -> torch
 
 
 def apply_stored_gains(st, layer: int, out: torch.Tensor, inplace: bool | None = None) -> torch.Tensor:
-    """A decode step's outputs ``out`` ``(B, 1, H, D)`` times the gains static points set at prefill (unchanged
-    where none were stored: all ones, or folded). ``inplace`` (default: unless ``out`` needs grad) multiplies the
-    kernel's own output."""
+    """A decode forward's outputs ``out`` ``(B, q, H, D)`` (``q = 1``, or ``k`` in a beam look-ahead) times the
+    gains static points set at prefill (unchanged where none were stored: all ones, or folded). ``inplace``
+    (default: unless ``out`` needs grad) multiplies ``out`` itself: pass a tensor nothing else holds."""
     gains = st.static_gains.get(layer)
     if gains is None:
         return out
