@@ -80,6 +80,8 @@ class Interceptor:
         #: layer -> ``(B, H)`` float32 static head gains set at prefill, applied at decode (:mod:`.heads`)
         self.static_gains: dict[int, torch.Tensor] = {}
         self.weights = WeightFolds()
+        #: the decoder layers of the language model, listed once per call (``fold_head_gains`` runs per layer)
+        self._layers: list | None = None
         self._installed: Installed | None = None
         #: the Q-Former route while installed (:class:`~hallufix.intercept.qformer.QFormerRoute`), else ``None``
         self.qformer_route: QFormerRoute | None = None
@@ -110,7 +112,7 @@ class Interceptor:
 
     def _installers(self) -> list:
         """What this run installs, in installation order (removed in reverse)."""
-        layers = self.adapter.decoder_layers(self.model)
+        layers = self._layers = self.adapter.decoder_layers(self.model)
         out = []
         if self.table.kinds() & ATTENTION_KINDS:
             ensure_registered(attn.ATTN_NAME, attn.hallufix_attention)
@@ -188,7 +190,8 @@ class Interceptor:
         Exactly equals multiplying the per-head outputs before ``o_proj`` (``W_O diag(g ⊗ 1_D)``); the weight is
         restored bit-exactly on exit (the original tensor is kept, not written). Costs nothing per forward afterwards.
         """
-        o_proj = self.adapter.o_proj(self.adapter.decoder_layers(self.model)[layer])
+        layers = self._layers if self._layers is not None else self.adapter.decoder_layers(self.model)
+        o_proj = self.adapter.o_proj(layers[layer])
         weight = o_proj.weight
         H, D = self.info.num_heads, self.info.head_dim
         col = gains.to(weight.dtype).repeat_interleave(D)

@@ -106,11 +106,15 @@ class FHI(Method):
     def _gains(self, layer: int, phase: str = "prefill") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         c, sv = self.config, self.sv[layer]
         tau_perc, tau_reas = (c.tau_perc, c.tau_reas) if phase == "prefill" else c.decode_taus()
-        no = torch.zeros_like(sv, dtype=torch.bool)
-        perc = sv >= tau_perc if layer <= c.perc_max_layer and c.g_perc != 1 else no
-        reas = sv <= tau_reas if layer >= c.reas_min_layer and c.g_reas != 1 else no
-        gains = torch.ones_like(sv) + (c.g_perc - 1) * perc.float() + (c.g_reas - 1) * reas.float()
-        return gains, perc, reas
+        perc = sv >= tau_perc if layer <= c.perc_max_layer and c.g_perc != 1 else None
+        reas = sv <= tau_reas if layer >= c.reas_min_layer and c.g_reas != 1 else None
+        gains = torch.ones_like(sv)  # Eq. 9-10; a head is never both (tau_reas < tau_perc, validated)
+        if perc is not None:
+            gains = torch.where(perc, c.g_perc, gains)
+        if reas is not None:
+            gains = torch.where(reas, c.g_reas, gains)
+        no = None if perc is not None and reas is not None else torch.zeros_like(sv, dtype=torch.bool)
+        return gains, no if perc is None else perc, no if reas is None else reas
 
     @hallufix.hookimpl
     def hallufix_attn_heads(self, event):
