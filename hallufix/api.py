@@ -144,6 +144,22 @@ class MethodRun:
         return {names[id(inst)]: sorted({p.name for p in pts}) for inst, pts in self.declared.items()}
 
     # ------------------------------------------------------------------ generation
+    def check_decoding(self, decoding) -> None:
+        """Raise :class:`PluginError` now when this run's branches cannot follow ``decoding`` (a
+        :class:`hallufix.decoding.Decoding`; beam search takes branch rows only, and no beam-candidate method),
+        so a runner refuses before any sample runs; :meth:`generate` checks the same."""
+        from hallufix.decoding import prepare as decoding_plan
+        from hallufix.intercept.branch import beam_refusal
+
+        if decoding is None or decoding.strategy != "beam" or not self.branches:
+            return
+        separate = [br.name for _, br in self.branches if br.resolved_mode(self.branch_mode) != "rows"]
+        problem = beam_refusal(decoding.num_beams, separate,
+                               decoding_plan.candidate_caller(self.methods, self.declared) is not None,
+                               ", ".join(m for m, _ in self.branches))
+        if problem:
+            raise PluginError(problem)
+
     def generate(self, images: list, questions: list[str], *, max_new_tokens: int = 16, min_new_tokens: int = 0,
                  output_logits: bool = False, decoding=None, row_keys: list[str] | None = None,
                  **generate_kw) -> list[Generation]:
@@ -172,9 +188,11 @@ class MethodRun:
         bp = BranchPass.build(s, self.branches, inputs, rows, questions, self.methods, self.branch_mode) \
             if self.branches else None
         if bp is not None:  # the branches' rows follow the main rows: every layer hook sees all (1 + k) B rows
-            if steps.expand > 1:
-                raise PluginError(f"{', '.join(m for m, _ in self.branches)}: branch passes run with greedy or "
-                                  f"sampled decoding, not beam search — drop --decoding beam or the branch method")
+            try:
+                bp.expand_for(steps.expand, custom_candidates=decoding_plan.candidate_caller(
+                    self.methods, self.declared) is not None, methods=", ".join(m for m, _ in self.branches))
+            except ValueError as exc:
+                raise PluginError(str(exc)) from None
             inputs, layout = bp.inputs, bp.layout
         batch.layout = layout
         guards.check_context(s.model, inputs, max_new_tokens)  # before the model runs

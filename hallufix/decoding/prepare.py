@@ -100,12 +100,17 @@ def reuse_allowed(methods, declared=None) -> bool:
 
 def expand_layout(layout, times: int):
     """The :class:`~hallufix.layout.TokenLayout` with each row repeated ``times`` times (row ``b`` becomes rows
-    ``b * times ... b * times + times - 1``, transformers' beam order)."""
+    ``b * times ... b * times + times - 1``, transformers' beam order); a branch layout keeps its blocks (its
+    ``main_rows`` become ``main_rows * times``)."""
     if times == 1:
         return layout
     rep = lambda t: t.repeat_interleave(times, dim=0)  # noqa: E731
     grids = [g for g in layout.grids for _ in range(times)]
-    return type(layout)(rep(layout.input_ids), rep(layout.valid), rep(layout.visual), rep(layout.text), grids)
+    # a BranchLayout's blocks stay contiguous: the B main rows come first, so their B * times beams do too
+    extra = {"main_rows": layout.main_rows * times, "branch_names": layout.branch_names} \
+        if hasattr(layout, "branch_names") else {}
+    return type(layout)(rep(layout.input_ids), rep(layout.valid), rep(layout.visual), rep(layout.text), grids,
+                        **extra)
 
 
 def row_logits(out, batch_size: int, expand: int) -> torch.Tensor | None:

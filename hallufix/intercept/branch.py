@@ -127,7 +127,7 @@ class BranchLogits(LogitsProcessor):
         self.bp, self.st, self.caller = bp, st, caller
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        B, lay = self.bp.main_rows, self.bp.layout
+        B, lay = self.bp.step_rows, self.bp.step_layout  # under beam search each row's beams: B * num_beams
         main = scores[:B]
         if self.caller is not None:
             # generate's own processors ran before this one on the rows it computed (min_new_tokens bans EOS):
@@ -161,6 +161,22 @@ class _Lockstep(LogitsProcessor):
         return self.processor(input_ids[: self.rows], scores[: self.rows]).repeat(self.blocks, 1)
 
 
+def beam_refusal(beams: int, separate: list[str], custom_candidates: bool, methods: str = "") -> str | None:
+    """Why branches cannot run under ``beams`` beams (``None`` when they can): ``separate`` names the branches
+    set to run separately, ``custom_candidates`` whether a beam-candidate method is active (see
+    :meth:`BranchPass.expand_for`)."""
+    if beams <= 1:
+        return None
+    who = methods or "branch methods"
+    if separate:
+        return (f"{who}: under beam search a branch runs as extra batch rows, but {', '.join(separate)} is set to "
+                f"run separately: pass --branch-mode rows (or the method's branch=rows), or drop --decoding beam")
+    if custom_candidates:
+        return (f"{who}: branch passes do not combine with a beam-candidate method (it re-scores each row's "
+                f"candidates, so branch beams would not follow the main beams): drop one of them")
+    return None
+
+
 class BranchPass:
     """One batch's branches: merged inputs and the layout over the main and branch rows, the separate branches'
     inputs and layouts, the logits processor, output cutting.
@@ -175,6 +191,36 @@ class BranchPass:
         self.separate_specs = separate_specs or []
         self.session, self.methods = session, methods
         self.separate: list = []
+        #: rows per prompt row in every forward (``num_beams`` under beam search; :meth:`expand_for`)
+        self.expand = 1
+
+    def expand_for(self, beams: int, custom_candidates: bool = False, methods: str = "") -> None:
+        """Prepare for ``beams`` rows per prompt row (transformers' beam search expands every input row, branch
+        rows too). In the rows mode the branch rows' beams then follow the main beams exactly: each block gets
+        the main rows' processed scores (:class:`BranchLogits`), so beam search keeps, orders and reorders the
+        same beams, with their caches, in every block. Refused for a separate branch (its own cache would have
+        to follow the main beams' reordering) and for a method's beam-candidate hook (it re-scores candidates
+        after the processors, row by row: the blocks' beams would part)."""
+        problem = beam_refusal(beams, [br.name for br, *_ in self.separate_specs], custom_candidates, methods)
+        if problem:
+            raise ValueError(problem)
+        self.expand = beams
+
+    @property
+    def step_rows(self) -> int:
+        """Main rows in every forward and logits call: ``main_rows * expand`` (the first rows of the batch)."""
+        return self.main_rows * self.expand
+
+    @property
+    def step_layout(self) -> BranchLayout:
+        """The layout over every forward's rows (each row ``expand`` times, the blocks kept)."""
+        if self.expand == 1:
+            return self.layout
+        if getattr(self, "_step_layout", None) is None:
+            from hallufix.decoding.prepare import expand_layout
+
+            self._step_layout = expand_layout(self.layout, self.expand)
+        return self._step_layout
 
     @classmethod
     def build(cls, session, branches: list[tuple[str, Branch]], inputs: dict, rows: list[list],
@@ -230,22 +276,28 @@ class BranchPass:
 
     def main_rows_only(self, processor) -> LogitsProcessor:
         """``processor`` (e.g. the finite-logits guard) run on the main rows only; the scores pass unchanged."""
-        return _MainRowsOnly(processor, self.main_rows)
+        return _MainRowsOnly(processor, self.step_rows)
 
     def lockstep(self, processor) -> LogitsProcessor:
         """``processor`` run on the main rows, its result copied to every branch block: for processors whose
         output is not a function of the scores alone (a seeded sampler that turns scores into a one-hot choice per
         row), so branch rows still take their main row's token."""
-        return _Lockstep(processor, self.main_rows, 1 + len(self.layout.branch_names))
+        return _Lockstep(processor, self.step_rows, 1 + len(self.layout.branch_names))
 
     def main_output(self, out):
-        """``generate``'s output cut to the main rows (``sequences``, and ``logits`` / ``scores`` when present)."""
+        """``generate``'s output cut to the main rows: ``sequences`` (and beam search's ``sequences_scores`` and
+        ``beam_indices``, one per prompt row), per-step ``logits`` / ``scores`` (one per running row: the main
+        rows' beams come first)."""
         B = self.main_rows
         out.sequences = out.sequences[:B]
+        for name in ("sequences_scores", "beam_indices"):
+            value = getattr(out, name, None)
+            if value is not None:
+                setattr(out, name, value[:B])
         for name in ("logits", "scores"):
             value = getattr(out, name, None)
             if value is not None:
-                setattr(out, name, tuple(t[:B] for t in value))
+                setattr(out, name, tuple(t[: self.step_rows] for t in value))
         return out
 
 

@@ -67,6 +67,7 @@ class CellRun:
         self.ids = [s.id for s in self.samples]
         self.max_new = spec.max_new_tokens or task.max_new_tokens
         self.config = self._config()
+        self.run.check_decoding(self.decoding)  # before anything is written or run
         self._write_config()
         found = store.read_records(self.out_dir, drop_corrupt=self.drop_corrupt)
         wanted = set(self.ids)

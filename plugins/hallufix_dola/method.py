@@ -158,13 +158,14 @@ class DoLa(Method):
             for row, c in enumerate(choice.tolist()):
                 self._chosen[row // beams][layers[c]] += 1
         if self._penalty is not None:
-            scores = self._penalty(self._own_tokens(event.input_ids), scores)
+            scores = self._penalty(self._own_tokens(event.input_ids, event.layout), scores)
         event.scores = scores
 
-    def _own_tokens(self, input_ids: torch.Tensor) -> torch.Tensor:
+    def _own_tokens(self, input_ids: torch.Tensor, layout) -> torch.Tensor:
         """``input_ids`` with left padding replaced by the row's last token, so the penalty sees each row's own
-        tokens only (a padded row penalises exactly what it would alone)."""
-        valid = self._batch.layout.valid
+        tokens only (a padded row penalises exactly what it would alone). ``layout``: the logits event's, over
+        the rows the scores cover (the main rows when branch rows ride in the batch; each beam's row)."""
+        valid = layout.valid
         if valid is None or bool(valid.all()):
             return input_ids
         if valid.shape[0] != input_ids.shape[0]:  # beams / several sequences per prompt: rows repeat in order
