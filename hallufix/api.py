@@ -146,14 +146,17 @@ class MethodRun:
     # ------------------------------------------------------------------ generation
     def check_decoding(self, decoding) -> None:
         """Raise :class:`PluginError` now when this run's branches cannot follow ``decoding`` (a
-        :class:`hallufix.decoding.Decoding`; beam search takes branch rows only, and no beam-candidate method),
+        :class:`hallufix.decoding.Decoding`; beam search takes branch rows and plain-model separate branches, and
+        no beam-candidate method),
         so a runner refuses before any sample runs; :meth:`generate` checks the same."""
         from hallufix.decoding import prepare as decoding_plan
         from hallufix.intercept.branch import beam_refusal
 
         if decoding is None or decoding.strategy != "beam" or not self.branches:
             return
-        separate = [br.name for _, br in self.branches if br.resolved_mode(self.branch_mode) != "rows"]
+        active = list(self.methods.order)
+        separate = [br.name for _, br in self.branches
+                    if br.resolved_mode(self.branch_mode) != "rows" and br.hook_methods(active)]
         problem = beam_refusal(decoding.num_beams, separate,
                                decoding_plan.candidate_caller(self.methods, self.declared) is not None,
                                ", ".join(m for m, _ in self.branches))

@@ -1,6 +1,7 @@
-"""Branch passes under beam search (rows mode): every block of branch rows is beam-expanded like the main rows and
+"""Branch passes under beam search. Rows mode: every block of branch rows is beam-expanded like the main rows and
 receives the main rows' processed scores, so transformers' beam search keeps, orders and reorders the same beams
-in every block, their KV-cache rows with them. Checked against an independent eager beam search of PAI written
+in every block, their KV-cache rows with them. A separate plain-model branch (PAI's default) prefills once per
+prompt row and reorders its own cache after the main beams at every step. Checked against an independent eager beam search of PAI written
 from the paper (Eq. 4-6: each step, per live beam, a full boosted forward of the beam's own sequence and an
 image-free forward of its generated tokens, no cache), on a left-padded batch of mixed image sizes."""
 from __future__ import annotations
@@ -75,11 +76,12 @@ def _beam():
     return Decoding("beam", num_beams=BEAMS)
 
 
+@pytest.mark.parametrize("mode", ["rows", "separate"])
 @pytest.mark.parametrize("family", FAMILIES)
-def test_pai_rows_under_beam_search_equals_eager_beam_reference(family):
+def test_pai_under_beam_search_equals_eager_beam_reference(family, mode):
     s = tiny_session(family)
     images, qs = tiny_images(2, mixed=True), list(QUESTIONS[:2])
-    run = s.start(["pai"], {"pai": list(STRONG) + ["branch=rows"]})
+    run = s.start(["pai"], {"pai": list(STRONG) + [f"branch={mode}"]})
     outs = run.generate(images, qs, max_new_tokens=T, min_new_tokens=T, decoding=_beam())
     for i in range(2):
         toks, _ = reference_pai_beam(s, images[i], qs[i])
@@ -90,13 +92,15 @@ def test_pai_rows_under_beam_search_equals_eager_beam_reference(family):
         assert torch.equal(one[0].token_ids, outs[i].token_ids)
 
 
-def test_branch_rows_follow_their_beams_step_by_step():
+@pytest.mark.parametrize("mode", ["rows", "separate"])
+@pytest.mark.parametrize("family", FAMILIES)
+def test_branch_rows_follow_their_beams_step_by_step(family, mode):
     """Each running beam's image-free scores are those of its own generated tokens after the image-free prompt
-    (the branch rows' cache was reordered with the main beams at every step)."""
-    s = tiny_session("llava")
+    (the branch's cache was reordered with the main beams at every step)."""
+    s = tiny_session(family)
     images, qs = tiny_images(2, mixed=True), list(QUESTIONS[:2])
     log = BranchScoresLog()
-    run = s.start(["pai", log], {"pai": list(STRONG) + ["branch=rows"]})
+    run = s.start(["pai", log], {"pai": list(STRONG) + [f"branch={mode}"]})
     run.generate(images, qs, max_new_tokens=T, min_new_tokens=T, decoding=_beam())
     P = s.adapter.inputs(s.processor, [[im] for im in images], qs, "cpu")["input_ids"].shape[1]
     eos = s.model.generation_config.eos_token_id
@@ -121,9 +125,9 @@ def test_branch_rows_follow_their_beams_step_by_step():
     assert len({tuple(row.tolist()) for row in log.steps[-1][0][:BEAMS, P:]}) == BEAMS
 
 
-def test_separate_branch_and_candidate_methods_are_refused_under_beams():
+def test_hooked_separate_branch_and_candidate_methods_are_refused_under_beams():
     s = tiny_session("llava")
-    run = s.start(["pai"], {"pai": list(STRONG)})  # PAI's default: the branch runs separately
+    run = s.start(["vcd"], {"vcd": ["branch=separate"]})  # VCD's branch runs every method's hooks
     with pytest.raises(PluginError, match="--branch-mode rows"):
         run.generate(tiny_images(1), list(QUESTIONS[:1]), max_new_tokens=2, decoding=_beam())
     run = s.start(["vcd", "opera"], {"vcd": ["branch=rows"]})

@@ -139,18 +139,19 @@ def test_branch_mode_flag_reaches_the_branch_pass_and_is_recorded(saved_model, j
     assert answers(flag) == answers(own)
 
 
-def test_beam_search_with_branches_runs_as_rows_and_refuses_separate_before_any_sample(saved_model, jsonl_task,
-                                                                                        tmp_path, capsys):
-    """`--decoding beam` with PAI: the default separate branch is refused before anything runs (no finished
-    sample, no run directory left with records); `pai.branch=rows` runs and records its decoding."""
+def test_beam_search_with_branches_refuses_a_hooked_separate_branch_before_any_sample(saved_model, jsonl_task,
+                                                                                      tmp_path, capsys):
+    """`--decoding beam`: VCD's branch set to run separately (with every method's hooks) is refused before anything
+    runs (no finished sample); as rows it runs, and PAI's default plain-model separate branch runs too."""
     import yaml
 
-    common = ["--model", str(saved_model), "--task", f"jsonl:{jsonl_task}", "--plugins", "pai", "--batch-size", "3",
-              "--quiet", "--decoding", "beam", "--num-beams", "2"]
-    assert main(["run", *common, "--output", str(tmp_path / "sep")]) != 0
+    common = ["--model", str(saved_model), "--task", f"jsonl:{jsonl_task}", "--batch-size", "3", "--quiet",
+              "--decoding", "beam", "--num-beams", "2"]
+    assert main(["run", *common, "--plugins", "vcd", "vcd.branch=separate", "--output", str(tmp_path / "sep")]) != 0
     err = capsys.readouterr().err
-    assert "--branch-mode rows" in err and "pai_no_image" in err
+    assert "--branch-mode rows" in err and "vcd_noised" in err
     assert not list((tmp_path / "sep").rglob("*.jsonl"))
-    assert main(["run", *common, "pai.branch=rows", "--output", str(tmp_path / "rows")]) == 0
-    (cell,) = [d for d in (tmp_path / "rows").glob("pai*")]
-    assert yaml.safe_load((cell / "config.yaml").read_text())["identity"]["generation"]["num_beams"] == 2
+    for name, extra in (("rows", ["--plugins", "vcd", "vcd.branch=rows"]), ("pai", ["--plugins", "pai"])):
+        assert main(["run", *common, *extra, "--output", str(tmp_path / name)]) == 0
+        (cell,) = [d for d in (tmp_path / name).glob(f"{extra[1]}*")]
+        assert yaml.safe_load((cell / "config.yaml").read_text())["identity"]["generation"]["num_beams"] == 2

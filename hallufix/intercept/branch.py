@@ -161,16 +161,17 @@ class _Lockstep(LogitsProcessor):
         return self.processor(input_ids[: self.rows], scores[: self.rows]).repeat(self.blocks, 1)
 
 
-def beam_refusal(beams: int, separate: list[str], custom_candidates: bool, methods: str = "") -> str | None:
-    """Why branches cannot run under ``beams`` beams (``None`` when they can): ``separate`` names the branches
-    set to run separately, ``custom_candidates`` whether a beam-candidate method is active (see
-    :meth:`BranchPass.expand_for`)."""
+def beam_refusal(beams: int, separate_hooked: list[str], custom_candidates: bool, methods: str = "") -> str | None:
+    """Why branches cannot run under ``beams`` beams (``None`` when they can): ``separate_hooked`` names the
+    branches set to run separately with methods' hooks on them, ``custom_candidates`` whether a beam-candidate
+    method is active (see :meth:`BranchPass.expand_for`)."""
     if beams <= 1:
         return None
     who = methods or "branch methods"
-    if separate:
-        return (f"{who}: under beam search a branch runs as extra batch rows, but {', '.join(separate)} is set to "
-                f"run separately: pass --branch-mode rows (or the method's branch=rows), or drop --decoding beam")
+    if separate_hooked:
+        return (f"{who}: under beam search a separate branch runs the plain model only, but "
+                f"{', '.join(separate_hooked)} applies methods' hooks: pass --branch-mode rows (or the method's "
+                f"branch=rows), or drop --decoding beam")
     if custom_candidates:
         return (f"{who}: branch passes do not combine with a beam-candidate method (it re-scores each row's "
                 f"candidates, so branch beams would not follow the main beams): drop one of them")
@@ -198,10 +199,14 @@ class BranchPass:
         """Prepare for ``beams`` rows per prompt row (transformers' beam search expands every input row, branch
         rows too). In the rows mode the branch rows' beams then follow the main beams exactly: each block gets
         the main rows' processed scores (:class:`BranchLogits`), so beam search keeps, orders and reorders the
-        same beams, with their caches, in every block. Refused for a separate branch (its own cache would have
-        to follow the main beams' reordering) and for a method's beam-candidate hook (it re-scores candidates
-        after the processors, row by row: the blocks' beams would part)."""
-        problem = beam_refusal(beams, [br.name for br, *_ in self.separate_specs], custom_candidates, methods)
+        same beams, with their caches, in every block. A separate branch that runs the plain model
+        (``hooks="none"``: PAI's default) prefills once per prompt row and then follows the main beams (its cache
+        reordered at every step, :class:`~hallufix.intercept.branch_forward.SeparateBranch`). Refused for a
+        separate branch with methods' hooks on it (their per-row state would have to follow the beams too) and
+        for a method's beam-candidate hook (it re-scores candidates after the processors, row by row: the
+        blocks' beams would part)."""
+        problem = beam_refusal(beams, [br.name for br, _, _, selected in self.separate_specs if selected],
+                               custom_candidates, methods)
         if problem:
             raise ValueError(problem)
         self.expand = beams
@@ -271,7 +276,7 @@ class BranchPass:
             if interceptor is not None:
                 bh = BranchHooks(interceptor, self.methods, selected, lay)
                 scope = (lambda bh=bh: scoped(bh))
-            self.separate.append(SeparateBranch(br.name, self.session.model, part, lay, scope))
+            self.separate.append(SeparateBranch(br.name, self.session.model, part, lay, scope, beams=self.expand))
         return [BranchLogits(self, interceptor, caller)]
 
     def main_rows_only(self, processor) -> LogitsProcessor:

@@ -6,7 +6,9 @@ transformed pixels, or the image-free prompt left-padded among the branch's own 
 token-type ids). :meth:`SeparateBranch.step` is called once per generation step from the branch logits processor
 with the main rows' ``input_ids`` ``(B, P + t)``: at the first step it runs the branch's prefill, afterwards one
 decode forward on the token the main rows chose at the previous step (``input_ids[:, -1]``). It returns the
-branch's next-token logits ``(B, V)`` float32, as ``generate`` hands them to its processors.
+branch's next-token logits ``(B, V)`` float32, as ``generate`` hands them to its processors. Under beam search
+(``beams > 1``, a plain-model branch) it prefills the ``B`` prompt rows once, then holds ``B * beams`` rows that
+follow the main beams (:meth:`SeparateBranch._follow_beams`).
 
 Everything goes through the model's own generation interface: ``prepare_inputs_for_generation`` and the forward
 (with ``cache``), and, once at prefill, the model's ``_prepare_position_ids_for_generation`` (what ``generate``
@@ -68,8 +70,11 @@ class SeparateBranch:
     (``None``: no interceptor in this run).
     """
 
-    def __init__(self, name: str, model, inputs: dict, layout, scope=None):
+    def __init__(self, name: str, model, inputs: dict, layout, scope=None, beams: int = 1):
         self.name, self.model, self.layout, self.scope = name, model, layout, scope
+        #: rows per prompt row after the prefill (beam search; see :meth:`_follow_beams`)
+        self.beams = beams
+        self._seen: torch.Tensor | None = None  # the main rows' ids at the previous step (beam search)
         self.state = _ModelState(model)
         self.lm = _delegate(model)
         self.prefill_model = model if self.lm is None or "pixel_values" in inputs else self.lm
@@ -120,11 +125,54 @@ class SeparateBranch:
                 model = self.prefill_model
                 inputs = model.prepare_inputs_for_generation(self.ids, is_first_iteration=True, **self.kw)
             else:
+                if self.beams > 1:
+                    self._follow_beams(main_ids)
                 self._advance(main_ids[:, -1:])
                 model = self.decode_model
                 kw = self.kw if model is self.prefill_model else {k: v for k, v in self.kw.items() if k in _LM_KEYS}
                 inputs = model.prepare_inputs_for_generation(self.ids, next_sequence_length=1, **kw)
             out = model(**inputs, return_dict=True)
         self.kw["cache"] = out.cache if getattr(out, "cache", None) is not None else self.kw["cache"]
+        logits = out.logits[:, -1].to(copy=True, dtype=torch.float32)
+        if self.steps == 0 and self.beams > 1:  # prefill ran once per prompt row: give each of its beams a copy
+            self._expand_rows()
+            logits = logits.repeat_interleave(self.beams, 0)
         self.steps += 1
-        return out.logits[:, -1].to(copy=True, dtype=torch.float32)
+        if self.beams > 1:
+            self._seen = main_ids
+        return logits
+
+    def _expand_rows(self) -> None:
+        """After the prefill under beam search: every per-row state ``beams`` times, row ``b`` becoming rows
+        ``b * beams ...`` (transformers' beam order): the cache (``batch_repeat_interleave``), the per-token
+        kwargs, the ids and the model's ``rope_deltas``."""
+        n, kw = self.beams, self.kw
+        kw["cache"].batch_repeat_interleave(n)
+        self.ids = self.ids.repeat_interleave(n, 0)
+        for key in ("attention_mask", "mm_token_type_ids", "token_type_ids"):
+            if kw.get(key) is not None:
+                kw[key] = kw[key].repeat_interleave(n, 0)
+        if kw.get("position_ids") is not None:  # (B, T), or (k, B, T) rotary sections (Qwen2-VL)
+            p = kw["position_ids"]
+            kw["position_ids"] = p.repeat_interleave(n, 0 if p.dim() == 2 else 1)
+        self.state.branch = [v.repeat_interleave(n, 0) if isinstance(v, torch.Tensor) else v
+                             for v in self.state.branch]
+
+    def _follow_beams(self, main_ids: torch.LongTensor) -> None:
+        """Reorder the branch's rows as beam search reordered the main beams since the previous step.
+
+        ``main_ids`` ``(B * beams, L)``: each row extends the sequence of one running beam of the previous step
+        (its parent, among the same prompt row's beams); the parent is found by comparing ``main_ids[:, :-1]``
+        with the previous step's ids (beams with equal histories hold equal branch rows, so any match serves), and
+        the cache rows follow (``reorder_cache``). The other per-row state is equal across a prompt row's beams."""
+        prev, n = self._seen, self.beams
+        rows = main_ids.shape[0]
+        hist = main_ids[:, :-1].view(rows // n, n, 1, -1)
+        match = (hist == prev.view(rows // n, 1, n, -1)).all(-1)  # (Q, child, parent)
+        if not bool(match.any(-1).all()):
+            raise RuntimeError(f"branch {self.name!r}: a beam's history matches no beam of the previous step")
+        parent = match.float().argmax(-1) + torch.arange(0, rows, n, device=main_ids.device)[:, None]
+        parent = parent.flatten()
+        if not torch.equal(parent, torch.arange(rows, device=parent.device)):
+            self.kw["cache"].reorder_cache(parent)
+            self.ids = self.ids[parent]
