@@ -18,6 +18,11 @@ logits must show a tie within the dtype's resolution -- its own choice beats the
 exactly in random tiny models; a decisive answer that batching flips fails. With greedy decoding on the recorded
 logits the tie rule follows from the logit tolerance; it is checked on its own for what picks tokens elsewhere.)
 
+A method's own discrete choice (contrast's crop cells) may part the same way in half precision: a contract's
+:meth:`RealInputsContract.decision_tied` asserts that a differing choice sat at a tie within the dtype's
+resolution, and that row's answers are then not compared (first seen on an AVX2-only CPU, where a crop cell of the
+real-depth Qwen2-VL in bfloat16 sat 3e-4 from its quantile).
+
 Presets at real depth: :func:`configured_points` sees the layers a method *declares* in ``hallufix_configure``.
 Layers it only probes inside ``ImageEvent.capture`` (ARA's band, contrast's crop-variant fusion / post layers) are
 not declared anywhere, so they are checked by the real-depth runs with the preset instead (same depths as the
@@ -119,6 +124,13 @@ class RealInputsContract:
             pytest.skip("the active setting runs in float32 and bfloat16; float16 runs the preset")
         return request.param
 
+    def decision_tied(self, batched, single, dtype: str) -> bool:
+        """Whether a method's own discrete choice (a crop box, a selected layer) differs between a batched row and
+        its single run at a tie within ``dtype``'s resolution -- then the answers may part, as greedy tokens may at
+        a tied logit. Override in a method's contract: assert that a differing choice is a tie and return True;
+        return False when the choices agree. The default: no such choice."""
+        return False
+
     def _real_runs(self, family, dtype, setting):
         key = (type(self).__qualname__, self.method, family, dtype, setting)
         if key not in self._real_cache:
@@ -161,7 +173,9 @@ class RealInputsContract:
 
     def test_real_mixed_batch_equals_single(self, family, dtype, setting):
         batched, singles = self._real_runs(family, dtype, setting)
-        atol = self.batch_atol if dtype == "float32" else BATCH_ATOL[dtype]
         for i, (b, s) in enumerate(zip(batched, singles)):
+            if dtype != "float32" and self.decision_tied(b, s, dtype):
+                continue  # the method's own choice parted at a tie: later logits condition on different inputs
+            atol = self.batch_atol if dtype == "float32" else BATCH_ATOL[dtype]
             assert_same_answers(b, s, atol, where=f"{self.method} on real-depth {family} ({dtype}, {setting}), "
                                                   f"row {i} ({tiny_images(4, mixed=True)[i].size}): ")

@@ -104,6 +104,19 @@ def contrast_map(maps: dict[int, torch.Tensor], fusion: list[int], post: int, si
     return (diff if signed else diff.abs()), chosen, dist
 
 
+def crop_decision_gap(values: np.ndarray, quantile: float) -> float:
+    """How close :func:`crop_box`'s cell selection is to a tie: the smallest ``|v - thr| / thr`` over the cells
+    with a positive value (``thr`` the ``quantile`` of the positive part); ``inf`` when no cell is positive.
+    Below the model dtype's relative resolution the selection is decided by rounding (half precision: batched
+    and single runs may crop differently)."""
+    v = np.maximum(np.asarray(values, dtype=np.float64), 0).ravel()
+    thr = np.quantile(v, quantile)
+    pos = v[v > 0]
+    if not pos.size or thr <= 0:
+        return float("inf")
+    return float(np.min(np.abs(pos - thr)) / thr)
+
+
 def crop_box(values: np.ndarray, grid: tuple[int, int], quantile: float) -> tuple[int, int, int, int]:
     """Cells ``(r0, c0, r1, c1)`` (half-open) bounding the largest 4-connected component of cells whose value is at
     or above the ``quantile`` of the positive part of ``values`` (raster order on ``grid``)."""
@@ -240,11 +253,12 @@ class Contrast(Method):
         contrast, chosen, dist, vt = contrast.cpu(), chosen.tolist(), dist.cpu(), cap.visual
         for b, image in enumerate(event.images):
             grid = vt.grid(b, 0)  # the row's own grid (Qwen: per image), its own slots
-            cells = crop_box(contrast[b, vt.image_slots(b, 0)].numpy(), grid, c.crop_quantile)
+            values = contrast[b, vt.image_slots(b, 0)].numpy()
+            cells = crop_box(values, grid, c.crop_quantile)
             box = pixel_box(event.cell_index(image, grid), cells, grid, c.crop_margin, c.crop_min_side)
             event.extra_images[b].append(image.crop(box))
             self.diag_crop[b] = {"pre_layer": int(chosen[b]), "post_layer": self.post, "cells": list(cells),
-                                 "box": list(box),
+                                 "box": list(box), "cells_gap": round(crop_decision_gap(values, c.crop_quantile), 6),
                                  "hellinger": {str(f): round(float(dist[b, k]), 6) for k, f in enumerate(self.fusion)}}
 
     @hallufix.hookimpl
