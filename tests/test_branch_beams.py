@@ -11,10 +11,11 @@ import math
 import pytest
 import torch
 
-from hallufix import hookimpl, points
+from hallufix import hookimpl
 from hallufix.decoding import Decoding
 from hallufix.plugins import PluginError
 from hallufix.testing.models import QUESTIONS, tiny_images, tiny_session
+from hallufix.testing.recorder import ScoresSpy
 from hallufix.testing.reference import attention_as
 
 from test_pai import EagerPAI, STRONG, _forward, _text_only
@@ -55,17 +56,10 @@ def reference_pai_beam(s, image, question, beams=BEAMS, alpha=2.0, gamma=1.5, be
     return live[0][1][0, P:], float(live[0][0])
 
 
-class BranchScoresLog:
+class BranchScoresLog(ScoresSpy):
     """Placed after PAI: per step, the main rows' ``input_ids`` and the image-free branch's raw scores."""
 
     name = "branch-log"
-
-    def __init__(self):
-        self.steps: list = []
-
-    @hookimpl
-    def hallufix_configure(self, model):
-        return points.logits()
 
     @hookimpl
     def hallufix_logits(self, event):
