@@ -178,7 +178,7 @@ def test_pai_default_branch_runs_the_plain_model_with_other_methods_on():
     assert all(len(o.token_ids) == T for o in outs)
 
 
-def test_declaration_errors_and_beams_refused():
+def test_declaration_errors_and_hooked_separate_branch_refused_under_beams():
     with pytest.raises(ValueError, match="mode='rows'"):
         Branch("b", mode="rows", hooks="none")
     with pytest.raises(ValueError, match="mode must be one of"):
@@ -190,8 +190,8 @@ def test_declaration_errors_and_beams_refused():
     assert Branch("b").resolved_mode("separate") == "separate" and Branch("b", mode="rows").resolved_mode(
         "separate") == "rows"
     assert Branch("b", hooks=("clva", "pai"), exclude=("pai",)).hook_methods(["pai", "vcd", "clva"]) == ["clva"]
-    s = tiny_session("llava")
-    run = s.start(["pai"], {"pai": list(STRONG)})
+    s = tiny_session("llava")  # a branch with methods' hooks cannot run separately under beams (it can as rows)
+    run = s.start(["vcd"], {"vcd": ["branch=separate"]})
     with pytest.raises(PluginError, match="beam"):
         run.generate(tiny_images(1), list(QUESTIONS[:1]), max_new_tokens=2, decoding=Decoding("beam", num_beams=2))
 
