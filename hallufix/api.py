@@ -145,10 +145,10 @@ class MethodRun:
 
     # ------------------------------------------------------------------ generation
     def check_decoding(self, decoding) -> None:
-        """Raise :class:`PluginError` now when this run's branches cannot follow ``decoding`` (a
-        :class:`hallufix.decoding.Decoding`; beam search takes branch rows and plain-model separate branches, and
-        no beam-candidate method),
-        so a runner refuses before any sample runs; :meth:`generate` checks the same."""
+        """Raise :class:`PluginError` when this run's branches cannot follow ``decoding`` (a
+        :class:`hallufix.decoding.Decoding`): beam search takes branch rows and plain-model separate branches, and
+        no beam-candidate method beside them (:func:`hallufix.intercept.branch.beam_refusal`). A runner calls it
+        before any sample runs; :meth:`generate` calls it for every batch."""
         from hallufix.decoding import prepare as decoding_plan
         from hallufix.intercept.branch import beam_refusal
 
@@ -191,11 +191,8 @@ class MethodRun:
         bp = BranchPass.build(s, self.branches, inputs, rows, questions, self.methods, self.branch_mode) \
             if self.branches else None
         if bp is not None:  # the branches' rows follow the main rows: every layer hook sees all (1 + k) B rows
-            try:
-                bp.expand_for(steps.expand, custom_candidates=decoding_plan.candidate_caller(
-                    self.methods, self.declared) is not None, methods=", ".join(m for m, _ in self.branches))
-            except ValueError as exc:
-                raise PluginError(str(exc)) from None
+            self.check_decoding(decoding)
+            bp.expand_for(steps.expand)
             inputs, layout = bp.inputs, bp.layout
         batch.layout = layout
         guards.check_context(s.model, inputs, max_new_tokens)  # before the model runs

@@ -198,7 +198,9 @@ class TestContrastContract(MethodContract):
         b, s = batched.diagnostics.get("contrast", {}), single.diagnostics.get("contrast", {})
         if b.get("cells") == s.get("cells"):
             return False
-        gap = min(b["cells_gap"], s["cells_gap"])
+        gaps = [g for g in (b["cells_gap"], s["cells_gap"]) if g is not None]  # None: that run selected nothing
+        assert gaps, f"contrast: batched cells {b['cells']}, single {s['cells']}, neither run selected cells"
+        gap = min(gaps)
         assert gap <= self.CROP_TIE[dtype], (f"contrast: batched cells {b['cells']}, single {s['cells']}, with a "
                                              f"decision gap of {gap:.3g} > {self.CROP_TIE[dtype]:.3g}: not a tie")
         return True
@@ -214,4 +216,5 @@ def test_crop_decision_gap_measures_the_distance_to_the_quantile():
     thr = np.quantile(values, 0.8)  # 0.34
     assert crop_decision_gap(values, 0.8) == pytest.approx(abs(0.3 - thr) / thr)
     assert crop_decision_gap(np.array([0.5, 0.5, 0.5, 0.5]), 0.8) == 0.0  # every cell at the quantile: a tie
-    assert crop_decision_gap(np.array([-1.0, 0.0, -2.0, 0.0]), 0.8) == float("inf")  # no positive cell
+    assert crop_decision_gap(np.array([-1.0, 0.0, -2.0, 0.0]), 0.8) is None  # no positive cell: no selection
+    assert crop_decision_gap(np.array([0.0, 0.0, 0.0, 0.0, 0.5, 2.0]), 0.5) == pytest.approx(0.25)  # thr 0

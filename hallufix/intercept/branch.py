@@ -195,20 +195,15 @@ class BranchPass:
         #: rows per prompt row in every forward (``num_beams`` under beam search; :meth:`expand_for`)
         self.expand = 1
 
-    def expand_for(self, beams: int, custom_candidates: bool = False, methods: str = "") -> None:
+    def expand_for(self, beams: int) -> None:
         """Prepare for ``beams`` rows per prompt row (transformers' beam search expands every input row, branch
         rows too). In the rows mode the branch rows' beams then follow the main beams exactly: each block gets
         the main rows' processed scores (:class:`BranchLogits`), so beam search keeps, orders and reorders the
         same beams, with their caches, in every block. A separate branch that runs the plain model
         (``hooks="none"``: PAI's default) prefills once per prompt row and then follows the main beams (its cache
-        reordered at every step, :class:`~hallufix.intercept.branch_forward.SeparateBranch`). Refused for a
-        separate branch with methods' hooks on it (their per-row state would have to follow the beams too) and
-        for a method's beam-candidate hook (it re-scores candidates after the processors, row by row: the
-        blocks' beams would part)."""
-        problem = beam_refusal(beams, [br.name for br, _, _, selected in self.separate_specs if selected],
-                               custom_candidates, methods)
-        if problem:
-            raise ValueError(problem)
+        reordered at every step, :class:`~hallufix.intercept.branch_forward.SeparateBranch`). What cannot follow
+        (a separate branch with methods' hooks, a beam-candidate method) is refused before, by
+        :func:`beam_refusal` through ``MethodRun.check_decoding``."""
         self.expand = beams
 
     @property

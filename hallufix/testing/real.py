@@ -21,7 +21,7 @@ logits the tie rule follows from the logit tolerance; it is checked on its own f
 A method's own discrete choice (contrast's crop cells) may part the same way in half precision: a contract's
 :meth:`RealInputsContract.decision_tied` asserts that a differing choice sat at a tie within the dtype's
 resolution, and that row's answers are then not compared (first seen on an AVX2-only CPU, where a crop cell of the
-real-depth Qwen2-VL in bfloat16 sat 3e-4 from its quantile).
+real-depth Qwen2-VL in bfloat16 sat at its quantile within rounding: ``cells_gap`` in contrast's diagnostics).
 
 Presets at real depth: :func:`configured_points` sees the layers a method *declares* in ``hallufix_configure``.
 Layers it only probes inside ``ImageEvent.capture`` (ARA's band, contrast's crop-variant fusion / post layers) are

@@ -104,24 +104,36 @@ def contrast_map(maps: dict[int, torch.Tensor], fusion: list[int], post: int, si
     return (diff if signed else diff.abs()), chosen, dist
 
 
-def crop_decision_gap(values: np.ndarray, quantile: float) -> float:
+def _positive_quantile(values: np.ndarray, quantile: float) -> tuple[np.ndarray, float]:
+    """``(v, thr)``: the positive part of ``values`` (float64) and its ``quantile``, what the crop selects on."""
+    v = np.maximum(np.asarray(values, dtype=np.float64), 0)
+    return v, float(np.quantile(v, quantile))
+
+
+def crop_decision_gap(values: np.ndarray, quantile: float) -> float | None:
     """How close :func:`crop_box`'s cell selection is to a tie: the smallest ``|v - thr| / thr`` over the cells
-    with a positive value (``thr`` the ``quantile`` of the positive part); ``inf`` when no cell is positive.
-    Below the model dtype's relative resolution the selection is decided by rounding (half precision: batched
-    and single runs may crop differently)."""
-    v = np.maximum(np.asarray(values, dtype=np.float64), 0).ravel()
-    thr = np.quantile(v, quantile)
+    with a positive value (``thr`` the ``quantile`` of the positive part); where ``thr`` is 0 the selection is
+    "positive", and the gap is the smallest positive value over the largest. ``None`` when no cell is positive
+    (the crop is then the whole image: no selection). Below the model dtype's relative resolution the selection is
+    decided by rounding (half precision: batched and single runs may crop differently)."""
+    v, thr = _positive_quantile(values, quantile)
     pos = v[v > 0]
-    if not pos.size or thr <= 0:
-        return float("inf")
+    if not pos.size:
+        return None
+    if thr <= 0:
+        return float(pos.min() / pos.max())
     return float(np.min(np.abs(pos - thr)) / thr)
+
+
+def _rounded(x: float | None, digits: int = 6) -> float | None:
+    return None if x is None else round(x, digits)
 
 
 def crop_box(values: np.ndarray, grid: tuple[int, int], quantile: float) -> tuple[int, int, int, int]:
     """Cells ``(r0, c0, r1, c1)`` (half-open) bounding the largest 4-connected component of cells whose value is at
     or above the ``quantile`` of the positive part of ``values`` (raster order on ``grid``)."""
-    v = np.maximum(np.asarray(values, dtype=np.float64), 0).reshape(grid)
-    thr = np.quantile(v, quantile)
+    v, thr = _positive_quantile(values, quantile)
+    v = v.reshape(grid)
     on = (v >= thr) & (v > 0)
     if not on.any():
         return 0, 0, grid[0], grid[1]
@@ -258,7 +270,7 @@ class Contrast(Method):
             box = pixel_box(event.cell_index(image, grid), cells, grid, c.crop_margin, c.crop_min_side)
             event.extra_images[b].append(image.crop(box))
             self.diag_crop[b] = {"pre_layer": int(chosen[b]), "post_layer": self.post, "cells": list(cells),
-                                 "box": list(box), "cells_gap": round(crop_decision_gap(values, c.crop_quantile), 6),
+                                 "box": list(box), "cells_gap": _rounded(crop_decision_gap(values, c.crop_quantile)),
                                  "hellinger": {str(f): round(float(dist[b, k]), 6) for k, f in enumerate(self.fusion)}}
 
     @hallufix.hookimpl
