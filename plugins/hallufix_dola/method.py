@@ -65,35 +65,43 @@ def bucket(spec: str, L: int, tied: bool) -> list[int]:
     return [j for j in parse_layers(spec, L) if j < L]
 
 
-def contrast(final: torch.Tensor, premature: torch.Tensor, alpha: float, relative_top: float) -> torch.Tensor:
-    """``(B, V)`` float32: ``log q_N - alpha log q_M`` on the plausible head of ``q_N``, ``-inf`` elsewhere."""
-    logp_f = final.log_softmax(-1)
-    logp_m = premature.log_softmax(-1)
-    thresh = logp_f.amax(-1, keepdim=True) + math.log(relative_top)
-    out = logp_f - alpha * logp_m
-    return out.masked_fill(logp_f < thresh, float("-inf"))
+#: floor for the log-probabilities entering ``p log p``: below the log of any positive float32 / float64 (about
+#: -103 / -745), so it changes only ``-inf`` (``p = 0``), whose term must be ``0``, not ``0 * -inf = nan``
+_LOG_FLOOR = -1e4
 
 
-def premature_choice(final: torch.Tensor, stacked: torch.Tensor, divergence: str = "jsd") -> torch.Tensor:
-    """``(B,)`` index into the candidates ``stacked`` ``(k, B, V)`` farthest from the mature scores ``final``
-    ``(B, V)`` per row (ties: the first candidate).
+def contrast(logp_final: torch.Tensor, logp_premature: torch.Tensor, alpha: float,
+             relative_top: float) -> torch.Tensor:
+    """``(B, V)`` float32: ``log q_N - alpha log q_M`` on the plausible head of ``q_N``, ``-inf`` elsewhere, from
+    the log-probabilities ``log q_N`` and ``log q_M`` ``(B, V)`` (``log_softmax`` of the scores)."""
+    thresh = logp_final.amax(-1, keepdim=True) + math.log(relative_top)
+    out = logp_final - alpha * logp_premature if alpha != 1 else logp_final - logp_premature
+    return out.masked_fill_(logp_final < thresh, float("-inf"))
 
-    ``jsd``: the paper's ``JSD(q_N || q_j) = 1/2 KL(q_N || M) + 1/2 KL(q_j || M)``, ``M = (q_N + q_j) / 2``
-    (``0 log 0 = 0``: tokens an earlier processor banned, ``q_N = 0``, add nothing). ``official``: what the
-    official code and transformers compute, ``1/2 KL(M || q_N) + 1/2 KL(M || q_j)`` (``F.kl_div(log q, M)``), over
-    the tokens ``final`` leaves finite (there no processor runs before the contrast, so no token is banned)."""
-    p_f = final.softmax(-1)[None]
-    p_j = stacked.softmax(-1)
-    m = 0.5 * (p_f + p_j)
+
+def premature_choice(logp_final: torch.Tensor, logp_stacked: torch.Tensor, final: torch.Tensor,
+                     divergence: str = "jsd") -> torch.Tensor:
+    """``(B,)`` index into the candidates farthest from the mature distribution per row (ties: the first).
+
+    ``logp_final`` ``(B, V)`` and ``logp_stacked`` ``(k, B, V)``: ``log_softmax`` of the mature scores ``final``
+    ``(B, V)`` and of the ``k`` candidates' lens logits (computed once by the caller, which reuses them in
+    :func:`contrast`).
+
+    ``jsd``: the paper's ``JSD(q_N || q_j) = 1/2 KL(q_N || M) + 1/2 KL(q_j || M)``, ``M = (q_N + q_j) / 2``,
+    summed per token as ``1/2 q_N log q_N + 1/2 q_j log q_j - M log M`` (the same sum regrouped; ``0 log 0 = 0``:
+    tokens an earlier processor banned, ``q_N = 0``, add nothing). ``official``: what the official code and
+    transformers compute, ``1/2 KL(M || q_N) + 1/2 KL(M || q_j)`` (``F.kl_div(log q, M)``), over the tokens
+    ``final`` leaves finite (there no processor runs before the contrast, so no token is banned)."""
+    p_f, p_j = logp_final.exp(), logp_stacked.exp()
+    m = (p_j + p_f).mul_(0.5)
+    m_log_m = m * m.log().clamp_min(_LOG_FLOOR)
     if divergence == "jsd":
-        d = (torch.xlogy(p_f, p_f) - torch.xlogy(p_f, m)).sum(-1) + (torch.xlogy(p_j, p_j) - torch.xlogy(p_j, m)).sum(-1)
+        per_token = (p_j * logp_stacked.clamp_min(_LOG_FLOOR)).add_(p_f * logp_final.clamp_min(_LOG_FLOOR))
+        per_token = per_token.mul_(0.5).sub_(m_log_m)
     else:
-        finite = torch.isfinite(final)[None]
-        log_m = m.log()
-        t_f = torch.where(finite, m * (log_m - final.log_softmax(-1)[None]), 0.0)
-        t_j = torch.where(finite, m * (log_m - stacked.log_softmax(-1)), 0.0)
-        d = t_f.sum(-1) + t_j.sum(-1)
-    return (0.5 * d).argmax(0)
+        per_token = m_log_m - (logp_final + logp_stacked).mul_(0.5).mul_(m)
+        per_token = torch.where(torch.isfinite(final), per_token, 0.0)
+    return per_token.sum(-1).argmax(0)
 
 
 class DoLa(Method):
@@ -148,12 +156,13 @@ class DoLa(Method):
             # separate product for every candidate); the main rows only (branch rows, if any, follow them)
             stacked = torch.stack([lens_events[j].logits(norm=cfg.premature_norm)[: scores.shape[0]]
                                    for j in layers])
+            logp_final, logp_stacked = scores.log_softmax(-1), stacked.log_softmax(-1)
             if len(layers) == 1:
                 choice = torch.zeros(scores.shape[0], dtype=torch.long, device=scores.device)
             else:
-                choice = premature_choice(scores, stacked, cfg.divergence)
-            premature = stacked.gather(0, choice[None, :, None].expand(1, *scores.shape))[0]
-            scores = contrast(scores, premature, cfg.alpha, cfg.relative_top)
+                choice = premature_choice(logp_final, logp_stacked, scores, cfg.divergence)
+            rows = torch.arange(scores.shape[0], device=scores.device)
+            scores = contrast(logp_final, logp_stacked[choice, rows], cfg.alpha, cfg.relative_top)
             beams = self._batch.beams  # under beam search a question's beams are consecutive rows
             for row, c in enumerate(choice.tolist()):
                 self._chosen[row // beams][layers[c]] += 1
