@@ -14,7 +14,7 @@ from hallufix import points as P
 from hallufix.testing import MethodContract
 from hallufix.testing.recorder import ScoresSpy
 from hallufix.testing.models import QUESTIONS, tiny_images, tiny_session
-from hallufix_dola.method import bucket
+from hallufix_dola.method import bucket, premature_choice
 
 FAMILIES = ("llava", "qwen2-vl", "qwen2.5-vl", "instructblip")
 T = 4
@@ -223,6 +223,31 @@ def test_buckets_follow_depth():
     assert bucket("high", 60, tied=False) == list(range(40, 60, 2))
     assert bucket("low", 4, tied=False) == [0] and bucket("low", 2, tied=True) == [1]
     assert bucket("1,3", 4, tied=False) == [1, 3]
+
+
+@pytest.mark.parametrize("divergence", ["jsd", "official"])
+def test_layer_choice_is_finite_where_probabilities_vanish(divergence):
+    """Banned tokens (``-inf`` mature scores) and candidate probabilities that underflow to 0 in float32 (logits
+    spread over more than 104): the choice is the float64 definition's, with no ``0 * -inf`` reaching the sums."""
+    g = torch.Generator().manual_seed(3)
+    final = torch.randn(2, 500, generator=g, dtype=torch.float64) * 4
+    final[:, :40] = -math.inf  # banned by an earlier processor
+    final[:, 100:300] -= 400.0  # finite, but q_N underflows to exactly 0 there in float32
+    stacked = torch.randn(3, 2, 500, generator=g, dtype=torch.float64) * 4
+    stacked[1] = final.clamp_min(-1e3) + 0.3 * torch.randn(2, 500, generator=g, dtype=torch.float64)
+    # candidate 1 is the closest to q_N, and its q_j (so M too) is exactly 0 in float32 on 100:300 and the banned
+    # tokens: a 0 * -inf there would make it look the farthest
+    q_n, q_j = final.softmax(-1), stacked.softmax(-1)
+    m = 0.5 * (q_n + q_j)
+    if divergence == "jsd":  # sum_v p log(p / m) with 0 log 0 = 0, in float64
+        kl = lambda p: torch.where(p > 0, p * (p / m).log(), 0.0).sum(-1)  # noqa: E731
+        want = (0.5 * kl(q_n[None]) + 0.5 * kl(q_j)).argmax(0)
+    else:
+        keep = torch.isfinite(final)[None]
+        terms = m * (m.log() - q_n.log()[None]) + m * (m.log() - q_j.log())
+        want = torch.where(keep, terms, 0.0).sum(-1).argmax(0)
+    got = premature_choice(final.float().log_softmax(-1), stacked.float().log_softmax(-1), divergence)
+    assert torch.equal(got, want) and not bool((want == 1).any())
 
 
 class TestDoLaContract(MethodContract):

@@ -79,19 +79,17 @@ def contrast(logp_final: torch.Tensor, logp_premature: torch.Tensor, alpha: floa
     return out.masked_fill_(logp_final < thresh, float("-inf"))
 
 
-def premature_choice(logp_final: torch.Tensor, logp_stacked: torch.Tensor, final: torch.Tensor,
-                     divergence: str = "jsd") -> torch.Tensor:
+def premature_choice(logp_final: torch.Tensor, logp_stacked: torch.Tensor, divergence: str = "jsd") -> torch.Tensor:
     """``(B,)`` index into the candidates farthest from the mature distribution per row (ties: the first).
 
-    ``logp_final`` ``(B, V)`` and ``logp_stacked`` ``(k, B, V)``: ``log_softmax`` of the mature scores ``final``
-    ``(B, V)`` and of the ``k`` candidates' lens logits (computed once by the caller, which reuses them in
-    :func:`contrast`).
+    ``logp_final`` ``(B, V)`` and ``logp_stacked`` ``(k, B, V)`` float32: ``log_softmax`` of the mature scores and
+    of the ``k`` candidates' lens logits (computed once by the caller, which reuses them in :func:`contrast`).
 
     ``jsd``: the paper's ``JSD(q_N || q_j) = 1/2 KL(q_N || M) + 1/2 KL(q_j || M)``, ``M = (q_N + q_j) / 2``,
     summed per token as ``1/2 q_N log q_N + 1/2 q_j log q_j - M log M`` (the same sum regrouped; ``0 log 0 = 0``:
     tokens an earlier processor banned, ``q_N = 0``, add nothing). ``official``: what the official code and
-    transformers compute, ``1/2 KL(M || q_N) + 1/2 KL(M || q_j)`` (``F.kl_div(log q, M)``), over the tokens
-    ``final`` leaves finite (there no processor runs before the contrast, so no token is banned)."""
+    transformers compute, ``1/2 KL(M || q_N) + 1/2 KL(M || q_j)`` (``F.kl_div(log q, M)``), over the tokens the
+    mature scores leave finite (there no processor runs before the contrast, so no token is banned)."""
     p_f, p_j = logp_final.exp(), logp_stacked.exp()
     m = (p_j + p_f).mul_(0.5)
     m_log_m = m * m.log().clamp_min(_LOG_FLOOR)
@@ -100,7 +98,7 @@ def premature_choice(logp_final: torch.Tensor, logp_stacked: torch.Tensor, final
         per_token = per_token.mul_(0.5).sub_(m_log_m)
     else:
         per_token = m_log_m - (logp_final + logp_stacked).mul_(0.5).mul_(m)
-        per_token = torch.where(torch.isfinite(final), per_token, 0.0)
+        per_token = torch.where(torch.isfinite(logp_final), per_token, 0.0)
     return per_token.sum(-1).argmax(0)
 
 
@@ -160,7 +158,7 @@ class DoLa(Method):
             if len(layers) == 1:
                 choice = torch.zeros(scores.shape[0], dtype=torch.long, device=scores.device)
             else:
-                choice = premature_choice(logp_final, logp_stacked, scores, cfg.divergence)
+                choice = premature_choice(logp_final, logp_stacked, cfg.divergence)
             rows = torch.arange(scores.shape[0], device=scores.device)
             scores = contrast(logp_final, logp_stacked[choice, rows], cfg.alpha, cfg.relative_top)
             beams = self._batch.beams  # under beam search a question's beams are consecutive rows
