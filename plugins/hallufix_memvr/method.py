@@ -142,18 +142,23 @@ class MemVR(Method):
         fire = fire & self._has_visual
         if not bool(fire.any()):
             return
-        rows = fire.nonzero().squeeze(1)
-        x, f = event.input[rows].float(), event.output[rows].float()
-        z = self._visual[rows]
+        x, f, z, valid = event.input, event.output, self._visual, event.valid_rows
+        every = bool(fire.all())  # the common case: no row copies (Z alone is n x d per row)
+        if not every:
+            rows = fire.nonzero().squeeze(1)
+            x, f, z, valid = x[rows], f[rows], z[rows], valid[rows]
+        x, f, valid = x.float(), f.float(), valid[..., None].float()
         a = torch.bmm(torch.bmm(x, z.transpose(1, 2)), z)
-        valid = event.valid_rows[rows][..., None].float()
         n = valid.sum((1, 2)) * x.shape[-1]
         m_f = (f.abs() * valid).sum((1, 2)) / n
         m_a = (a.abs() * valid).sum((1, 2)) / n
         alpha = self.config.retracing_ratio
-        new = (1 - alpha) * f + alpha * (m_f / m_a)[:, None, None] * a
+        new = ((1 - alpha) * f + alpha * (m_f / m_a)[:, None, None] * a).to(event.output.dtype)
+        if every:
+            event.output = new
+            return
         out = event.output.clone()
-        out[rows] = new.to(out.dtype)
+        out[rows] = new
         event.output = out
 
     @hallufix.hookimpl
