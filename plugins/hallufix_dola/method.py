@@ -85,19 +85,20 @@ def premature_choice(logp_final: torch.Tensor, logp_stacked: torch.Tensor, diver
     ``logp_final`` ``(B, V)`` and ``logp_stacked`` ``(k, B, V)`` float32: ``log_softmax`` of the mature scores and
     of the ``k`` candidates' lens logits (computed once by the caller, which reuses them in :func:`contrast`).
 
-    ``jsd``: the paper's ``JSD(q_N || q_j) = 1/2 KL(q_N || M) + 1/2 KL(q_j || M)``, ``M = (q_N + q_j) / 2``,
-    summed per token as ``1/2 q_N log q_N + 1/2 q_j log q_j - M log M`` (the same sum regrouped; ``0 log 0 = 0``:
-    tokens an earlier processor banned, ``q_N = 0``, add nothing). ``official``: what the official code and
-    transformers compute, ``1/2 KL(M || q_N) + 1/2 KL(M || q_j)`` (``F.kl_div(log q, M)``), over the tokens the
-    mature scores leave finite (there no processor runs before the contrast, so no token is banned)."""
-    p_f, p_j = logp_final.exp(), logp_stacked.exp()
-    m = (p_j + p_f).mul_(0.5)
-    m_log_m = m * m.log().clamp_min(_LOG_FLOOR)
+    ``jsd``: the paper's ``JSD(q_N || q_j) = 1/2 KL(q_N || M) + 1/2 KL(q_j || M)``, ``M = (q_N + q_j) / 2``. With
+    ``S = q_N + q_j`` (so ``M = S / 2`` and ``sum S = 2``) it is ``1/2 sum (q_N log q_N + q_j log q_j - S log S)
+    + log 2``: the ``q_N`` term and ``log 2`` are the same for every candidate, so the choice compares
+    ``sum_v q_j log q_j - S log S`` (``0 log 0 = 0``: tokens an earlier processor banned, ``q_N = 0``, and
+    probabilities that underflow add nothing). ``official``: what the official code and transformers compute,
+    ``1/2 KL(M || q_N) + 1/2 KL(M || q_j)`` (``F.kl_div(log q, M)``), over the tokens the mature scores leave
+    finite (there no processor runs before the contrast, so no token is banned)."""
+    p_j = logp_stacked.exp()
     if divergence == "jsd":
-        per_token = (p_j * logp_stacked.clamp_min(_LOG_FLOOR)).add_(p_f * logp_final.clamp_min(_LOG_FLOOR))
-        per_token = per_token.mul_(0.5).sub_(m_log_m)
+        total = p_j + logp_final.exp()  # S = 2 M
+        per_token = (p_j * logp_stacked).sub_(total * total.log().clamp_min(_LOG_FLOOR))  # lens logits are finite
     else:
-        per_token = m_log_m - (logp_final + logp_stacked).mul_(0.5).mul_(m)
+        m = (p_j + logp_final.exp()).mul_(0.5)
+        per_token = m * m.log().clamp_min(_LOG_FLOOR) - (logp_final + logp_stacked).mul_(0.5).mul_(m)
         per_token = torch.where(torch.isfinite(logp_final), per_token, 0.0)
     return per_token.sum(-1).argmax(0)
 
