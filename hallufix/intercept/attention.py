@@ -3,7 +3,8 @@ function with ``AttentionMaskInterface``), set on the language model only while 
 
 Per layer and forward it does the least work the active methods declared:
 
-* no hook at this layer (or no active run): transformers' own SDPA function, unchanged;
+* no hook at this layer (or no active run): transformers' own SDPA function, unchanged (but for a batched beam
+  look-ahead on a CPU, :func:`fused_sdpa`);
 * ``kv``: methods edit the keys/values the kernel sees;
 * ``bias``: rows that receive a bias are recomputed with SDPA and a float mask (``causal + bias``); all other rows
   keep the fused causal path. At prefill the biased rows are the instruction rows (tens of rows out of hundreds),
@@ -40,6 +41,29 @@ ATTN_NAME = "hallufix"
 ACTIVE: contextvars.ContextVar = contextvars.ContextVar("hallufix_active_interceptor", default=None)
 
 
+def fused_sdpa(st, module, query, key, value, attention_mask, scaling, dropout, kwargs) -> torch.Tensor:
+    """transformers' SDPA attention function (``sdpa_attention_forward``) -> output ``(B, q, H, D)``, except in a
+    batched beam look-ahead forward (``st.forward.lookahead > 1``) on a CPU with grouped-query heads (where this
+    function runs the layers: some method declared an attention point, as OPERA does).
+
+    There the ``k`` candidate rows come with a 4D float mask, and transformers then repeats every key/value head
+    per query head (``repeat_kv``: a copy of the whole cache at every layer and step) because masked grouped-query
+    SDPA can fall back to the slow math kernel on CUDA. torch's CPU kernel takes the mask with ``enable_gqa``
+    (query head ``h`` reads key/value head ``h // n_rep``, the layout ``repeat_kv`` builds): the same products
+    without the copy (bitwise equal on the CPUs measured; tests/test_lookahead_gqa.py). Accelerators keep
+    transformers' path."""
+    fwd = st.forward if st is not None else None
+    if (fwd is not None and fwd.lookahead > 1 and query.device.type == "cpu" and attention_mask is not None
+            and attention_mask.dim() == 4 and getattr(module, "num_key_value_groups", 1) > 1
+            and kwargs.get("softcap") is None and kwargs.get("position_bias") is None
+            and not kwargs.get("output_attentions")):
+        out = torch.nn.functional.scaled_dot_product_attention(query, key, value, attn_mask=attention_mask,
+                                                               dropout_p=dropout, scale=scaling, enable_gqa=True)
+        return out.transpose(1, 2).contiguous()
+    return sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout,
+                                  **kwargs)[0]
+
+
 class RowIndexKey(NamedTuple):
     """The ``(R,)`` index tensor of the rows ``rows`` on ``device`` (memo key)."""
 
@@ -60,10 +84,11 @@ def hallufix_attention(module, query, key, value, attention_mask, scaling=None, 
     st = ACTIVE.get()
     plan = st.plans[st.forward.phase].get(id(module)) if st is not None else None
     if plan is None:
-        if st is not None:
-            st.count_path(getattr(module, "layer_idx", -1), "sdpa")
-        return sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout,
-                                      **kwargs)
+        if st is None:
+            return sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling,
+                                          dropout=dropout, **kwargs)
+        st.count_path(getattr(module, "layer_idx", -1), "sdpa")
+        return fused_sdpa(st, module, query, key, value, attention_mask, scaling, dropout, kwargs), None
     if plan.work[st.forward.phase].transform is not None:  # score transforms: their own kernel (transform.py)
         from hallufix.intercept.transform import run_transform_layer
         return run_transform_layer(st, plan, module, query, key, value, attention_mask, scaling, dropout, kwargs)
@@ -77,15 +102,13 @@ def run_layer(st, plan, module, query, key, value, attention_mask, scaling, drop
     work = plan.work[fwd.phase]
     scaling = module.scaling if scaling is None else scaling
     if work.gains_only:  # the most frequent declared call (static gains at every decode step): no event to build
-        out = sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout,
-                                     **kwargs)[0]
+        out = fused_sdpa(st, module, query, key, value, attention_mask, scaling, dropout, kwargs)
         st.count_path(layer, "sdpa")
         return apply_stored_gains(st, layer, out), None
     ev_kw = dict(layer=layer, forward=fwd, layout=st.layout, model=st.info, dtype=query.dtype)
 
     def fused():
-        return sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout,
-                                      **kwargs)[0]
+        return fused_sdpa(st, module, query, key, value, attention_mask, scaling, dropout, kwargs)
 
     def fused_prefix(r0: int):  # the first r0 rows of a prefill without cache see only the first r0 keys
         mask = None if attention_mask is None else attention_mask[..., :r0, :r0]
