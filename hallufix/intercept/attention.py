@@ -50,7 +50,7 @@ def fused_sdpa(st, module, query, key, value, attention_mask, scaling, dropout, 
     per query head (``repeat_kv``: a copy of the whole cache at every layer and step) because masked grouped-query
     SDPA can fall back to the slow math kernel on CUDA. torch's CPU kernel takes the mask with ``enable_gqa``
     (query head ``h`` reads key/value head ``h // n_rep``, the layout ``repeat_kv`` builds): the same products
-    without the copy (bitwise equal on the CPUs measured; tests/test_lookahead_gqa.py). Accelerators keep
+    without the copy (bitwise equal on the CPU measured; tests/test_lookahead_gqa.py checks 1e-6). Accelerators keep
     transformers' path."""
     fwd = st.forward if st is not None else None
     if (fwd is not None and fwd.lookahead > 1 and query.device.type == "cpu" and attention_mask is not None
